@@ -1,0 +1,948 @@
+"""An account's money: its state, how a command is decided, and how events change it.
+
+The model is event sourcing in two pure halves:
+
+- ``decide(state, command, now_ms, rng)`` reads the state and returns a ``Decision``:
+  the events that happen and the outcome the caller is told. It never changes the state.
+  Rejections are checked in the order ``Rejection`` declares them.
+- ``evolve(state, event)`` applies one event to the state and returns the ledger entry it
+  posts. It makes no decisions, so replaying the journal after a checkpoint rebuilds the
+  exact state, whatever the clock or random source did the first time.
+
+``execute`` does both, which is what an account shard calls per command. Every change
+of a payment's status goes through the tables in ``payment_state``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from enum import StrEnum
+from typing import Final
+
+import msgspec
+
+from .allocation import Allocation, AllocationResult, OpenInvoice, allocate, allocate_oldest_first
+from .ledger import Entry, LedgerAccount, apply_entry, entry
+from .messages import (
+    AccountOpened,
+    AttemptDeclined,
+    AttemptErrored,
+    AttemptOutcomeUnknown,
+    AttemptSucceeded,
+    CancelPayment,
+    Command,
+    CreatePayment,
+    CreditApplied,
+    DisputePayment,
+    Event,
+    InvoiceIssued,
+    InvoiceVoided,
+    IssueInvoice,
+    OpenAccount,
+    Outcome,
+    OutcomeKind,
+    PaymentCanceled,
+    PaymentCreated,
+    PaymentDisputed,
+    PaymentMethodRef,
+    PaymentMethodReplaced,
+    PaymentRefunded,
+    RecordOutcome,
+    RefundPayment,
+    ReplacePaymentMethod,
+    Result,
+    RetriesExhausted,
+    RetryDeferred,
+    RetryStarted,
+    ServicePeriod,
+    StartRetry,
+    VoidInvoice,
+)
+from .money import currency_is_valid
+from .payment_state import (
+    PAYMENT_TERMINAL,
+    AttemptEvent,
+    AttemptStatus,
+    PaymentEvent,
+    PaymentStatus,
+    attempt_next,
+    payment_next,
+)
+from .rejections import Rejection
+from .retry_policy import (
+    ADVICE_WAIT_MS,
+    TECHNICAL,
+    DeclineClass,
+    Initiator,
+    Reattempt,
+    RetrySchedule,
+    classify,
+    earliest_reattempt_ms,
+    network_for_brand,
+    next_delay_ms,
+    policy_for,
+)
+
+__all__ = [
+    "AccountState",
+    "Attempt",
+    "Decision",
+    "Invoice",
+    "InvoiceStatus",
+    "Payment",
+    "check_invariants",
+    "decide",
+    "evolve",
+    "execute",
+    "preview_allocation",
+]
+
+# Card reattempt history older than the longest network window is never consulted again.
+REATTEMPT_HISTORY_MS: Final = 30 * 24 * 3600 * 1000
+IDEMPOTENCY_KEY_LENGTH_MAX: Final = 255
+
+
+class InvoiceStatus(StrEnum):
+    open = "open"
+    paid = "paid"
+    void = "void"
+
+
+class Invoice(msgspec.Struct, kw_only=True):
+    invoice_id: str
+    number: str
+    amount_due_minor: int
+    due_date: dt.date
+    issued_at_ms: int
+    service_period: ServicePeriod | None = None
+    amount_paid_minor: int = 0
+    status: InvoiceStatus = InvoiceStatus.open
+
+    @property
+    def amount_remaining_minor(self) -> int:
+        if self.status is InvoiceStatus.void:
+            return 0
+        return self.amount_due_minor - self.amount_paid_minor
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    attempt_id: str
+    payment_method_id: str
+    created_at_ms: int
+    status: AttemptStatus = AttemptStatus.processing
+    decline_code: str | None = None
+    decline_class: DeclineClass | None = None
+    visa_category: int | None = None
+    advice_code: str | None = None
+    charge_id: str | None = None
+    # Times this attempt was sent under its one processor idempotency key.
+    sends: int = 1
+
+
+class Payment(msgspec.Struct, kw_only=True):
+    payment_id: str
+    idempotency_key: str
+    amount_minor: int
+    currency: str
+    payment_method: PaymentMethodRef
+    requested_allocations: tuple[Allocation, ...]
+    initiator: Initiator
+    schedule: RetrySchedule
+    created_at_ms: int
+    attempts: list[Attempt]
+    status: PaymentStatus = PaymentStatus.processing
+    allocations: tuple[Allocation, ...] = ()
+    amount_unapplied_minor: int = 0
+    amount_refunded_minor: int = 0
+    refunded_from_credit_minor: int = 0
+    refunds: dict[str, int] = msgspec.field(default_factory=dict)
+    next_retry_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    # The current series of attempts on one payment method, for the retry policy's caps.
+    series_started_at_ms: int = 0
+    series_attempts: int = 1
+
+    @property
+    def amount_applied_minor(self) -> int:
+        return sum(a.amount_minor for a in self.allocations)
+
+    @property
+    def current_attempt(self) -> Attempt:
+        return self.attempts[-1]
+
+    @property
+    def processing_ms(self) -> int | None:
+        if self.finished_at_ms is None:
+            return None
+        return self.finished_at_ms - self.created_at_ms
+
+
+class AccountState(msgspec.Struct, kw_only=True):
+    account_id: str
+    currency: str
+    version: int = 0
+    credit_minor: int = 0
+    invoices: dict[str, Invoice] = msgspec.field(default_factory=dict)
+    payments: dict[str, Payment] = msgspec.field(default_factory=dict)
+    idempotency: dict[str, str] = msgspec.field(default_factory=dict)
+    refunds: dict[str, str] = msgspec.field(default_factory=dict)
+    ledger: dict[LedgerAccount, int] = msgspec.field(default_factory=dict)
+    reattempts: dict[str, list[Reattempt]] = msgspec.field(default_factory=dict)
+
+    @property
+    def outstanding_minor(self) -> int:
+        return self.ledger.get(LedgerAccount.accounts_receivable, 0)
+
+    def open_invoices(self, *, excluding: str | None = None) -> list[OpenInvoice]:
+        return [
+            OpenInvoice(
+                invoice_id=i.invoice_id, number=i.number, due_date=i.due_date,
+                amount_remaining_minor=i.amount_remaining_minor,
+            )
+            for i in self.invoices.values()
+            if i.status is InvoiceStatus.open and i.invoice_id != excluding
+        ]  # fmt: skip
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    events: tuple[Event, ...]
+    outcome: Outcome
+
+
+def _ok(events: tuple[Event, ...], **ids: str) -> Decision:
+    return Decision(events=events, outcome=Outcome(result=Result.ok, **ids))
+
+
+def _exists(**ids: str) -> Decision:
+    return Decision(events=(), outcome=Outcome(result=Result.exists, **ids))
+
+
+def _rejected(rejection: Rejection, **ids: str) -> Decision:
+    return Decision(events=(), outcome=Outcome(result=Result.rejected, rejection=rejection, **ids))
+
+
+# -- decide ---------------------------------------------------------------------------------
+
+
+def decide(
+    state: AccountState | None, command: Command, now_ms: int, rng: random.Random
+) -> Decision:
+    """Decide ``command`` against ``state`` (None: the account was never opened)."""
+    if isinstance(command, OpenAccount):
+        return _decide_open_account(state, command, now_ms)
+    if state is None:
+        if isinstance(command, IssueInvoice):
+            rejection = _invoice_field_rejection(command)
+            if rejection is not None:
+                return _rejected(rejection)
+        if isinstance(command, CreatePayment):
+            rejection = _payment_field_rejection(command)
+            if rejection is not None:
+                return _rejected(rejection)
+        if isinstance(command, RefundPayment) and command.amount_minor <= 0:
+            return _rejected(Rejection.amount_must_be_positive)
+        return _rejected(Rejection.account_not_found)
+    assert state.account_id == command.account_id
+    if isinstance(command, IssueInvoice):
+        return _decide_issue_invoice(state, command, now_ms)
+    if isinstance(command, VoidInvoice):
+        return _decide_void_invoice(state, command, now_ms)
+    if isinstance(command, CreatePayment):
+        return _decide_create_payment(state, command, now_ms)
+    if isinstance(command, RecordOutcome):
+        return _decide_record_outcome(state, command, now_ms, rng)
+    if isinstance(command, StartRetry):
+        return _decide_start_retry(state, command, now_ms)
+    if isinstance(command, ReplacePaymentMethod):
+        return _decide_replace_payment_method(state, command, now_ms)
+    if isinstance(command, CancelPayment):
+        return _decide_cancel_payment(state, command, now_ms)
+    if isinstance(command, RefundPayment):
+        return _decide_refund_payment(state, command, now_ms)
+    assert isinstance(command, DisputePayment), command
+    return _decide_dispute_payment(state, command, now_ms)
+
+
+def _decide_open_account(state: AccountState | None, command: OpenAccount, now_ms: int) -> Decision:
+    if not currency_is_valid(command.currency):
+        return _rejected(Rejection.currency_must_be_valid)
+    if state is not None:
+        if state.currency != command.currency:
+            return _rejected(Rejection.exists_with_different_currency)
+        return _exists()
+    event = AccountOpened(at_ms=now_ms, account_id=command.account_id, currency=command.currency)
+    return _ok((event,))
+
+
+def _invoice_field_rejection(command: IssueInvoice) -> Rejection | None:
+    if command.amount_minor <= 0:
+        return Rejection.amount_must_be_positive
+    if not currency_is_valid(command.currency):
+        return Rejection.currency_must_be_valid
+    period = command.service_period
+    if period is not None and period.end < period.start:
+        return Rejection.service_period_must_be_ordered
+    return None
+
+
+def _decide_issue_invoice(state: AccountState, command: IssueInvoice, now_ms: int) -> Decision:
+    rejection = _invoice_field_rejection(command)
+    if rejection is not None:
+        return _rejected(rejection)
+    ids = {"invoice_id": command.invoice_id}
+    existing = state.invoices.get(command.invoice_id)
+    if existing is not None:
+        if command.currency != state.currency:
+            return _rejected(Rejection.exists_with_different_currency, **ids)
+        if existing.amount_due_minor != command.amount_minor:
+            return _rejected(Rejection.exists_with_different_amount, **ids)
+        if existing.due_date != command.due_date:
+            return _rejected(Rejection.exists_with_different_due_date, **ids)
+        if existing.number != command.number:
+            return _rejected(Rejection.exists_with_different_number, **ids)
+        if existing.service_period != command.service_period:
+            return _rejected(Rejection.exists_with_different_service_period, **ids)
+        return _exists(**ids)
+    if command.currency != state.currency:
+        return _rejected(Rejection.currency_must_match_account, **ids)
+    events: list[Event] = [
+        InvoiceIssued(
+            at_ms=now_ms, invoice_id=command.invoice_id, number=command.number,
+            amount_minor=command.amount_minor, due_date=command.due_date,
+            service_period=command.service_period,
+        )
+    ]  # fmt: skip
+    # Credit is applied to new invoices at once (API.md), so credit and an open balance
+    # never stand side by side.
+    applied_minor = min(state.credit_minor, command.amount_minor)
+    if applied_minor > 0:
+        events.append(
+            CreditApplied(at_ms=now_ms, invoice_id=command.invoice_id, amount_minor=applied_minor)
+        )
+    return _ok(tuple(events), **ids)
+
+
+def _decide_void_invoice(state: AccountState, command: VoidInvoice, now_ms: int) -> Decision:
+    ids = {"invoice_id": command.invoice_id}
+    invoice = state.invoices.get(command.invoice_id)
+    if invoice is None:
+        return _rejected(Rejection.invoice_not_found, **ids)
+    if invoice.status is InvoiceStatus.void:
+        return _exists(**ids)
+    if invoice.status is not InvoiceStatus.open:
+        return _rejected(Rejection.invoice_must_be_open, **ids)
+    events: list[Event] = [
+        InvoiceVoided(
+            at_ms=now_ms, invoice_id=invoice.invoice_id,
+            amount_remaining_minor=invoice.amount_remaining_minor,
+            amount_paid_minor=invoice.amount_paid_minor,
+        )
+    ]  # fmt: skip
+    # What was paid on a voided invoice returns to credit, and credit goes at once to the
+    # account's other open invoices.
+    credit_minor = state.credit_minor + invoice.amount_paid_minor
+    split = allocate_oldest_first(state.open_invoices(excluding=invoice.invoice_id), credit_minor)
+    events.extend(
+        CreditApplied(at_ms=now_ms, invoice_id=a.invoice_id, amount_minor=a.amount_minor)
+        for a in split.allocations
+    )
+    return _ok(tuple(events), **ids)
+
+
+def _key_is_valid(key: str) -> bool:
+    return 1 <= len(key) <= IDEMPOTENCY_KEY_LENGTH_MAX and all(" " <= c <= "~" for c in key)
+
+
+def _payment_field_rejection(command: CreatePayment) -> Rejection | None:
+    if command.amount_minor <= 0:
+        return Rejection.amount_must_be_positive
+    if not currency_is_valid(command.currency):
+        return Rejection.currency_must_be_valid
+    if not _key_is_valid(command.idempotency_key):
+        return Rejection.idempotency_key_must_be_valid
+    if any(a.amount_minor <= 0 for a in command.allocations):
+        return Rejection.allocation_amount_must_be_positive
+    if len({a.invoice_id for a in command.allocations}) != len(command.allocations):
+        return Rejection.allocation_invoice_must_be_unique
+    if sum(a.amount_minor for a in command.allocations) > command.amount_minor:
+        return Rejection.allocations_must_not_exceed_amount
+    return None
+
+
+def _decide_create_payment(state: AccountState, command: CreatePayment, now_ms: int) -> Decision:
+    rejection = _payment_field_rejection(command)
+    if rejection is not None:
+        return _rejected(rejection)
+    original_id = state.idempotency.get(command.idempotency_key)
+    if original_id is not None:
+        original = state.payments[original_id]
+        ids = {"payment_id": original_id}
+        if original.currency != command.currency:
+            return _rejected(Rejection.exists_with_different_currency, **ids)
+        if original.amount_minor != command.amount_minor:
+            return _rejected(Rejection.exists_with_different_amount, **ids)
+        if original.payment_method.id != command.payment_method.id:
+            return _rejected(Rejection.exists_with_different_payment_method, **ids)
+        if original.requested_allocations != command.allocations:
+            return _rejected(Rejection.exists_with_different_allocations, **ids)
+        return _exists(**ids)
+    ids = {"payment_id": command.payment_id}
+    if command.payment_id in state.payments:
+        return _rejected(Rejection.exists_with_different_idempotency_key, **ids)
+    if command.currency != state.currency:
+        return _rejected(Rejection.currency_must_match_account, **ids)
+    for request in command.allocations:
+        if request.invoice_id not in state.invoices:
+            return _rejected(Rejection.invoice_not_found, **ids)
+    for request in command.allocations:
+        invoice = state.invoices[request.invoice_id]
+        if invoice.status is not InvoiceStatus.open:
+            return _rejected(Rejection.invoice_must_be_open, **ids)
+        if request.amount_minor > invoice.amount_remaining_minor:
+            return _rejected(Rejection.allocation_must_not_exceed_invoice_remaining, **ids)
+    event = PaymentCreated(
+        at_ms=now_ms, payment_id=command.payment_id, attempt_id=command.attempt_id,
+        idempotency_key=command.idempotency_key, amount_minor=command.amount_minor,
+        currency=command.currency, payment_method=command.payment_method,
+        allocations=command.allocations, initiator=command.initiator, schedule=command.schedule,
+    )  # fmt: skip
+    return _ok((event,), **ids)
+
+
+# Outcomes that carry no more than what an attempt already has: a duplicate or a late
+# echo. They are answered ``exists`` so they never move anything backwards.
+_NO_NEWS: Final[dict[AttemptStatus, frozenset[OutcomeKind]]] = {
+    AttemptStatus.succeeded: frozenset({OutcomeKind.succeeded, OutcomeKind.errored,
+                                        OutcomeKind.unknown}),
+    AttemptStatus.declined: frozenset({OutcomeKind.declined, OutcomeKind.errored,
+                                       OutcomeKind.unknown}),
+    AttemptStatus.errored: frozenset({OutcomeKind.errored, OutcomeKind.unknown}),
+    AttemptStatus.unknown: frozenset({OutcomeKind.unknown}),
+    AttemptStatus.processing: frozenset(),
+}  # fmt: skip
+
+_ATTEMPT_EVENT_FOR: Final[dict[OutcomeKind, AttemptEvent]] = {
+    OutcomeKind.succeeded: AttemptEvent.succeeded,
+    OutcomeKind.declined: AttemptEvent.declined,
+    OutcomeKind.errored: AttemptEvent.errored,
+    OutcomeKind.unknown: AttemptEvent.unknown,
+}
+
+
+def _find_attempt(payment: Payment, attempt_id: str) -> Attempt | None:
+    for attempt in reversed(payment.attempts):
+        if attempt.attempt_id == attempt_id:
+            return attempt
+    return None
+
+
+def _decide_record_outcome(
+    state: AccountState, command: RecordOutcome, now_ms: int, rng: random.Random
+) -> Decision:
+    ids = {"payment_id": command.payment_id}
+    if command.currency is not None and not currency_is_valid(command.currency):
+        return _rejected(Rejection.currency_must_be_valid, **ids)
+    payment = state.payments.get(command.payment_id)
+    if payment is None:
+        return _rejected(Rejection.payment_not_found, **ids)
+    attempt = _find_attempt(payment, command.attempt_id)
+    if attempt is None:
+        return _rejected(Rejection.attempt_not_found, **ids)
+    if command.outcome in _NO_NEWS[attempt.status]:
+        if (
+            attempt.status is AttemptStatus.declined
+            and command.outcome is OutcomeKind.declined
+            and command.decline_code != attempt.decline_code
+        ):
+            return _rejected(Rejection.exists_with_different_outcome, **ids)
+        return _exists(**ids)
+    if attempt_next(attempt.status, _ATTEMPT_EVENT_FOR[command.outcome]) is None:
+        return _rejected(Rejection.exists_with_different_outcome, **ids)
+    if command.currency is not None and command.currency != payment.currency:
+        return _rejected(Rejection.currency_must_match_account, **ids)
+    if command.amount_minor is not None and command.amount_minor != payment.amount_minor:
+        return _rejected(Rejection.amount_must_match_payment, **ids)
+    # Only the latest attempt can still be open: a new one starts only after the previous
+    # one ended in a decline, which is final.
+    assert attempt is payment.current_attempt, (payment.payment_id, attempt.attempt_id)
+
+    event: Event
+    if command.outcome is OutcomeKind.unknown:
+        event = AttemptOutcomeUnknown(
+            at_ms=now_ms, payment_id=payment.payment_id, attempt_id=attempt.attempt_id
+        )
+        return _transition(payment, PaymentEvent.attempt_outcome_unknown, event, ids)
+    if command.outcome is OutcomeKind.succeeded:
+        split = _allocate_payment(state, payment)
+        event = AttemptSucceeded(
+            at_ms=now_ms, payment_id=payment.payment_id, attempt_id=attempt.attempt_id,
+            charge_id=command.charge_id, allocations=split.allocations,
+            unapplied_minor=split.unapplied_minor,
+        )  # fmt: skip
+        return _transition(payment, PaymentEvent.attempt_succeeded, event, ids)
+
+    decline_class = classify(
+        command.decline_code, visa_category=command.visa_category, advice_code=command.advice_code
+    )
+    if command.outcome is OutcomeKind.errored or decline_class is DeclineClass.technical:
+        delay_ms = next_delay_ms(TECHNICAL, attempt.sends, rng)
+        status = PaymentStatus.failed if delay_ms is None else PaymentStatus.retry_scheduled
+        event = AttemptErrored(
+            at_ms=now_ms, payment_id=payment.payment_id, attempt_id=attempt.attempt_id,
+            decline_code=command.decline_code, status=status,
+            next_retry_at_ms=None if delay_ms is None else now_ms + delay_ms,
+        )  # fmt: skip
+        payment_event = (
+            PaymentEvent.attempt_failed_final if delay_ms is None
+            else PaymentEvent.attempt_errored_retryable
+        )  # fmt: skip
+        return _transition(payment, payment_event, event, ids)
+
+    next_retry_at_ms = None
+    if decline_class is DeclineClass.soft:
+        next_retry_at_ms = _schedule_soft_retry(state, payment, command.advice_code, now_ms, rng)
+    if decline_class is DeclineClass.hard:
+        status, payment_event = PaymentStatus.requires_payment_method, PaymentEvent.attempt_declined_hard
+    elif next_retry_at_ms is None:
+        status, payment_event = PaymentStatus.failed, PaymentEvent.attempt_failed_final
+    else:
+        status, payment_event = PaymentStatus.retry_scheduled, PaymentEvent.attempt_declined_retryable
+    event = AttemptDeclined(
+        at_ms=now_ms, payment_id=payment.payment_id, attempt_id=attempt.attempt_id,
+        decline_code=command.decline_code, decline_class=decline_class,
+        visa_category=command.visa_category, advice_code=command.advice_code,
+        status=status, next_retry_at_ms=next_retry_at_ms,
+    )  # fmt: skip
+    return _transition(payment, payment_event, event, ids)
+
+
+def _schedule_soft_retry(
+    state: AccountState, payment: Payment, advice_code: str | None, now_ms: int,
+    rng: random.Random,
+) -> int | None:  # fmt: skip
+    """When the next attempt after a soft decline may run, or None if none may."""
+    policy = policy_for(payment.schedule)
+    delay_ms = next_delay_ms(policy, payment.series_attempts, rng)
+    if delay_ms is None:
+        return None
+    at_ms = max(now_ms + delay_ms, now_ms + ADVICE_WAIT_MS.get(advice_code or "", 0))
+    at_ms = _earliest_allowed_by_network(state, payment, at_ms)
+    if at_ms > payment.series_started_at_ms + policy.window_ms:
+        return None
+    return at_ms
+
+
+def _earliest_allowed_by_network(state: AccountState, payment: Payment, at_ms: int) -> int:
+    method = payment.payment_method
+    return earliest_reattempt_ms(
+        network_for_brand(method.brand),
+        payment.initiator,
+        state.reattempts.get(method.id, ()),
+        at_ms,
+    )
+
+
+def _transition(
+    payment: Payment, payment_event: PaymentEvent, event: Event, ids: dict[str, str]
+) -> Decision:
+    if payment_next(payment.status, payment_event) is None:
+        return _rejected(Rejection.payment_status_must_allow_transition, **ids)
+    return _ok((event,), **ids)
+
+
+def _allocate_payment(state: AccountState, payment: Payment) -> AllocationResult:
+    return allocate(state.open_invoices(), payment.amount_minor, payment.requested_allocations)
+
+
+def _decide_start_retry(state: AccountState, command: StartRetry, now_ms: int) -> Decision:
+    ids = {"payment_id": command.payment_id}
+    payment = state.payments.get(command.payment_id)
+    if payment is None:
+        return _rejected(Rejection.payment_not_found, **ids)
+    current = payment.current_attempt
+    if payment.status is PaymentStatus.processing and current.attempt_id == command.attempt_id:
+        return _exists(**ids)  # the timer fired twice
+    if payment.status is not PaymentStatus.retry_scheduled:
+        return _rejected(Rejection.payment_status_must_allow_transition, **ids)
+    assert payment.next_retry_at_ms is not None
+    if now_ms < payment.next_retry_at_ms:
+        return _rejected(Rejection.retry_must_be_due, **ids)
+    if current.status is AttemptStatus.errored:
+        event: Event = RetryStarted(
+            at_ms=now_ms, payment_id=payment.payment_id, attempt_id=current.attempt_id, resend=True
+        )
+        return _transition(payment, PaymentEvent.retry_started, event, ids)
+    assert current.status is AttemptStatus.declined, current
+    # Other payments on the same card may have used up the networks' caps since this
+    # retry was scheduled; they are checked again at the moment it would run.
+    allowed_at_ms = _earliest_allowed_by_network(state, payment, now_ms)
+    if allowed_at_ms > now_ms:
+        policy = policy_for(payment.schedule)
+        if allowed_at_ms > payment.series_started_at_ms + policy.window_ms:
+            event = RetriesExhausted(at_ms=now_ms, payment_id=payment.payment_id)
+            return _transition(payment, PaymentEvent.retries_exhausted, event, ids)
+        event = RetryDeferred(
+            at_ms=now_ms, payment_id=payment.payment_id, next_retry_at_ms=allowed_at_ms
+        )
+        return _transition(payment, PaymentEvent.retry_deferred, event, ids)
+    if _find_attempt(payment, command.attempt_id) is not None:
+        return _rejected(Rejection.exists_with_different_outcome, **ids)
+    event = RetryStarted(
+        at_ms=now_ms, payment_id=payment.payment_id, attempt_id=command.attempt_id, resend=False
+    )
+    return _transition(payment, PaymentEvent.retry_started, event, ids)
+
+
+def _decide_replace_payment_method(
+    state: AccountState, command: ReplacePaymentMethod, now_ms: int
+) -> Decision:
+    ids = {"payment_id": command.payment_id}
+    payment = state.payments.get(command.payment_id)
+    if payment is None:
+        return _rejected(Rejection.payment_not_found, **ids)
+    if payment.current_attempt.attempt_id == command.attempt_id:
+        if payment.payment_method.id != command.payment_method.id:
+            return _rejected(Rejection.exists_with_different_payment_method, **ids)
+        return _exists(**ids)
+    event = PaymentMethodReplaced(
+        at_ms=now_ms, payment_id=payment.payment_id, attempt_id=command.attempt_id,
+        payment_method=command.payment_method,
+    )  # fmt: skip
+    return _transition(payment, PaymentEvent.payment_method_replaced, event, ids)
+
+
+def _decide_cancel_payment(state: AccountState, command: CancelPayment, now_ms: int) -> Decision:
+    ids = {"payment_id": command.payment_id}
+    payment = state.payments.get(command.payment_id)
+    if payment is None:
+        return _rejected(Rejection.payment_not_found, **ids)
+    if payment.status is PaymentStatus.canceled:
+        return _exists(**ids)
+    if payment_next(payment.status, PaymentEvent.canceled) is None:
+        return _rejected(Rejection.payment_status_must_allow_transition, **ids)
+    # An errored attempt is sent again under its key and may yet capture: cancel only once
+    # the processor has said no.
+    if payment.current_attempt.status is not AttemptStatus.declined:
+        return _rejected(Rejection.attempt_outcome_must_be_known, **ids)
+    return _ok((PaymentCanceled(at_ms=now_ms, payment_id=payment.payment_id),), **ids)
+
+
+def _decide_refund_payment(state: AccountState, command: RefundPayment, now_ms: int) -> Decision:
+    ids = {"payment_id": command.payment_id}
+    if command.amount_minor <= 0:
+        return _rejected(Rejection.amount_must_be_positive, **ids)
+    refunded_payment_id = state.refunds.get(command.refund_id)
+    if refunded_payment_id is not None:
+        if refunded_payment_id != command.payment_id:
+            return _rejected(Rejection.exists_with_different_payment, **ids)
+        if state.payments[refunded_payment_id].refunds[command.refund_id] != command.amount_minor:
+            return _rejected(Rejection.exists_with_different_amount, **ids)
+        return _exists(**ids)
+    payment = state.payments.get(command.payment_id)
+    if payment is None:
+        return _rejected(Rejection.payment_not_found, **ids)
+    refundable_minor = payment.amount_minor - payment.amount_refunded_minor
+    fully = command.amount_minor == refundable_minor
+    payment_event = PaymentEvent.refunded_fully if fully else PaymentEvent.refunded_partially
+    if payment_next(payment.status, payment_event) is None:
+        return _rejected(Rejection.payment_status_must_allow_transition, **ids)
+    if command.amount_minor > refundable_minor:
+        return _rejected(Rejection.refund_must_not_exceed_refundable, **ids)
+    # A refund first takes back the credit this payment left on the account, if the
+    # account still holds it; the rest is a refund of revenue.
+    from_credit_minor = min(
+        command.amount_minor,
+        state.credit_minor,
+        payment.amount_unapplied_minor - payment.refunded_from_credit_minor,
+    )
+    event = PaymentRefunded(
+        at_ms=now_ms, payment_id=payment.payment_id, refund_id=command.refund_id,
+        amount_minor=command.amount_minor, from_credit_minor=from_credit_minor,
+        status=PaymentStatus.refunded if fully else PaymentStatus.partially_refunded,
+    )  # fmt: skip
+    return _ok((event,), **ids)
+
+
+def _decide_dispute_payment(state: AccountState, command: DisputePayment, now_ms: int) -> Decision:
+    ids = {"payment_id": command.payment_id}
+    payment = state.payments.get(command.payment_id)
+    if payment is None:
+        return _rejected(Rejection.payment_not_found, **ids)
+    if payment.status is PaymentStatus.disputed:
+        return _exists(**ids)
+    event = PaymentDisputed(at_ms=now_ms, payment_id=payment.payment_id)
+    return _transition(payment, PaymentEvent.disputed, event, ids)
+
+
+# -- evolve ---------------------------------------------------------------------------------
+
+
+def evolve(state: AccountState | None, event: Event) -> tuple[AccountState, Entry | None]:
+    """Apply one event; return the state (new for ``AccountOpened``) and its ledger entry."""
+    if isinstance(event, AccountOpened):
+        assert state is None
+        return AccountState(account_id=event.account_id, currency=event.currency, version=1), None
+    assert state is not None
+    posted = _evolve(state, event)
+    if posted is not None:
+        apply_entry(state.ledger, posted)
+    state.version += 1
+    return state, posted
+
+
+def _set_payment_status(payment: Payment, payment_event: PaymentEvent, at_ms: int) -> None:
+    after = payment_next(payment.status, payment_event)
+    assert after is not None, (payment.payment_id, payment.status, payment_event)
+    payment.status = after
+    if after in PAYMENT_TERMINAL and payment.finished_at_ms is None:
+        payment.finished_at_ms = at_ms
+    if after is not PaymentStatus.retry_scheduled:
+        payment.next_retry_at_ms = None
+
+
+def _set_attempt_status(attempt: Attempt, attempt_event: AttemptEvent) -> None:
+    after = attempt_next(attempt.status, attempt_event)
+    assert after is not None, (attempt.attempt_id, attempt.status, attempt_event)
+    attempt.status = after
+
+
+def _revenue_account(invoice: Invoice) -> LedgerAccount:
+    if invoice.service_period is None:
+        return LedgerAccount.revenue
+    return LedgerAccount.deferred_revenue
+
+
+def _evolve(state: AccountState, event: Event) -> Entry | None:  # noqa: C901 - one arm per event
+    ar = LedgerAccount.accounts_receivable
+    credit = LedgerAccount.customer_credit
+    if isinstance(event, InvoiceIssued):
+        assert event.invoice_id not in state.invoices
+        invoice = Invoice(
+            invoice_id=event.invoice_id, number=event.number, amount_due_minor=event.amount_minor,
+            due_date=event.due_date, issued_at_ms=event.at_ms, service_period=event.service_period,
+        )  # fmt: skip
+        state.invoices[invoice.invoice_id] = invoice
+        return entry(f"invoice {invoice.invoice_id}", {ar: event.amount_minor},
+                     {_revenue_account(invoice): event.amount_minor})  # fmt: skip
+    if isinstance(event, CreditApplied):
+        invoice = state.invoices[event.invoice_id]
+        assert 0 < event.amount_minor <= state.credit_minor
+        assert event.amount_minor <= invoice.amount_remaining_minor
+        state.credit_minor -= event.amount_minor
+        _pay_invoice(invoice, event.amount_minor)
+        return entry(f"credit to {invoice.invoice_id}", {credit: event.amount_minor},
+                     {ar: event.amount_minor})  # fmt: skip
+    if isinstance(event, InvoiceVoided):
+        invoice = state.invoices[event.invoice_id]
+        assert invoice.status is InvoiceStatus.open
+        assert event.amount_remaining_minor == invoice.amount_remaining_minor
+        assert event.amount_paid_minor == invoice.amount_paid_minor
+        invoice.status = InvoiceStatus.void
+        state.credit_minor += event.amount_paid_minor
+        return entry(f"void {invoice.invoice_id}",
+                     {_revenue_account(invoice): invoice.amount_due_minor},
+                     {ar: event.amount_remaining_minor, credit: event.amount_paid_minor})  # fmt: skip
+    if isinstance(event, PaymentCreated):
+        assert event.payment_id not in state.payments
+        state.payments[event.payment_id] = Payment(
+            payment_id=event.payment_id, idempotency_key=event.idempotency_key,
+            amount_minor=event.amount_minor, currency=event.currency,
+            payment_method=event.payment_method, requested_allocations=event.allocations,
+            initiator=event.initiator, schedule=event.schedule, created_at_ms=event.at_ms,
+            attempts=[Attempt(attempt_id=event.attempt_id,
+                              payment_method_id=event.payment_method.id,
+                              created_at_ms=event.at_ms)],
+            series_started_at_ms=event.at_ms,
+        )  # fmt: skip
+        state.idempotency[event.idempotency_key] = event.payment_id
+        return None
+    if isinstance(event, AttemptSucceeded):
+        payment = state.payments[event.payment_id]
+        attempt = payment.current_attempt
+        assert attempt.attempt_id == event.attempt_id
+        _set_attempt_status(attempt, AttemptEvent.succeeded)
+        attempt.charge_id = event.charge_id
+        _set_payment_status(payment, PaymentEvent.attempt_succeeded, event.at_ms)
+        applied_minor = sum(a.amount_minor for a in event.allocations)
+        assert applied_minor + event.unapplied_minor == payment.amount_minor
+        for allocation in event.allocations:
+            _pay_invoice(state.invoices[allocation.invoice_id], allocation.amount_minor)
+        payment.allocations = event.allocations
+        payment.amount_unapplied_minor = event.unapplied_minor
+        state.credit_minor += event.unapplied_minor
+        return entry(f"payment {payment.payment_id}",
+                     {LedgerAccount.processor_clearing: payment.amount_minor},
+                     {ar: applied_minor, credit: event.unapplied_minor})  # fmt: skip
+    if isinstance(event, AttemptDeclined):
+        payment = state.payments[event.payment_id]
+        attempt = payment.current_attempt
+        assert attempt.attempt_id == event.attempt_id
+        _set_attempt_status(attempt, AttemptEvent.declined)
+        attempt.decline_code = event.decline_code
+        attempt.decline_class = event.decline_class
+        attempt.visa_category = event.visa_category
+        attempt.advice_code = event.advice_code
+        _set_payment_status(payment, _declined_payment_event(event.status), event.at_ms)
+        payment.next_retry_at_ms = event.next_retry_at_ms
+        return None
+    if isinstance(event, AttemptErrored):
+        payment = state.payments[event.payment_id]
+        attempt = payment.current_attempt
+        assert attempt.attempt_id == event.attempt_id
+        _set_attempt_status(attempt, AttemptEvent.errored)
+        attempt.decline_code = event.decline_code
+        attempt.decline_class = DeclineClass.technical
+        payment_event = (
+            PaymentEvent.attempt_failed_final if event.status is PaymentStatus.failed
+            else PaymentEvent.attempt_errored_retryable
+        )  # fmt: skip
+        _set_payment_status(payment, payment_event, event.at_ms)
+        payment.next_retry_at_ms = event.next_retry_at_ms
+        return None
+    if isinstance(event, AttemptOutcomeUnknown):
+        payment = state.payments[event.payment_id]
+        attempt = payment.current_attempt
+        assert attempt.attempt_id == event.attempt_id
+        _set_attempt_status(attempt, AttemptEvent.unknown)
+        _set_payment_status(payment, PaymentEvent.attempt_outcome_unknown, event.at_ms)
+        return None
+    if isinstance(event, RetryStarted):
+        payment = state.payments[event.payment_id]
+        _set_payment_status(payment, PaymentEvent.retry_started, event.at_ms)
+        if event.resend:
+            attempt = payment.current_attempt
+            assert attempt.attempt_id == event.attempt_id
+            _set_attempt_status(attempt, AttemptEvent.resent)
+            attempt.sends += 1
+            return None
+        payment.attempts.append(Attempt(attempt_id=event.attempt_id,
+                                        payment_method_id=payment.payment_method.id,
+                                        created_at_ms=event.at_ms))  # fmt: skip
+        payment.series_attempts += 1
+        history = state.reattempts.setdefault(payment.payment_method.id, [])
+        history.append(Reattempt(event.at_ms, payment.initiator))
+        # Only the last 30 days are ever counted by a network cap.
+        history[:] = [r for r in history if r.at_ms > event.at_ms - REATTEMPT_HISTORY_MS]
+        return None
+    if isinstance(event, RetryDeferred):
+        payment = state.payments[event.payment_id]
+        _set_payment_status(payment, PaymentEvent.retry_deferred, event.at_ms)
+        payment.next_retry_at_ms = event.next_retry_at_ms
+        return None
+    if isinstance(event, RetriesExhausted):
+        payment = state.payments[event.payment_id]
+        _set_payment_status(payment, PaymentEvent.retries_exhausted, event.at_ms)
+        return None
+    if isinstance(event, PaymentMethodReplaced):
+        payment = state.payments[event.payment_id]
+        _set_payment_status(payment, PaymentEvent.payment_method_replaced, event.at_ms)
+        payment.payment_method = event.payment_method
+        payment.attempts.append(Attempt(attempt_id=event.attempt_id,
+                                        payment_method_id=event.payment_method.id,
+                                        created_at_ms=event.at_ms))  # fmt: skip
+        payment.series_started_at_ms = event.at_ms
+        payment.series_attempts = 1
+        # The payment is being processed again: its processing time is measured anew.
+        payment.finished_at_ms = None
+        return None
+    if isinstance(event, PaymentCanceled):
+        _set_payment_status(state.payments[event.payment_id], PaymentEvent.canceled, event.at_ms)
+        return None
+    if isinstance(event, PaymentRefunded):
+        payment = state.payments[event.payment_id]
+        fully = event.status is PaymentStatus.refunded
+        payment_event = PaymentEvent.refunded_fully if fully else PaymentEvent.refunded_partially
+        _set_payment_status(payment, payment_event, event.at_ms)
+        assert event.refund_id not in state.refunds
+        payment.refunds[event.refund_id] = event.amount_minor
+        payment.amount_refunded_minor += event.amount_minor
+        assert payment.amount_refunded_minor <= payment.amount_minor
+        assert fully == (payment.amount_refunded_minor == payment.amount_minor)
+        payment.refunded_from_credit_minor += event.from_credit_minor
+        state.refunds[event.refund_id] = payment.payment_id
+        assert 0 <= event.from_credit_minor <= state.credit_minor
+        state.credit_minor -= event.from_credit_minor
+        return entry(f"refund {event.refund_id}",
+                     {credit: event.from_credit_minor,
+                      LedgerAccount.refunds: event.amount_minor - event.from_credit_minor},
+                     {LedgerAccount.processor_clearing: event.amount_minor})  # fmt: skip
+    assert isinstance(event, PaymentDisputed), event
+    _set_payment_status(state.payments[event.payment_id], PaymentEvent.disputed, event.at_ms)
+    return None
+
+
+def _declined_payment_event(status: PaymentStatus) -> PaymentEvent:
+    if status is PaymentStatus.requires_payment_method:
+        return PaymentEvent.attempt_declined_hard
+    if status is PaymentStatus.retry_scheduled:
+        return PaymentEvent.attempt_declined_retryable
+    assert status is PaymentStatus.failed, status
+    return PaymentEvent.attempt_failed_final
+
+
+def _pay_invoice(invoice: Invoice, amount_minor: int) -> None:
+    assert invoice.status is InvoiceStatus.open, invoice
+    assert 0 < amount_minor <= invoice.amount_remaining_minor, (invoice, amount_minor)
+    invoice.amount_paid_minor += amount_minor
+    if invoice.amount_remaining_minor == 0:
+        invoice.status = InvoiceStatus.paid
+
+
+# -- the whole step, queries and invariants ------------------------------------------------
+
+
+def execute(
+    state: AccountState | None, command: Command, now_ms: int, rng: random.Random
+) -> tuple[AccountState | None, Decision, list[Entry]]:
+    """Decide and apply: the state after, the decision, and the ledger entries posted."""
+    decision = decide(state, command, now_ms, rng)
+    posted: list[Entry] = []
+    for event in decision.events:
+        state, entry_posted = evolve(state, event)
+        if entry_posted is not None:
+            posted.append(entry_posted)
+    return state, decision, posted
+
+
+def preview_allocation(
+    state: AccountState, amount_minor: int, explicit: tuple[Allocation, ...] = ()
+) -> AllocationResult:
+    """The split a payment of ``amount_minor`` would get if it succeeded now."""
+    return allocate(state.open_invoices(), amount_minor, explicit)
+
+
+def check_invariants(state: AccountState) -> None:
+    """Assert what must hold between any two commands. Cheap enough for every test step."""
+    assert sum(state.ledger.values()) == 0, state.ledger
+    open_remaining_minor = sum(
+        i.amount_remaining_minor for i in state.invoices.values()
+        if i.status is InvoiceStatus.open
+    )  # fmt: skip
+    assert state.ledger.get(LedgerAccount.accounts_receivable, 0) == open_remaining_minor
+    assert state.credit_minor >= 0, state.credit_minor
+    assert -state.ledger.get(LedgerAccount.customer_credit, 0) == state.credit_minor
+    if state.credit_minor > 0:
+        assert open_remaining_minor == 0, "credit stands beside an open balance"
+    captured_minor = 0
+    for invoice in state.invoices.values():
+        assert 0 <= invoice.amount_paid_minor <= invoice.amount_due_minor, invoice
+        paid_in_full = invoice.amount_paid_minor == invoice.amount_due_minor
+        assert (invoice.status is InvoiceStatus.paid) == (
+            paid_in_full and invoice.status is not InvoiceStatus.void
+        ), invoice
+    for payment in state.payments.values():
+        captured = any(a.status is AttemptStatus.succeeded for a in payment.attempts)
+        assert sum(a.status is AttemptStatus.succeeded for a in payment.attempts) <= 1
+        if captured:
+            assert payment.amount_applied_minor + payment.amount_unapplied_minor == (
+                payment.amount_minor
+            ), payment
+            captured_minor += payment.amount_minor - payment.amount_refunded_minor
+        else:
+            assert not payment.allocations, payment
+            assert payment.amount_refunded_minor == 0, payment
+        assert (payment.status is PaymentStatus.retry_scheduled) == (
+            payment.next_retry_at_ms is not None
+        ), payment
+    assert state.ledger.get(LedgerAccount.processor_clearing, 0) == captured_minor

@@ -1,0 +1,315 @@
+"""The engine's message vocabulary: commands in, events out, and the outcome of each.
+
+Commands say what a caller wants; the engine decides and answers with events (what
+happened, journaled and replayed on recovery) and an outcome (what the caller is told).
+All are frozen msgspec Structs in tagged unions, so the journal and the actor hop encode
+them as compact msgpack, and inbound decoding rejects unknown fields. Ids, times and
+the random source are supplied by the caller; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+
+import msgspec
+
+from .allocation import Allocation
+from .payment_state import PaymentStatus
+from .rejections import Rejection
+from .retry_policy import DeclineClass, Initiator, RetrySchedule
+
+__all__ = [
+    "AccountOpened",
+    "AttemptDeclined",
+    "AttemptErrored",
+    "AttemptOutcomeUnknown",
+    "AttemptSucceeded",
+    "CancelPayment",
+    "Command",
+    "CreatePayment",
+    "CreditApplied",
+    "DisputePayment",
+    "Event",
+    "InvoiceIssued",
+    "InvoiceVoided",
+    "IssueInvoice",
+    "OpenAccount",
+    "Outcome",
+    "OutcomeKind",
+    "PaymentCanceled",
+    "PaymentCreated",
+    "PaymentDisputed",
+    "PaymentMethodRef",
+    "PaymentMethodReplaced",
+    "PaymentRefunded",
+    "RecordOutcome",
+    "RefundPayment",
+    "ReplacePaymentMethod",
+    "Result",
+    "RetriesExhausted",
+    "RetryDeferred",
+    "RetryStarted",
+    "ServicePeriod",
+    "StartRetry",
+    "VoidInvoice",
+]
+
+
+class _Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ServicePeriod(_Message, kw_only=True):
+    start: dt.date
+    end: dt.date  # inclusive
+
+
+class PaymentMethodRef(_Message, kw_only=True):
+    """What the engine needs of a payment method: never the card number."""
+
+    id: str
+    brand: str = "visa"
+    kind: str = "card"  # card | debit | wallet
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+class OpenAccount(_Message, tag="open_account", kw_only=True):
+    account_id: str
+    currency: str
+
+
+class IssueInvoice(_Message, tag="issue_invoice", kw_only=True):
+    account_id: str
+    invoice_id: str
+    number: str
+    amount_minor: int
+    currency: str
+    due_date: dt.date
+    service_period: ServicePeriod | None = None
+
+
+class VoidInvoice(_Message, tag="void_invoice", kw_only=True):
+    account_id: str
+    invoice_id: str
+
+
+class CreatePayment(_Message, tag="create_payment", kw_only=True):
+    account_id: str
+    payment_id: str
+    attempt_id: str
+    idempotency_key: str
+    amount_minor: int
+    currency: str
+    payment_method: PaymentMethodRef
+    allocations: tuple[Allocation, ...] = ()
+    initiator: Initiator = Initiator.customer
+    schedule: RetrySchedule = RetrySchedule.one_off
+
+
+class OutcomeKind(StrEnum):
+    succeeded = "succeeded"
+    declined = "declined"
+    errored = "errored"
+    unknown = "unknown"
+
+
+class RecordOutcome(_Message, tag="record_outcome", kw_only=True):
+    """The processor's answer for one attempt: from the gateway, an inquiry or a callback."""
+
+    account_id: str
+    payment_id: str
+    attempt_id: str
+    outcome: OutcomeKind
+    charge_id: str | None = None
+    decline_code: str | None = None
+    visa_category: int | None = None
+    advice_code: str | None = None
+    # When the processor states them, they must match the payment's.
+    amount_minor: int | None = None
+    currency: str | None = None
+
+
+class StartRetry(_Message, tag="start_retry", kw_only=True):
+    """The retry timer fired. ``attempt_id`` names the new attempt after a soft decline;
+    after a technical error the errored attempt itself is sent again."""
+
+    account_id: str
+    payment_id: str
+    attempt_id: str
+
+
+class ReplacePaymentMethod(_Message, tag="replace_payment_method", kw_only=True):
+    account_id: str
+    payment_id: str
+    attempt_id: str
+    payment_method: PaymentMethodRef
+
+
+class CancelPayment(_Message, tag="cancel_payment", kw_only=True):
+    account_id: str
+    payment_id: str
+
+
+class RefundPayment(_Message, tag="refund_payment", kw_only=True):
+    account_id: str
+    payment_id: str
+    refund_id: str
+    amount_minor: int
+
+
+class DisputePayment(_Message, tag="dispute_payment", kw_only=True):
+    account_id: str
+    payment_id: str
+
+
+Command = (
+    OpenAccount | IssueInvoice | VoidInvoice | CreatePayment | RecordOutcome | StartRetry
+    | ReplacePaymentMethod | CancelPayment | RefundPayment | DisputePayment
+)  # fmt: skip
+
+# -- events (journaled; replayed by ``evolve``) -------------------------------------------
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True):
+    at_ms: int
+
+
+class AccountOpened(_Event, tag="account_opened", kw_only=True):
+    account_id: str
+    currency: str
+
+
+class InvoiceIssued(_Event, tag="invoice_issued", kw_only=True):
+    invoice_id: str
+    number: str
+    amount_minor: int
+    due_date: dt.date
+    service_period: ServicePeriod | None = None
+
+
+class CreditApplied(_Event, tag="credit_applied", kw_only=True):
+    invoice_id: str
+    amount_minor: int
+
+
+class InvoiceVoided(_Event, tag="invoice_voided", kw_only=True):
+    invoice_id: str
+    # What the invoice still owed leaves receivables; what was paid on it returns to credit.
+    amount_remaining_minor: int
+    amount_paid_minor: int
+
+
+class PaymentCreated(_Event, tag="payment_created", kw_only=True):
+    payment_id: str
+    attempt_id: str
+    idempotency_key: str
+    amount_minor: int
+    currency: str
+    payment_method: PaymentMethodRef
+    allocations: tuple[Allocation, ...] = ()
+    initiator: Initiator = Initiator.customer
+    schedule: RetrySchedule = RetrySchedule.one_off
+
+
+class AttemptSucceeded(_Event, tag="attempt_succeeded", kw_only=True):
+    payment_id: str
+    attempt_id: str
+    charge_id: str | None
+    allocations: tuple[Allocation, ...]
+    unapplied_minor: int
+
+
+class AttemptDeclined(_Event, tag="attempt_declined", kw_only=True):
+    """A decline. ``status`` is where it leaves the payment: retry_scheduled (with
+    ``next_retry_at_ms``), requires_payment_method (hard) or failed (retries spent)."""
+
+    payment_id: str
+    attempt_id: str
+    decline_code: str | None
+    decline_class: DeclineClass
+    visa_category: int | None = None
+    advice_code: str | None = None
+    status: PaymentStatus
+    next_retry_at_ms: int | None = None
+
+
+class AttemptErrored(_Event, tag="attempt_errored", kw_only=True):
+    payment_id: str
+    attempt_id: str
+    decline_code: str | None
+    status: PaymentStatus
+    next_retry_at_ms: int | None = None
+
+
+class AttemptOutcomeUnknown(_Event, tag="attempt_outcome_unknown", kw_only=True):
+    payment_id: str
+    attempt_id: str
+
+
+class RetryStarted(_Event, tag="retry_started", kw_only=True):
+    payment_id: str
+    attempt_id: str
+    # True when the errored attempt is sent again under its own idempotency key.
+    resend: bool
+
+
+class RetriesExhausted(_Event, tag="retries_exhausted", kw_only=True):
+    """The card networks' caps pushed the next retry past the policy's window."""
+
+    payment_id: str
+
+
+class RetryDeferred(_Event, tag="retry_deferred", kw_only=True):
+    payment_id: str
+    next_retry_at_ms: int
+
+
+class PaymentMethodReplaced(_Event, tag="payment_method_replaced", kw_only=True):
+    payment_id: str
+    attempt_id: str
+    payment_method: PaymentMethodRef
+
+
+class PaymentCanceled(_Event, tag="payment_canceled", kw_only=True):
+    payment_id: str
+
+
+class PaymentRefunded(_Event, tag="payment_refunded", kw_only=True):
+    payment_id: str
+    refund_id: str
+    amount_minor: int
+    # The part of the refund taken back out of the account credit this payment created.
+    from_credit_minor: int
+    status: PaymentStatus
+
+
+class PaymentDisputed(_Event, tag="payment_disputed", kw_only=True):
+    payment_id: str
+
+
+Event = (
+    AccountOpened | InvoiceIssued | CreditApplied | InvoiceVoided | PaymentCreated
+    | AttemptSucceeded | AttemptDeclined | AttemptErrored | AttemptOutcomeUnknown
+    | RetryStarted | RetryDeferred | RetriesExhausted | PaymentMethodReplaced | PaymentCanceled
+    | PaymentRefunded | PaymentDisputed
+)  # fmt: skip
+
+# -- outcomes -------------------------------------------------------------------------------
+
+
+class Result(StrEnum):
+    ok = "ok"
+    # The same id with the same fields: nothing new happened; the original stands.
+    exists = "exists"
+    rejected = "rejected"
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    result: Result
+    rejection: Rejection | None = None
+    # The payment (or invoice) the command concerned, so callers need no second read.
+    payment_id: str | None = None
+    invoice_id: str | None = None

@@ -1,0 +1,149 @@
+"""Payment and attempt statuses, and every legal transition between them.
+
+Everything about how a payment's status may change lives in the two tables below; no
+other module assigns a status. A (status, event) pair missing from a table is an
+illegal transition: the engine answers it with a rejection, never a silent no-op. The
+terminal statuses map to the events that may still follow them (refunds and disputes
+after success) and nothing else, so a late or duplicated outcome can never move a
+payment backwards.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+__all__ = [
+    "ATTEMPT_TRANSITIONS",
+    "PAYMENT_TERMINAL",
+    "PAYMENT_TRANSITIONS",
+    "AttemptEvent",
+    "AttemptStatus",
+    "PaymentEvent",
+    "PaymentStatus",
+    "attempt_next",
+    "payment_next",
+]
+
+
+class PaymentStatus(StrEnum):
+    processing = "processing"
+    retry_scheduled = "retry_scheduled"
+    requires_payment_method = "requires_payment_method"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+    partially_refunded = "partially_refunded"
+    refunded = "refunded"
+    disputed = "disputed"
+
+
+class PaymentEvent(StrEnum):
+    """What can happen to a payment; the names of the engine's payment events."""
+
+    attempt_succeeded = "attempt_succeeded"
+    attempt_declined_hard = "attempt_declined_hard"
+    attempt_declined_retryable = "attempt_declined_retryable"
+    attempt_errored_retryable = "attempt_errored_retryable"
+    attempt_failed_final = "attempt_failed_final"
+    attempt_outcome_unknown = "attempt_outcome_unknown"
+    retries_exhausted = "retries_exhausted"
+    retry_started = "retry_started"
+    retry_deferred = "retry_deferred"
+    payment_method_replaced = "payment_method_replaced"
+    canceled = "canceled"
+    refunded_partially = "refunded_partially"
+    refunded_fully = "refunded_fully"
+    disputed = "disputed"
+
+
+S = PaymentStatus
+E = PaymentEvent
+
+PAYMENT_TRANSITIONS: Final[dict[PaymentStatus, dict[PaymentEvent, PaymentStatus]]] = {
+    S.processing: {
+        E.attempt_succeeded: S.succeeded,
+        E.attempt_declined_hard: S.requires_payment_method,
+        E.attempt_declined_retryable: S.retry_scheduled,
+        E.attempt_errored_retryable: S.retry_scheduled,
+        E.attempt_failed_final: S.failed,
+        # The attempt is unknown; the payment keeps processing until an inquiry answers.
+        E.attempt_outcome_unknown: S.processing,
+    },
+    S.retry_scheduled: {
+        # A technical error is retried with the same attempt, so its late success counts.
+        E.attempt_succeeded: S.succeeded,
+        E.attempt_declined_hard: S.requires_payment_method,
+        E.attempt_declined_retryable: S.retry_scheduled,
+        E.attempt_failed_final: S.failed,
+        E.retries_exhausted: S.failed,
+        E.retry_started: S.processing,
+        E.retry_deferred: S.retry_scheduled,
+        E.canceled: S.canceled,
+    },
+    S.requires_payment_method: {
+        E.payment_method_replaced: S.processing,
+        E.canceled: S.canceled,
+    },
+    S.succeeded: {
+        E.refunded_partially: S.partially_refunded,
+        E.refunded_fully: S.refunded,
+        E.disputed: S.disputed,
+    },
+    S.partially_refunded: {
+        E.refunded_partially: S.partially_refunded,
+        E.refunded_fully: S.refunded,
+        E.disputed: S.disputed,
+    },
+    S.failed: {},
+    S.canceled: {},
+    S.refunded: {},
+    S.disputed: {},
+}
+
+# Statuses at which processing is over and the payer or merchant has an answer; a
+# payment's processing time is measured from creation to the first of these.
+PAYMENT_TERMINAL: Final[frozenset[PaymentStatus]] = frozenset(
+    {S.succeeded, S.failed, S.canceled, S.requires_payment_method,
+     S.partially_refunded, S.refunded, S.disputed}
+)  # fmt: skip
+
+
+class AttemptStatus(StrEnum):
+    processing = "processing"
+    succeeded = "succeeded"
+    declined = "declined"
+    # A technical error: the same attempt (same processor idempotency key) is sent again.
+    errored = "errored"
+    # No answer (timeout, dropped connection): resolved by status inquiry, never recharged.
+    unknown = "unknown"
+
+
+class AttemptEvent(StrEnum):
+    succeeded = "succeeded"
+    declined = "declined"
+    errored = "errored"
+    unknown = "unknown"
+    resent = "resent"
+
+
+A = AttemptStatus
+AE = AttemptEvent
+
+ATTEMPT_TRANSITIONS: Final[dict[AttemptStatus, dict[AttemptEvent, AttemptStatus]]] = {
+    A.processing: {AE.succeeded: A.succeeded, AE.declined: A.declined,
+                   AE.errored: A.errored, AE.unknown: A.unknown},
+    A.unknown: {AE.succeeded: A.succeeded, AE.declined: A.declined, AE.errored: A.errored},
+    A.errored: {AE.succeeded: A.succeeded, AE.declined: A.declined, AE.resent: A.processing},
+    A.succeeded: {},
+    A.declined: {},
+}  # fmt: skip
+
+
+def payment_next(status: PaymentStatus, event: PaymentEvent) -> PaymentStatus | None:
+    """The status after ``event``, or None when the table has no such transition."""
+    return PAYMENT_TRANSITIONS[status].get(event)
+
+
+def attempt_next(status: AttemptStatus, event: AttemptEvent) -> AttemptStatus | None:
+    return ATTEMPT_TRANSITIONS[status].get(event)
