@@ -210,16 +210,23 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     outcome: Outcome
 
 
+def _outcome(result: Result, rejection: Rejection | None, ids: dict[str, str]) -> Outcome:
+    return Outcome(
+        result=result, rejection=rejection,
+        payment_id=ids.get("payment_id"), invoice_id=ids.get("invoice_id"),
+    )  # fmt: skip
+
+
 def _ok(events: tuple[Event, ...], **ids: str) -> Decision:
-    return Decision(events=events, outcome=Outcome(result=Result.ok, **ids))
+    return Decision(events=events, outcome=_outcome(Result.ok, None, ids))
 
 
 def _exists(**ids: str) -> Decision:
-    return Decision(events=(), outcome=Outcome(result=Result.exists, **ids))
+    return Decision(events=(), outcome=_outcome(Result.exists, None, ids))
 
 
 def _rejected(rejection: Rejection, **ids: str) -> Decision:
-    return Decision(events=(), outcome=Outcome(result=Result.rejected, rejection=rejection, **ids))
+    return Decision(events=(), outcome=_outcome(Result.rejected, rejection, ids))
 
 
 # -- decide ---------------------------------------------------------------------------------
@@ -503,11 +510,12 @@ def _decide_record_outcome(
     if decline_class is DeclineClass.soft:
         next_retry_at_ms = _schedule_soft_retry(state, payment, command.advice_code, now_ms, rng)
     if decline_class is DeclineClass.hard:
-        status, payment_event = PaymentStatus.requires_payment_method, PaymentEvent.attempt_declined_hard
+        status = PaymentStatus.requires_payment_method
     elif next_retry_at_ms is None:
-        status, payment_event = PaymentStatus.failed, PaymentEvent.attempt_failed_final
+        status = PaymentStatus.failed
     else:
-        status, payment_event = PaymentStatus.retry_scheduled, PaymentEvent.attempt_declined_retryable
+        status = PaymentStatus.retry_scheduled
+    payment_event = _declined_payment_event(status)
     event = AttemptDeclined(
         at_ms=now_ms, payment_id=payment.payment_id, attempt_id=attempt.attempt_id,
         decline_code=command.decline_code, decline_class=decline_class,
@@ -713,7 +721,7 @@ def _revenue_account(invoice: Invoice) -> LedgerAccount:
     return LedgerAccount.deferred_revenue
 
 
-def _evolve(state: AccountState, event: Event) -> Entry | None:  # noqa: C901 - one arm per event
+def _evolve(state: AccountState, event: Event) -> Entry | None:
     ar = LedgerAccount.accounts_receivable
     credit = LedgerAccount.customer_credit
     if isinstance(event, InvoiceIssued):
@@ -740,9 +748,11 @@ def _evolve(state: AccountState, event: Event) -> Entry | None:  # noqa: C901 - 
         assert event.amount_paid_minor == invoice.amount_paid_minor
         invoice.status = InvoiceStatus.void
         state.credit_minor += event.amount_paid_minor
-        return entry(f"void {invoice.invoice_id}",
-                     {_revenue_account(invoice): invoice.amount_due_minor},
-                     {ar: event.amount_remaining_minor, credit: event.amount_paid_minor})  # fmt: skip
+        return entry(
+            f"void {invoice.invoice_id}",
+            {_revenue_account(invoice): invoice.amount_due_minor},
+            {ar: event.amount_remaining_minor, credit: event.amount_paid_minor},
+        )
     if isinstance(event, PaymentCreated):
         assert event.payment_id not in state.payments
         state.payments[event.payment_id] = Payment(

@@ -60,12 +60,12 @@ class _Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
-class ServicePeriod(_Message, kw_only=True):
+class ServicePeriod(_Message, frozen=True, kw_only=True):
     start: dt.date
     end: dt.date  # inclusive
 
 
-class PaymentMethodRef(_Message, kw_only=True):
+class PaymentMethodRef(_Message, frozen=True, kw_only=True):
     """What the engine needs of a payment method: never the card number."""
 
     id: str
@@ -76,12 +76,12 @@ class PaymentMethodRef(_Message, kw_only=True):
 # -- commands -----------------------------------------------------------------------------
 
 
-class OpenAccount(_Message, tag="open_account", kw_only=True):
+class OpenAccount(_Message, tag="open_account", frozen=True, kw_only=True):
     account_id: str
     currency: str
 
 
-class IssueInvoice(_Message, tag="issue_invoice", kw_only=True):
+class IssueInvoice(_Message, tag="issue_invoice", frozen=True, kw_only=True):
     account_id: str
     invoice_id: str
     number: str
@@ -91,12 +91,12 @@ class IssueInvoice(_Message, tag="issue_invoice", kw_only=True):
     service_period: ServicePeriod | None = None
 
 
-class VoidInvoice(_Message, tag="void_invoice", kw_only=True):
+class VoidInvoice(_Message, tag="void_invoice", frozen=True, kw_only=True):
     account_id: str
     invoice_id: str
 
 
-class CreatePayment(_Message, tag="create_payment", kw_only=True):
+class CreatePayment(_Message, tag="create_payment", frozen=True, kw_only=True):
     account_id: str
     payment_id: str
     attempt_id: str
@@ -116,7 +116,7 @@ class OutcomeKind(StrEnum):
     unknown = "unknown"
 
 
-class RecordOutcome(_Message, tag="record_outcome", kw_only=True):
+class RecordOutcome(_Message, tag="record_outcome", frozen=True, kw_only=True):
     """The processor's answer for one attempt: from the gateway, an inquiry or a callback."""
 
     account_id: str
@@ -132,7 +132,7 @@ class RecordOutcome(_Message, tag="record_outcome", kw_only=True):
     currency: str | None = None
 
 
-class StartRetry(_Message, tag="start_retry", kw_only=True):
+class StartRetry(_Message, tag="start_retry", frozen=True, kw_only=True):
     """The retry timer fired. ``attempt_id`` names the new attempt after a soft decline;
     after a technical error the errored attempt itself is sent again."""
 
@@ -141,26 +141,26 @@ class StartRetry(_Message, tag="start_retry", kw_only=True):
     attempt_id: str
 
 
-class ReplacePaymentMethod(_Message, tag="replace_payment_method", kw_only=True):
+class ReplacePaymentMethod(_Message, tag="replace_payment_method", frozen=True, kw_only=True):
     account_id: str
     payment_id: str
     attempt_id: str
     payment_method: PaymentMethodRef
 
 
-class CancelPayment(_Message, tag="cancel_payment", kw_only=True):
+class CancelPayment(_Message, tag="cancel_payment", frozen=True, kw_only=True):
     account_id: str
     payment_id: str
 
 
-class RefundPayment(_Message, tag="refund_payment", kw_only=True):
+class RefundPayment(_Message, tag="refund_payment", frozen=True, kw_only=True):
     account_id: str
     payment_id: str
     refund_id: str
     amount_minor: int
 
 
-class DisputePayment(_Message, tag="dispute_payment", kw_only=True):
+class DisputePayment(_Message, tag="dispute_payment", frozen=True, kw_only=True):
     account_id: str
     payment_id: str
 
@@ -177,12 +177,12 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True):
     at_ms: int
 
 
-class AccountOpened(_Event, tag="account_opened", kw_only=True):
+class AccountOpened(_Event, tag="account_opened", frozen=True, kw_only=True):
     account_id: str
     currency: str
 
 
-class InvoiceIssued(_Event, tag="invoice_issued", kw_only=True):
+class InvoiceIssued(_Event, tag="invoice_issued", frozen=True, kw_only=True):
     invoice_id: str
     number: str
     amount_minor: int
@@ -190,19 +190,19 @@ class InvoiceIssued(_Event, tag="invoice_issued", kw_only=True):
     service_period: ServicePeriod | None = None
 
 
-class CreditApplied(_Event, tag="credit_applied", kw_only=True):
+class CreditApplied(_Event, tag="credit_applied", frozen=True, kw_only=True):
     invoice_id: str
     amount_minor: int
 
 
-class InvoiceVoided(_Event, tag="invoice_voided", kw_only=True):
+class InvoiceVoided(_Event, tag="invoice_voided", frozen=True, kw_only=True):
     invoice_id: str
     # What the invoice still owed leaves receivables; what was paid on it returns to credit.
     amount_remaining_minor: int
     amount_paid_minor: int
 
 
-class PaymentCreated(_Event, tag="payment_created", kw_only=True):
+class PaymentCreated(_Event, tag="payment_created", frozen=True, kw_only=True):
     payment_id: str
     attempt_id: str
     idempotency_key: str
@@ -214,7 +214,7 @@ class PaymentCreated(_Event, tag="payment_created", kw_only=True):
     schedule: RetrySchedule = RetrySchedule.one_off
 
 
-class AttemptSucceeded(_Event, tag="attempt_succeeded", kw_only=True):
+class AttemptSucceeded(_Event, tag="attempt_succeeded", frozen=True, kw_only=True):
     payment_id: str
     attempt_id: str
     charge_id: str | None
@@ -222,7 +222,7 @@ class AttemptSucceeded(_Event, tag="attempt_succeeded", kw_only=True):
     unapplied_minor: int
 
 
-class AttemptDeclined(_Event, tag="attempt_declined", kw_only=True):
+class AttemptDeclined(_Event, tag="attempt_declined", frozen=True, kw_only=True):
     """A decline. ``status`` is where it leaves the payment: retry_scheduled (with
     ``next_retry_at_ms``), requires_payment_method (hard) or failed (retries spent)."""
 
@@ -236,7 +236,7 @@ class AttemptDeclined(_Event, tag="attempt_declined", kw_only=True):
     next_retry_at_ms: int | None = None
 
 
-class AttemptErrored(_Event, tag="attempt_errored", kw_only=True):
+class AttemptErrored(_Event, tag="attempt_errored", frozen=True, kw_only=True):
     payment_id: str
     attempt_id: str
     decline_code: str | None
@@ -244,40 +244,40 @@ class AttemptErrored(_Event, tag="attempt_errored", kw_only=True):
     next_retry_at_ms: int | None = None
 
 
-class AttemptOutcomeUnknown(_Event, tag="attempt_outcome_unknown", kw_only=True):
+class AttemptOutcomeUnknown(_Event, tag="attempt_outcome_unknown", frozen=True, kw_only=True):
     payment_id: str
     attempt_id: str
 
 
-class RetryStarted(_Event, tag="retry_started", kw_only=True):
+class RetryStarted(_Event, tag="retry_started", frozen=True, kw_only=True):
     payment_id: str
     attempt_id: str
     # True when the errored attempt is sent again under its own idempotency key.
     resend: bool
 
 
-class RetriesExhausted(_Event, tag="retries_exhausted", kw_only=True):
+class RetriesExhausted(_Event, tag="retries_exhausted", frozen=True, kw_only=True):
     """The card networks' caps pushed the next retry past the policy's window."""
 
     payment_id: str
 
 
-class RetryDeferred(_Event, tag="retry_deferred", kw_only=True):
+class RetryDeferred(_Event, tag="retry_deferred", frozen=True, kw_only=True):
     payment_id: str
     next_retry_at_ms: int
 
 
-class PaymentMethodReplaced(_Event, tag="payment_method_replaced", kw_only=True):
+class PaymentMethodReplaced(_Event, tag="payment_method_replaced", frozen=True, kw_only=True):
     payment_id: str
     attempt_id: str
     payment_method: PaymentMethodRef
 
 
-class PaymentCanceled(_Event, tag="payment_canceled", kw_only=True):
+class PaymentCanceled(_Event, tag="payment_canceled", frozen=True, kw_only=True):
     payment_id: str
 
 
-class PaymentRefunded(_Event, tag="payment_refunded", kw_only=True):
+class PaymentRefunded(_Event, tag="payment_refunded", frozen=True, kw_only=True):
     payment_id: str
     refund_id: str
     amount_minor: int
@@ -286,7 +286,7 @@ class PaymentRefunded(_Event, tag="payment_refunded", kw_only=True):
     status: PaymentStatus
 
 
-class PaymentDisputed(_Event, tag="payment_disputed", kw_only=True):
+class PaymentDisputed(_Event, tag="payment_disputed", frozen=True, kw_only=True):
     payment_id: str
 
 

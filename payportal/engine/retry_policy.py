@@ -162,10 +162,8 @@ def next_delay_ms(policy: RetryPolicy, attempt: int, rng: random.Random) -> int 
     assert attempt >= 1
     if attempt >= policy.attempts_max:
         return None
-    base_ms = min(
-        policy.interval_ms_initial * policy.backoff_coefficient ** (attempt - 1),
-        policy.interval_ms_max,
-    )
+    growth: int = policy.backoff_coefficient ** (attempt - 1)
+    base_ms = min(policy.interval_ms_initial * growth, policy.interval_ms_max)
     spread_ms = base_ms * policy.jitter_permille // 1000
     delay_ms = base_ms + rng.randint(-spread_ms, spread_ms)
     assert delay_ms > 0
