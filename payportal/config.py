@@ -1,0 +1,387 @@
+"""Settings: every knob of a deployment, read once at start-up from the environment.
+
+Model: a frozen `Settings` built by `load_settings` from the process environment laid over
+an optional `.env` file in the working directory (the environment wins). Every setting has
+an embedded default, so an empty environment runs the whole system on one machine; setting
+the database, Redis and Ray addresses turns the same code into a cluster deployment.
+
+Rules:
+- A setting is valid or start-up stops: a malformed value raises `SettingsError`, whose
+  message is one line naming the setting and what is wrong. Nothing is silently clamped.
+- An empty value (``PAYPORTAL_REDIS_URL=``) means "unset, use the default", because that
+  is what an empty line in a `.env` or compose file is written to mean.
+- A ``PAYPORTAL_*`` name that is not a setting but is one typo away from one is rejected:
+  a misspelt database URL would otherwise quietly run on the embedded SQLite.
+- Secrets never appear in messages or reprs: the secret key is not shown and passwords in
+  URLs are masked.
+- Loading has no side effects. The secret key, when not configured, is generated and
+  persisted only when something first asks for it (`Settings.resolve_secret_key`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import os
+import secrets
+import stat
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import SplitResult, urlsplit
+
+__all__ = ["PROCESSORS", "Settings", "SettingsError", "load_settings"]
+
+PREFIX = "PAYPORTAL_"
+
+# Processor adapters that exist. Real adapters add their name here when they land.
+PROCESSORS = frozenset({"sandbox"})
+
+# 32 characters of a URL-safe token is 192 bits; shorter keys are guessable enough to
+# forge session cookies offline.
+SECRET_KEY_LENGTH_MIN = 32
+
+# A batch bigger than this is one multi-megabyte Ray message and one very long group
+# commit; the measured gain flattens far below it.
+BATCH_MAX_ITEMS_LIMIT = 65_536
+# Waiting longer than a second to fill a batch is latency no payer would accept.
+BATCH_MAX_WAIT_MS_LIMIT = 1_000
+# Shards are fixed when a deployment is created; beyond this a typo is likelier than intent.
+SHARDS_LIMIT = 4_096
+
+# Names in these families belong to the test suite and benchmarks, not to the server.
+NON_SETTING_PREFIXES = ("PAYPORTAL_TEST_", "PAYPORTAL_BENCH_")
+# difflib ratio above which an unknown name is taken for a misspelt setting.
+TYPO_SIMILARITY_MIN = 0.85
+
+VALUE_SHOWN_CHARS_MAX = 60
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed. `str(error)` is one line naming it."""
+
+    def __init__(self, message: str) -> None:
+        assert "\n" not in message, "a settings error must be one line"
+        super().__init__(message)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """The validated configuration of one process. Build it with `load_settings`."""
+
+    database_url: str
+    redis_url: str | None  # None: in-process stand-in for streams, rate limits, sessions
+    ray_address: str | None  # None: start Ray locally
+    host: str
+    port: int
+    sandbox_port: int
+    smtp_url: str | None  # None: the built-in mail catcher
+    shards: int
+    # None: generated on first use and kept in <var_dir>/secret_key. Never in the repr.
+    secret_key: str | None = dataclasses.field(repr=False)
+    processor: str
+    batch_max_items: int
+    batch_max_wait_ms: int
+    queue_max: int
+    var_dir: Path  # runtime state of the embedded defaults: SQLite, the secret key
+
+    def resolve_secret_key(self) -> str:
+        """Return the configured key, or the persisted one, creating it on first use.
+
+        Persisted so that a restart keeps sessions valid. Safe when several processes
+        start at once: the key file appears atomically, and every process reads the
+        one that won.
+        """
+        if self.secret_key is not None:
+            return self.secret_key
+        return _secret_key_file_load_or_create(self.var_dir / "secret_key")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, cwd: str | os.PathLike[str] | None = None
+) -> Settings:
+    """Read settings from `environ` (default: the process environment) over `cwd`/.env."""
+    directory = Path.cwd() if cwd is None else Path(cwd)
+    directory = directory.resolve()
+    values = _dotenv_read(directory / ".env")
+    values.update(os.environ if environ is None else environ)
+    # Empty means unset (module rules); strip so a stray space is not a value either.
+    raw = {
+        name: value.strip()
+        for name, value in values.items()
+        if name.startswith(PREFIX) and value.strip()
+    }
+    _reject_misspelt_names(raw)
+    var_dir = directory / "var"
+
+    batch_max_items = _int(raw, "BATCH_MAX_ITEMS", 256, 1, BATCH_MAX_ITEMS_LIMIT)
+    queue_max = _int(raw, "QUEUE_MAX", 10_000, 1, 10_000_000)
+    if queue_max < batch_max_items:
+        raise SettingsError(
+            f"{PREFIX}QUEUE_MAX: must be at least {PREFIX}BATCH_MAX_ITEMS "
+            f"({batch_max_items}), got {queue_max}"
+        )
+    port = _int(raw, "PORT", 8080, 1, 65_535)
+    sandbox_port = _int(raw, "SANDBOX_PORT", 8081, 1, 65_535)
+    if sandbox_port == port:
+        raise SettingsError(
+            f"{PREFIX}SANDBOX_PORT: must differ from {PREFIX}PORT (both are {port})"
+        )
+
+    return Settings(
+        database_url=_database_url(raw, f"sqlite+aiosqlite:///{var_dir / 'payportal.db'}"),
+        redis_url=_redis_url(raw),
+        ray_address=_ray_address(raw),
+        host=_host(raw),
+        port=port,
+        sandbox_port=sandbox_port,
+        smtp_url=_smtp_url(raw),
+        shards=_int(raw, "SHARDS", os.cpu_count() or 1, 1, SHARDS_LIMIT),
+        secret_key=_secret_key(raw),
+        processor=_processor(raw),
+        batch_max_items=batch_max_items,
+        batch_max_wait_ms=_int(raw, "BATCH_MAX_WAIT_MS", 2, 0, BATCH_MAX_WAIT_MS_LIMIT),
+        queue_max=queue_max,
+        var_dir=var_dir,
+    )
+
+
+# -- the .env file --------------------------------------------------------------------
+
+
+def _dotenv_read(path: Path) -> dict[str, str]:
+    """Parse simple ``KEY=VALUE`` lines: comments, ``export``, quotes; no interpolation."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingsError(f".env: cannot be read ({type(error).__name__})") from error
+    values: dict[str, str] = {}
+    for line_number, line_raw in enumerate(text.splitlines(), start=1):
+        line = line_raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").lstrip()
+        name, equals, value = line.partition("=")
+        name = name.strip()
+        # The line itself is not echoed: it may hold a secret.
+        if not equals or not name.isidentifier():
+            raise SettingsError(f".env line {line_number}: expected KEY=VALUE")
+        values[name] = _dotenv_value(value.strip())
+    return values
+
+
+def _dotenv_value(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1]
+    # As in python-dotenv: an unquoted value ends at " #"; quote a value that holds one.
+    comment_at = value.find(" #")
+    return value if comment_at < 0 else value[:comment_at].rstrip()
+
+
+# -- names ------------------------------------------------------------------------------
+
+SETTING_NAMES = frozenset(
+    PREFIX + name
+    for name in (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "RAY_ADDRESS",
+        "HOST",
+        "PORT",
+        "SANDBOX_PORT",
+        "SMTP_URL",
+        "SHARDS",
+        "SECRET_KEY",
+        "PROCESSOR",
+        "BATCH_MAX_ITEMS",
+        "BATCH_MAX_WAIT_MS",
+        "QUEUE_MAX",
+    )
+)
+
+
+def _reject_misspelt_names(raw: Mapping[str, str]) -> None:
+    for name in sorted(raw):
+        if name in SETTING_NAMES or name.startswith(NON_SETTING_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, SETTING_NAMES, n=1, cutoff=TYPO_SIMILARITY_MIN)
+        if close:
+            raise SettingsError(f"{name}: not a setting; did you mean {close[0]}?")
+
+
+# -- values -----------------------------------------------------------------------------
+
+
+def _shown(value: str) -> str:
+    """The value as quoted in an error: repr keeps it on one line, and long ones are cut."""
+    if len(value) > VALUE_SHOWN_CHARS_MAX:
+        value = value[:VALUE_SHOWN_CHARS_MAX] + "…"
+    return repr(value)
+
+
+def _int(raw: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    value = raw.get(PREFIX + key)
+    if value is None:
+        return default
+    try:
+        number = int(value, 10)
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        raise SettingsError(f"{PREFIX}{key}: must be an integer {low}-{high}, got {_shown(value)}")
+    return number
+
+
+def _url_masked(parts: SplitResult) -> str:
+    """The URL with its password replaced, safe to print."""
+    if parts.password is None:
+        return parts.geturl()
+    userinfo = f"{parts.username or ''}:***"
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{userinfo}@{host}").geturl()
+
+
+def _url(
+    raw: Mapping[str, str], key: str, schemes: tuple[str, ...], host_required: bool
+) -> str | None:
+    value = raw.get(PREFIX + key)
+    if value is None:
+        return None
+    expected = " or ".join(f"{scheme}://" for scheme in schemes)
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises on a non-numeric or out-of-range port
+    except ValueError as error:
+        raise SettingsError(f"{PREFIX}{key}: must be a {expected} URL ({error})") from error
+    shown = _shown(_url_masked(parts))
+    if parts.scheme not in schemes:
+        raise SettingsError(f"{PREFIX}{key}: must be a {expected} URL, got {shown}")
+    if host_required and not parts.hostname:
+        raise SettingsError(f"{PREFIX}{key}: must name a host, got {shown}")
+    return value
+
+
+# Bare driver names are accepted and given the async driver the persistence layer uses,
+# because that is how hosting providers and other tools hand out database URLs.
+DATABASE_SCHEMES_ASYNC = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def _database_url(raw: Mapping[str, str], default: str) -> str:
+    url = _url(raw, "DATABASE_URL", tuple(DATABASE_SCHEMES_ASYNC), host_required=False)
+    if url is None:
+        return default
+    scheme, _, rest = url.partition("://")
+    if scheme.startswith("postgres") and not urlsplit(url).hostname:
+        raise SettingsError(
+            f"{PREFIX}DATABASE_URL: must name a host, got {_shown(_url_masked(urlsplit(url)))}"
+        )
+    if scheme.startswith("sqlite") and not rest.startswith("/"):
+        raise SettingsError(
+            f"{PREFIX}DATABASE_URL: must be sqlite+aiosqlite:///<path to a file>, got {_shown(url)}"
+        )
+    return f"{DATABASE_SCHEMES_ASYNC[scheme]}://{rest}"
+
+
+def _redis_url(raw: Mapping[str, str]) -> str | None:
+    url = _url(raw, "REDIS_URL", ("redis", "rediss", "unix"), host_required=False)
+    if url is not None and not url.startswith("unix") and not urlsplit(url).hostname:
+        raise SettingsError(
+            f"{PREFIX}REDIS_URL: must name a host, got {_shown(_url_masked(urlsplit(url)))}"
+        )
+    return url
+
+
+def _smtp_url(raw: Mapping[str, str]) -> str | None:
+    return _url(raw, "SMTP_URL", ("smtp", "smtps"), host_required=True)
+
+
+def _ray_address(raw: Mapping[str, str]) -> str | None:
+    value = raw.get(PREFIX + "RAY_ADDRESS")
+    if value is None or value == "auto":
+        return value
+    # host:port of a Ray head's GCS, or ray://host:port for Ray Client.
+    parts = urlsplit(value if "://" in value else f"gcs://{value}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("gcs", "ray") or not parts.hostname or port is None:
+        raise SettingsError(
+            f"{PREFIX}RAY_ADDRESS: must be host:port, ray://host:port or auto, got {_shown(value)}"
+        )
+    return value
+
+
+def _host(raw: Mapping[str, str]) -> str:
+    value = raw.get(PREFIX + "HOST", "127.0.0.1")
+    if any(character.isspace() or character in "/@" for character in value):
+        raise SettingsError(f"{PREFIX}HOST: must be a host name or IP address, got {_shown(value)}")
+    return value
+
+
+def _secret_key(raw: Mapping[str, str]) -> str | None:
+    value = raw.get(PREFIX + "SECRET_KEY")
+    if value is not None and len(value) < SECRET_KEY_LENGTH_MIN:
+        # The length is safe to say; the value is not.
+        raise SettingsError(
+            f"{PREFIX}SECRET_KEY: must be at least {SECRET_KEY_LENGTH_MIN} characters, "
+            f"got {len(value)}"
+        )
+    return value
+
+
+def _processor(raw: Mapping[str, str]) -> str:
+    value = raw.get(PREFIX + "PROCESSOR", "sandbox")
+    if value not in PROCESSORS:
+        raise SettingsError(
+            f"{PREFIX}PROCESSOR: must be one of {', '.join(sorted(PROCESSORS))}, "
+            f"got {_shown(value)}"
+        )
+    return value
+
+
+# -- the persisted secret key ---------------------------------------------------------
+
+
+def _secret_key_file_load_or_create(path: Path) -> str:
+    try:
+        return _secret_key_file_load(path)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Written whole to a private temporary file, then linked into place: a concurrent
+    # reader sees no file or the complete key, never a half-written one, and link()
+    # refuses to replace a key another process linked first.
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")
+    try:
+        with os.fdopen(handle, "w", encoding="ascii") as file:
+            file.write(secrets.token_urlsafe(48) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+    return _secret_key_file_load(path)
+
+
+def _secret_key_file_load(path: Path) -> str:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SettingsError(f"{PREFIX}SECRET_KEY: {path} is readable by other users; chmod 600 it")
+    key = path.read_text(encoding="ascii").strip()
+    if len(key) < SECRET_KEY_LENGTH_MIN:
+        raise SettingsError(
+            f"{PREFIX}SECRET_KEY: {path} holds a key shorter than "
+            f"{SECRET_KEY_LENGTH_MIN} characters; delete it to generate a new one"
+        )
+    return key

@@ -1,0 +1,242 @@
+"""Settings load with embedded defaults and reject every malformed value in one line naming
+it; each test builds an explicit environment and a throwaway working directory."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from payportal.config import Settings, SettingsError, load_settings
+
+
+def _load(tmp_path: Path, **environ: str) -> Settings:
+    return load_settings(environ, cwd=tmp_path)
+
+
+def test_empty_environment_runs_on_embedded_defaults(tmp_path: Path) -> None:
+    settings = _load(tmp_path)
+
+    assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/var/payportal.db"
+    assert settings.redis_url is None
+    assert settings.ray_address is None
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8080
+    assert settings.sandbox_port == 8081
+    assert settings.smtp_url is None
+    assert settings.shards == (os.cpu_count() or 1)
+    assert settings.secret_key is None
+    assert settings.processor == "sandbox"
+    assert settings.batch_max_items == 256
+    assert settings.batch_max_wait_ms == 2
+    assert settings.queue_max == 10_000
+
+
+def test_loading_settings_writes_nothing(tmp_path: Path) -> None:
+    _load(tmp_path)
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_setting_is_read_from_the_environment(tmp_path: Path) -> None:
+    settings = _load(
+        tmp_path,
+        PAYPORTAL_DATABASE_URL="postgresql+asyncpg://app:pw@db:5432/payportal",
+        PAYPORTAL_REDIS_URL="redis://cache:6379/0",
+        PAYPORTAL_RAY_ADDRESS="ray-head:6379",
+        PAYPORTAL_HOST="0.0.0.0",
+        PAYPORTAL_PORT="9000",
+        PAYPORTAL_SANDBOX_PORT="9001",
+        PAYPORTAL_SMTP_URL="smtp://mail:25",
+        PAYPORTAL_SHARDS="16",
+        PAYPORTAL_SECRET_KEY="k" * 40,
+        PAYPORTAL_PROCESSOR="sandbox",
+        PAYPORTAL_BATCH_MAX_ITEMS="64",
+        PAYPORTAL_BATCH_MAX_WAIT_MS="0",
+        PAYPORTAL_QUEUE_MAX="500",
+    )
+
+    assert settings.database_url == "postgresql+asyncpg://app:pw@db:5432/payportal"
+    assert settings.redis_url == "redis://cache:6379/0"
+    assert settings.ray_address == "ray-head:6379"
+    assert settings.host == "0.0.0.0"
+    assert (settings.port, settings.sandbox_port) == (9000, 9001)
+    assert settings.smtp_url == "smtp://mail:25"
+    assert settings.shards == 16
+    assert settings.secret_key == "k" * 40
+    assert (settings.batch_max_items, settings.batch_max_wait_ms) == (64, 0)
+    assert settings.queue_max == 500
+
+
+def test_bare_database_schemes_get_the_async_driver(tmp_path: Path) -> None:
+    postgres = _load(tmp_path, PAYPORTAL_DATABASE_URL="postgres://u@db/payportal")
+    sqlite = _load(tmp_path, PAYPORTAL_DATABASE_URL="sqlite:////data/p.db")
+
+    assert postgres.database_url == "postgresql+asyncpg://u@db/payportal"
+    assert sqlite.database_url == "sqlite+aiosqlite:////data/p.db"
+
+
+def test_empty_value_means_the_default(tmp_path: Path) -> None:
+    settings = _load(tmp_path, PAYPORTAL_PORT="", PAYPORTAL_REDIS_URL="  ")
+
+    assert settings.port == 8080
+    assert settings.redis_url is None
+
+
+MALFORMED = [
+    ("PAYPORTAL_DATABASE_URL", "mysql://db/payportal"),
+    ("PAYPORTAL_DATABASE_URL", "postgresql+asyncpg:///nohost"),
+    ("PAYPORTAL_DATABASE_URL", "sqlite+aiosqlite://relative.db"),
+    ("PAYPORTAL_REDIS_URL", "http://cache:6379"),
+    ("PAYPORTAL_REDIS_URL", "redis://cache:port"),
+    ("PAYPORTAL_RAY_ADDRESS", "ray-head"),
+    ("PAYPORTAL_RAY_ADDRESS", "http://ray-head:6379"),
+    ("PAYPORTAL_HOST", "local host"),
+    ("PAYPORTAL_PORT", "abc"),
+    ("PAYPORTAL_PORT", "0"),
+    ("PAYPORTAL_PORT", "65536"),
+    ("PAYPORTAL_PORT", "80.5"),
+    ("PAYPORTAL_SANDBOX_PORT", "-1"),
+    ("PAYPORTAL_SMTP_URL", "mail:25"),
+    ("PAYPORTAL_SMTP_URL", "smtp://"),
+    ("PAYPORTAL_SHARDS", "0"),
+    ("PAYPORTAL_SHARDS", "many"),
+    ("PAYPORTAL_SECRET_KEY", "short"),
+    ("PAYPORTAL_PROCESSOR", "stripe"),
+    ("PAYPORTAL_BATCH_MAX_ITEMS", "0"),
+    ("PAYPORTAL_BATCH_MAX_WAIT_MS", "2.5"),
+    ("PAYPORTAL_BATCH_MAX_WAIT_MS", "-1"),
+    ("PAYPORTAL_QUEUE_MAX", "10"),
+    ("PAYPORTAL_DATABSE_URL", "postgresql://db/payportal"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), MALFORMED)
+def test_malformed_setting_is_one_line_naming_it(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        _load(tmp_path, **{name: value})
+
+    message = str(raised.value)
+    assert message.startswith(f"{name}: ")
+    assert "\n" not in message
+
+
+def test_malformed_port_message_says_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as raised:
+        _load(tmp_path, PAYPORTAL_PORT="abc")
+
+    assert str(raised.value) == "PAYPORTAL_PORT: must be an integer 1-65535, got 'abc'"
+
+
+def test_queue_must_hold_one_batch(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="at least PAYPORTAL_BATCH_MAX_ITEMS"):
+        _load(tmp_path, PAYPORTAL_BATCH_MAX_ITEMS="100", PAYPORTAL_QUEUE_MAX="99")
+
+
+def test_sandbox_port_must_differ_from_port(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"^PAYPORTAL_SANDBOX_PORT: must differ"):
+        _load(tmp_path, PAYPORTAL_PORT="9000", PAYPORTAL_SANDBOX_PORT="9000")
+
+
+def test_misspelt_setting_suggests_the_real_name(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="did you mean PAYPORTAL_SHARDS"):
+        _load(tmp_path, PAYPORTAL_SHARD="4")
+
+
+def test_test_and_benchmark_variables_are_not_settings(tmp_path: Path) -> None:
+    _load(
+        tmp_path,
+        PAYPORTAL_TEST_POSTGRES_URL="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+        PAYPORTAL_BENCH_POSTGRES_URL="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+    )
+
+
+def test_errors_never_show_a_password_or_the_secret_key(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as url_error:
+        _load(tmp_path, PAYPORTAL_DATABASE_URL="mysql://app:hunter2@db/payportal")
+    with pytest.raises(SettingsError) as key_error:
+        _load(tmp_path, PAYPORTAL_SECRET_KEY="hunter2")
+
+    assert "hunter2" not in str(url_error.value)
+    assert "hunter2" not in str(key_error.value)
+
+
+def test_secret_key_is_not_in_the_repr(tmp_path: Path) -> None:
+    settings = _load(tmp_path, PAYPORTAL_SECRET_KEY="s3cret" * 8)
+
+    assert "s3cret" not in repr(settings)
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "# local overrides\n"
+        "\n"
+        "PAYPORTAL_PORT=9100\n"
+        "export PAYPORTAL_SHARDS=3\n"
+        "PAYPORTAL_REDIS_URL='redis://cache:6379/1'\n"
+        'PAYPORTAL_HOST="localhost"  \n'
+        "PAYPORTAL_QUEUE_MAX=20000 # roomier\n"
+        "UNRELATED=ignored\n"
+    )
+
+    settings = _load(tmp_path)
+
+    assert settings.port == 9100
+    assert settings.shards == 3
+    assert settings.redis_url == "redis://cache:6379/1"
+    assert settings.host == "localhost"
+    assert settings.queue_max == 20_000
+
+
+def test_environment_overrides_dotenv(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PAYPORTAL_PORT=9100\nPAYPORTAL_SHARDS=3\n")
+
+    settings = _load(tmp_path, PAYPORTAL_PORT="9200")
+
+    assert settings.port == 9200
+    assert settings.shards == 3
+
+
+def test_malformed_dotenv_line_names_the_line_not_its_content(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PAYPORTAL_PORT=9100\nhunter2\n")
+
+    with pytest.raises(SettingsError) as raised:
+        _load(tmp_path)
+
+    assert str(raised.value) == ".env line 2: expected KEY=VALUE"
+
+
+def test_malformed_value_in_dotenv_names_the_setting(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PAYPORTAL_SHARDS=lots\n")
+
+    with pytest.raises(SettingsError, match=r"^PAYPORTAL_SHARDS: "):
+        _load(tmp_path)
+
+
+def test_configured_secret_key_is_used_and_nothing_is_written(tmp_path: Path) -> None:
+    settings = _load(tmp_path, PAYPORTAL_SECRET_KEY="k" * 40)
+
+    assert settings.resolve_secret_key() == "k" * 40
+    assert not (tmp_path / "var").exists()
+
+
+def test_generated_secret_key_is_private_and_survives_a_restart(tmp_path: Path) -> None:
+    key_first = _load(tmp_path).resolve_secret_key()
+    key_after_restart = _load(tmp_path).resolve_secret_key()
+
+    key_path = tmp_path / "var" / "secret_key"
+    assert key_first == key_after_restart
+    assert len(key_first) >= 32
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    assert [path.name for path in key_path.parent.iterdir()] == ["secret_key"]
+
+
+def test_secret_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    settings = _load(tmp_path)
+    settings.resolve_secret_key()
+    (tmp_path / "var" / "secret_key").chmod(0o644)
+
+    with pytest.raises(SettingsError, match=r"^PAYPORTAL_SECRET_KEY: .*chmod 600"):
+        settings.resolve_secret_key()
