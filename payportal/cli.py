@@ -1,0 +1,162 @@
+"""The `payportal` command: a thin shell over the server, migrations, keys and demo data.
+
+Model: each command loads `Settings`, then calls one function in the module that does the
+work. Those modules are imported inside the command, so `payportal --help` and a settings
+error answer instantly without importing Ray or SQLAlchemy.
+
+Rules:
+- A malformed setting prints its one-line message to stderr and exits 2 (usage error).
+- A part of the system that is not built yet is said so in one line, exit 1; an import
+  error *inside* a module that exists is a real bug and is raised, not hidden.
+- Nothing here prints a secret, except the new API key that `keys create` exists to show
+  once.
+"""
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as distribution_version
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from payportal.config import Settings, SettingsError, load_settings
+
+EXIT_SETTINGS = 2  # what usage errors exit with, so scripts can tell "fix your config"
+EXIT_NOT_BUILT = 1
+
+app = typer.Typer(
+    name="payportal",
+    help="Accounts-receivable payment portal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # tracebacks full of locals could show secrets
+)
+keys_app = typer.Typer(help="Merchant API keys.", no_args_is_help=True)
+demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(demo_app, name="demo")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as error:
+        _fail(str(error), EXIT_SETTINGS)
+
+
+def _function(module_name: str, function_name: str, command: str, part: str) -> Callable[..., Any]:
+    """`module_name.function_name`, or exit 1 saying that `part` is not built yet."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        # Only the module itself (or its package) missing means "not built yet".
+        missing = error.name or ""
+        if not (module_name == missing or module_name.startswith(missing + ".")):
+            raise
+        _fail(
+            f"payportal {command}: {part} is not built yet ({module_name} is missing)",
+            EXIT_NOT_BUILT,
+        )
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        _fail(
+            f"payportal {command}: {part} is not built yet "
+            f"({module_name}.{function_name} is missing)",
+            EXIT_NOT_BUILT,
+        )
+    return function  # type: ignore[no-any-return]
+
+
+def _sqlite_directory_ensure(settings: Settings) -> None:
+    """SQLite creates the database file but not its directory; the default lives in var/."""
+    prefix = "sqlite+aiosqlite:///"
+    if settings.database_url.startswith(prefix):
+        path = settings.database_url.removeprefix(prefix).partition("?")[0]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address [PAYPORTAL_HOST].")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65_535, help="Listen port [PAYPORTAL_PORT].")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Front-door processes [default: one per core].")
+    ] = None,
+    seed_demo: Annotated[
+        bool, typer.Option("--seed-demo/--no-seed-demo", help="Seed the demo merchant first.")
+    ] = False,
+    sandbox: Annotated[
+        bool, typer.Option("--sandbox/--no-sandbox", help="Start the sandbox processor.")
+    ] = True,
+    mail: Annotated[
+        bool, typer.Option("--mail/--no-mail", help="Start the built-in mail catcher.")
+    ] = True,
+) -> None:
+    """Run the front door, shards, sandbox processor and mail catcher."""
+    settings = _settings()
+    # Command-line options override the environment, the way a one-off run is expected to.
+    settings = dataclasses.replace(
+        settings,
+        host=settings.host if host is None else host,
+        port=settings.port if port is None else port,
+    )
+    if sandbox and settings.port == settings.sandbox_port:
+        _fail(
+            f"--port: must differ from PAYPORTAL_SANDBOX_PORT (both are {settings.port})",
+            EXIT_SETTINGS,
+        )
+    run = _function("payportal.server", "run", "serve", "the server")
+    _sqlite_directory_ensure(settings)
+    run(settings, workers=workers, seed_demo=seed_demo, sandbox=sandbox, mail=mail)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations to PAYPORTAL_DATABASE_URL."""
+    settings = _settings()
+    migrate_database = _function(
+        "payportal.persistence", "migrate", "migrate", "the persistence layer"
+    )
+    _sqlite_directory_ensure(settings)
+    migrate_database(settings.database_url)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="What the key is for, e.g. 'erp'.")],
+) -> None:
+    """Create a merchant API key and print it; it is stored hashed and never shown again."""
+    settings = _settings()
+    create_api_key = _function(
+        "payportal.persistence.keys", "create_api_key", "keys create", "API key storage"
+    )
+    typer.echo(create_api_key(settings.database_url, name))
+
+
+@demo_app.command("seed")
+def demo_seed() -> None:
+    """Seed the demo merchant: accounts, invoices, a payer login."""
+    settings = _settings()
+    seed = _function("payportal.demo", "seed", "demo seed", "the demo data")
+    seed(settings)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    try:
+        installed = distribution_version("payportal")
+    except PackageNotFoundError:
+        installed = "unknown (not installed; run make venv)"
+    typer.echo(f"payportal {installed}")
