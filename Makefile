@@ -1,0 +1,83 @@
+# Developer entry points. `make run` and `make test` each do their own set-up on a fresh
+# machine with only Python 3.11+; the virtualenv is rebuilt only when pyproject.toml changes.
+
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful install, so a repeat run is instant and an edited
+# pyproject.toml reinstalls.
+STAMP := $(VENV)/.installed
+# Extra arguments for pytest, e.g. make test PYTEST_ARGS="-k allocation -x".
+PYTEST_ARGS ?=
+# Python interpreters tried in order when creating the virtualenv; the first that is
+# 3.11 or newer wins. Override with make venv PYTHON=/path/to/python3.x.
+PYTHON_CANDIDATES := python3.11 python3.12 python3.13 python3
+PYTHON ?=
+LOADTEST_USERS ?= 50
+LOADTEST_SPAWN_RATE ?= 10
+LOADTEST_DURATION ?= 1m
+LOADTEST_HOST ?= http://127.0.0.1:8080
+
+.PHONY: venv test lint typecheck run bench loadtest clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@set -e; \
+	if [ ! -x $(BIN)/python ]; then \
+		python="$(PYTHON)"; \
+		if [ -z "$$python" ]; then \
+			for candidate in $(PYTHON_CANDIDATES); do \
+				if command -v $$candidate >/dev/null 2>&1 && \
+				   $$candidate -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+					python=$$candidate; break; \
+				fi; \
+			done; \
+		fi; \
+		if [ -z "$$python" ]; then \
+			echo "payportal needs Python 3.11 or newer; none of $(PYTHON_CANDIDATES) is" >&2; \
+			exit 1; \
+		fi; \
+		echo "creating $(VENV) with $$python"; \
+		"$$python" -m venv $(VENV); \
+	fi
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy payportal/engine
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy payportal/engine
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+run: venv
+	$(BIN)/payportal migrate
+	$(BIN)/payportal serve --seed-demo
+
+bench: venv
+	@if [ -f benchmarks/__main__.py ]; then \
+		$(BIN)/python -m benchmarks; \
+	else \
+		echo "no benchmarks/__main__.py yet; run a benchmark module directly, e.g." \
+		     "$(BIN)/python -m benchmarks.shards --help"; \
+	fi
+
+# Runs against a portal already started with `make run` on 127.0.0.1.
+loadtest: venv
+	@if [ -f loadtests/locustfile.py ]; then \
+		$(BIN)/locust -f loadtests/locustfile.py --headless \
+			--host $(LOADTEST_HOST) \
+			--users $(LOADTEST_USERS) --spawn-rate $(LOADTEST_SPAWN_RATE) \
+			--run-time $(LOADTEST_DURATION); \
+	else \
+		echo "no load test exists yet (loadtests/locustfile.py is missing)"; \
+	fi
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
