@@ -1,0 +1,127 @@
+"""Starting Ray and finding the shards, locally or on a cluster.
+
+The model: shards are named actors in the ``payportal`` namespace, so any front-door
+process connected to the same Ray finds the same shards by name. Creation is
+get-or-create, so many front doors may race to start them and still share one set.
+On a cluster the shards are detached, so they outlive the process that created them.
+Ray supervises them: ``max_restarts=-1`` restarts a crashed shard, and
+``max_task_retries=-1`` re-sends the calls it had in flight, which the engine's
+idempotency makes safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+from .protocol import NAMESPACE, shard_name
+from .shard import AccountShardCore, ShardOptions
+
+__all__ = ["AccountShard", "connect_ray", "ensure_shards", "get_shards"]
+
+
+@ray.remote
+class AccountShard:
+    """The Ray actor around ``AccountShardCore``; it connects its store on first use."""
+
+    def __init__(self, shard_id: int, database_url: str, options: ShardOptions) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._shard_id = shard_id
+        self._database_url = database_url
+        self._options = options
+        self._core: AccountShardCore | None = None
+        self._clock_offset_ms = 0
+
+    async def _ready(self) -> AccountShardCore:
+        if self._core is None:
+            from payportal.persistence import Store
+
+            store = await Store.connect(self._database_url)
+            self._core = AccountShardCore(
+                self._shard_id, store, options=self._options, clock_ms=self._now_ms
+            )
+        return self._core
+
+    def _now_ms(self) -> int:
+        import time
+
+        return time.time_ns() // 1_000_000 + self._clock_offset_ms
+
+    async def apply(self, batch: bytes) -> bytes:
+        core = await self._ready()
+        return await core.apply(batch)
+
+    async def advance_clock(self, ms: int) -> int:
+        """Tests move the shard's clock forward (retry schedules) without sleeping."""
+        self._clock_offset_ms += ms
+        return self._now_ms()
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+    async def node_id(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
+    async def stats(self) -> dict[str, int]:
+        core = await self._ready()
+        return {**core.stats, "accounts_in_memory": core.accounts_in_memory}
+
+    async def flush_checkpoints(self) -> int:
+        core = await self._ready()
+        return await core.flush_checkpoints()
+
+
+def connect_ray(address: str | None = None, **init_kwargs: Any) -> None:
+    """Join the Ray at ``address`` (a cluster), or start a local one when None."""
+    if ray.is_initialized():
+        return
+    if address is None or address.startswith(("127.", "localhost")):
+        # Ray otherwise binds its embedded instance to every interface and advertises the
+        # host's public address; this flag is Ray's own switch to loopback-only.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        init_kwargs.setdefault("_node_ip_address", "127.0.0.1")
+    ray.init(
+        address=address,
+        namespace=NAMESPACE,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        **init_kwargs,
+    )
+
+
+def ensure_shards(
+    count: int,
+    database_url: str,
+    *,
+    options: ShardOptions | None = None,
+    detached: bool = False,
+    deployment: str = "default",
+    **actor_options: Any,
+) -> list[Any]:
+    """Get or create shards ``0..count-1``; all front doors must agree on ``count``."""
+    handles = []
+    for shard_id in range(count):
+        handle = AccountShard.options(  # type: ignore[attr-defined]
+            name=shard_name(shard_id, deployment),
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            lifetime="detached" if detached else None,
+            max_restarts=-1,
+            max_task_retries=-1,
+            # Shards wait on the database, not the CPU: don't let Ray's CPU accounting cap
+            # how many fit on a node.
+            num_cpus=0,
+            max_concurrency=64,
+            **actor_options,
+        ).remote(shard_id, database_url, options or ShardOptions())
+        handles.append(handle)
+    return handles
+
+
+def get_shards(count: int, deployment: str = "default") -> list[Any]:
+    """Find shards another process started."""
+    return [ray.get_actor(shard_name(i, deployment), namespace=NAMESPACE) for i in range(count)]

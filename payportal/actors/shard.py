@@ -1,0 +1,270 @@
+"""Account shards: many accounts per Ray actor, each account's commands applied in order.
+
+The model (DESIGN.md decisions 1-3): a shard owns the accounts that hash to it. It takes
+a batch of commands, loads any account it does not hold from its checkpoint and journal,
+then applies every command synchronously through the engine: there is no ``await``
+between reading an account's state and writing it back, so one account's commands run
+one at a time, exactly as if it had an actor of its own. The whole batch's events are
+committed in one transaction (group commit), and only then is the batch answered.
+
+Rules:
+- Nothing is answered before it is durable. If the commit fails the in-memory state is
+  ahead of the database, so the process exits and Ray restarts it from what is durable;
+  the caller's call is retried by Ray and the engine's idempotency makes that safe.
+- Checkpoints are coalesced: an account is checkpointed after many events or a little
+  time, not after every command, and recovery replays the journal past the checkpoint.
+- Idle accounts are checkpointed and evicted, so memory follows active accounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from payportal.engine import (
+    AccountState,
+    Command,
+    CreatePayment,
+    Decision,
+    Entry,
+    Event,
+    IssueInvoice,
+    VoidInvoice,
+    execute,
+)
+
+from .protocol import BATCH_DECODER, REPLIES_ENCODER, Balance, Reply
+
+__all__ = ["AccountShardCore", "ShardOptions"]
+
+log = logging.getLogger(__name__)
+
+# Exit status of a shard that stopped because a commit failed (EX_SOFTWARE).
+EXIT_COMMIT_FAILED = 70
+
+
+class ShardOptions(msgspec.Struct, frozen=True, kw_only=True):
+    # Replay after a crash reads at most this many events per account past its checkpoint.
+    checkpoint_every_events: int = 256
+    # ...and a hot account's checkpoint is never older than this.
+    checkpoint_interval_ms: int = 2_000
+    # Accounts untouched this long leave memory (after a checkpoint).
+    idle_evict_ms: int = 10 * 60_000
+    # How often the shard looks for idle accounts, in batches.
+    evict_scan_every_batches: int = 1_000
+
+
+class _Pending(msgspec.Struct, kw_only=True):
+    version_before: int
+    events: list[Event]
+    entries: list[Entry]
+
+
+class _Tracked(msgspec.Struct, kw_only=True):
+    events_since_checkpoint: int = 0
+    checkpoint_at_ms: int = 0
+    used_at_ms: int = 0
+
+
+class AccountShardCore:
+    """The shard's logic, free of Ray so it can be driven directly in tests."""
+
+    def __init__(
+        self,
+        shard_id: int,
+        store: Any,
+        *,
+        options: ShardOptions | None = None,
+        clock_ms: Callable[[], int] | None = None,
+        rng: random.Random | None = None,
+        on_commit_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.shard_id = shard_id
+        self._store = store
+        self._options = options or ShardOptions()
+        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        # Jitter only spreads retries in time; it needs no cryptographic strength.
+        self._rng = rng or random.Random()  # noqa: S311
+        self._on_commit_failure = on_commit_failure or _exit_for_restart
+        self._accounts: dict[str, AccountState] = {}
+        self._tracked: dict[str, _Tracked] = {}
+        self._lock = asyncio.Lock()
+        self._batches = 0
+        self.stats: dict[str, int] = {"batches": 0, "commands": 0, "events": 0, "loads": 0}
+
+    @property
+    def accounts_in_memory(self) -> int:
+        return len(self._accounts)
+
+    async def apply(self, batch: bytes) -> bytes:
+        commands = BATCH_DECODER.decode(batch)
+        # One batch at a time: a batch's accounts must not change while it awaits its commit.
+        async with self._lock:
+            replies = await self._apply_locked(commands)
+            self._batches += 1
+            if self._batches % self._options.evict_scan_every_batches == 0:
+                await self._evict_idle()
+        return replies
+
+    async def _apply_locked(self, commands: list[Command]) -> bytes:
+        await self._activate({c.account_id for c in commands})
+        now_ms = self._clock_ms()
+        pending: dict[str, _Pending] = {}
+        replies: list[msgspec.Raw] = []
+        # From here to the commit nothing awaits: each account's commands apply in order.
+        for command in commands:
+            account_id = command.account_id
+            before = self._accounts.get(account_id)
+            version_before = before.version if before is not None else 0
+            after, decision, entries = execute(before, command, now_ms, self._rng)
+            if decision.events:
+                assert after is not None
+                change = pending.get(account_id)
+                if change is None:
+                    change = pending[account_id] = _Pending(
+                        version_before=version_before, events=[], entries=[]
+                    )
+                change.events.extend(decision.events)
+                change.entries.extend(entries)
+                self._accounts[account_id] = after
+            # Encoded now: later commands in the batch may change the same payment.
+            replies.append(msgspec.Raw(REPLIES_ENCODER.encode(_reply(after, command, decision))))
+        if pending:
+            await self._commit(pending, now_ms)
+        for account_id in {c.account_id for c in commands}:
+            self._tracked.setdefault(account_id, _Tracked(checkpoint_at_ms=now_ms)).used_at_ms = (
+                now_ms
+            )
+        self.stats["batches"] += 1
+        self.stats["commands"] += len(commands)
+        return REPLIES_ENCODER.encode(replies)
+
+    async def _activate(self, account_ids: set[str]) -> None:
+        missing = [a for a in account_ids if a not in self._accounts]
+        if not missing:
+            return
+        states = await asyncio.gather(*(self._store.load_account(a) for a in missing))
+        self.stats["loads"] += len(missing)
+        for account_id, state in zip(missing, states, strict=True):
+            if state is not None:
+                self._accounts[account_id] = state
+
+    async def _commit(self, pending: dict[str, _Pending], now_ms: int) -> None:
+        from payportal.persistence import AccountChange
+
+        changes = []
+        for account_id, change in pending.items():
+            tracked = self._tracked.setdefault(account_id, _Tracked(checkpoint_at_ms=now_ms))
+            tracked.events_since_checkpoint += len(change.events)
+            checkpoint = (
+                tracked.events_since_checkpoint >= self._options.checkpoint_every_events
+                or now_ms - tracked.checkpoint_at_ms >= self._options.checkpoint_interval_ms
+            )
+            changes.append(
+                AccountChange(
+                    account_id=account_id,
+                    version_before=change.version_before,
+                    events=change.events,
+                    entries=change.entries,
+                    state=self._accounts[account_id],
+                    checkpoint=checkpoint,
+                )
+            )
+        try:
+            await self._store.commit(self.shard_id, changes)
+        except BaseException as error:
+            log.exception("shard %s: commit failed; stopping to recover from disk", self.shard_id)
+            # The memory is ahead of the disk now: forget it before anything else reads it.
+            self._accounts.clear()
+            self._tracked.clear()
+            self._on_commit_failure(error)
+            raise
+        for change in changes:
+            if change.checkpoint:
+                tracked = self._tracked[change.account_id]
+                tracked.events_since_checkpoint = 0
+                tracked.checkpoint_at_ms = now_ms
+        self.stats["events"] += sum(len(c.events) for c in changes)
+
+    async def _evict_idle(self) -> None:
+        from payportal.persistence import AccountChange
+
+        now_ms = self._clock_ms()
+        idle = [
+            account_id
+            for account_id, tracked in self._tracked.items()
+            if now_ms - tracked.used_at_ms >= self._options.idle_evict_ms
+        ]
+        if not idle:
+            return
+        # Checkpoint before leaving memory, so the next activation replays nothing.
+        dirty = [
+            AccountChange(
+                account_id=a, version_before=self._accounts[a].version, events=[], entries=[],
+                state=self._accounts[a], checkpoint=True,
+            )
+            for a in idle
+            if a in self._accounts and self._tracked[a].events_since_checkpoint > 0
+        ]  # fmt: skip
+        if dirty:
+            await self._store.commit(self.shard_id, dirty)
+        for account_id in idle:
+            self._accounts.pop(account_id, None)
+            self._tracked.pop(account_id, None)
+
+    async def flush_checkpoints(self) -> int:
+        """Checkpoint every account with events past its checkpoint (on shutdown)."""
+        from payportal.persistence import AccountChange
+
+        async with self._lock:
+            dirty = [
+                AccountChange(
+                    account_id=a, version_before=s.version, events=[], entries=[], state=s,
+                    checkpoint=True,
+                )
+                for a, s in self._accounts.items()
+                if self._tracked.get(a, _Tracked()).events_since_checkpoint > 0
+            ]  # fmt: skip
+            if dirty:
+                await self._store.commit(self.shard_id, dirty)
+                for change in dirty:
+                    self._tracked[change.account_id].events_since_checkpoint = 0
+            return len(dirty)
+
+    def account(self, account_id: str) -> AccountState | None:
+        return self._accounts.get(account_id)
+
+
+def _reply(state: AccountState | None, command: Command, decision: Decision) -> Reply:
+    if state is None:
+        return Reply(outcome=decision.outcome)
+    outcome = decision.outcome
+    payment = state.payments.get(outcome.payment_id) if outcome.payment_id else None
+    invoice_id = outcome.invoice_id
+    if invoice_id is None and isinstance(command, IssueInvoice | VoidInvoice):
+        invoice_id = command.invoice_id
+    invoice = state.invoices.get(invoice_id) if invoice_id else None
+    if payment is None and isinstance(command, CreatePayment):
+        payment = state.payments.get(command.payment_id)
+    balance = Balance(
+        outstanding_minor=state.outstanding_minor,
+        credit_minor=state.credit_minor,
+        currency=state.currency,
+    )
+    return Reply(
+        outcome=outcome, payment=payment, invoice=invoice, balance=balance, version=state.version
+    )
+
+
+def _exit_for_restart(error: BaseException) -> None:
+    # A crash, not a clean exit: Ray restarts crashed actors (max_restarts=-1) but not
+    # ones that exit on purpose, and the restart is what brings back durable state.
+    logging.shutdown()
+    os._exit(EXIT_COMMIT_FAILED)
