@@ -1,0 +1,22 @@
+"""Durable storage under the account shards: journal, checkpoints, read models, migrations.
+
+``Store`` is the one object the shards use: ``commit`` a batch of account changes in
+one transaction, ``load_account`` to recover an account, ``journal`` to audit. SQLite
+(WAL, in ``./var/``) by default, PostgreSQL by URL; nothing connects at import time.
+"""
+
+from ._engine import create_engine_for
+from ._migrate import alembic_config, migrate
+from ._rows import AccountChange
+from ._store import Store
+from .keys import create_api_key, verify_api_key
+
+__all__ = [
+    "AccountChange",
+    "Store",
+    "alembic_config",
+    "create_api_key",
+    "create_engine_for",
+    "migrate",
+    "verify_api_key",
+]

@@ -1,0 +1,231 @@
+"""The database schema: SQLAlchemy Core tables, the one description the migrations follow.
+
+The model: ``journal`` is the source of truth (append-only events, msgpack bytes, one row
+per event); ``account_checkpoints`` lets recovery skip most of the journal; everything
+else is a read model rebuilt from account state, or a guard table whose unique
+constraint makes an effect happen once (DESIGN.md decision 4). Rules:
+
+- Money is ``BigInteger`` minor units; never a float column.
+- No card data: payment methods appear only as processor tokens' ids.
+- Every constraint and index is named (``NAMING``), so Alembic's batch mode on SQLite
+  can recreate tables and autogenerate compares like with like.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import sqlalchemy as sa
+
+__all__ = [
+    "account_checkpoints",
+    "accounts",
+    "allocations",
+    "api_keys",
+    "attempts",
+    "idempotency_records",
+    "invoices",
+    "journal",
+    "ledger_entries",
+    "metadata",
+    "outbox",
+    "payments",
+    "processor_callbacks",
+]
+
+NAMING: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING)
+
+# SQLite only autoincrements a column declared exactly INTEGER PRIMARY KEY (the rowid).
+_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# Money and times in milliseconds: 64-bit integers everywhere.
+_Minor = sa.BigInteger
+_Ms = sa.BigInteger
+
+
+def _created_at() -> sa.Column[object]:
+    return sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    )
+
+
+# -- source of truth ------------------------------------------------------------------------
+
+journal = sa.Table(
+    "journal",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("shard_id", sa.Integer, nullable=False),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("at_ms", _Ms, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    _created_at(),
+    # The database refuses a second application of the same event (at-least-once delivery,
+    # or a zombie shard writing after its replacement): the whole commit fails.
+    sa.UniqueConstraint("account_id", "version"),
+    sa.Index(None, "shard_id", "id"),
+)
+
+account_checkpoints = sa.Table(
+    "account_checkpoints",
+    metadata,
+    sa.Column("account_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.LargeBinary, nullable=False),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+)
+
+# -- read models (upserted from AccountState in the commit that changed them) ------------------
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("account_id", sa.String(64), primary_key=True),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("outstanding_minor", _Minor, nullable=False),
+    sa.Column("credit_minor", _Minor, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
+invoices = sa.Table(
+    "invoices",
+    metadata,
+    sa.Column("invoice_id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("number", sa.String(64), nullable=False),
+    sa.Column("amount_due_minor", _Minor, nullable=False),
+    sa.Column("amount_paid_minor", _Minor, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("due_date", sa.Date, nullable=False),
+    sa.Column("service_start", sa.Date, nullable=True),
+    sa.Column("service_end", sa.Date, nullable=True),
+    sa.Index(None, "account_id", "due_date"),
+)
+
+payments = sa.Table(
+    "payments",
+    metadata,
+    sa.Column("payment_id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("amount_minor", _Minor, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("payment_method_id", sa.String(64), nullable=False),
+    sa.Column("amount_applied_minor", _Minor, nullable=False),
+    sa.Column("amount_unapplied_minor", _Minor, nullable=False),
+    sa.Column("amount_refunded_minor", _Minor, nullable=False),
+    sa.Column("created_at_ms", _Ms, nullable=False),
+    sa.Column("finished_at_ms", _Ms, nullable=True),
+    sa.Column("next_retry_at_ms", _Ms, nullable=True),
+    sa.Column("idempotency_key", sa.String(255), nullable=False),
+    sa.UniqueConstraint("account_id", "idempotency_key"),
+    sa.Index(None, "account_id", "created_at_ms"),
+    # The retry timer scans for due payments.
+    sa.Index(None, "next_retry_at_ms"),
+)
+
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("attempt_id", sa.String(64), primary_key=True),
+    sa.Column("payment_id", sa.String(64), nullable=False),
+    sa.Column("processor", sa.String(32), nullable=False, server_default="sandbox"),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("decline_code", sa.String(64), nullable=True),
+    sa.Column("decline_class", sa.String(32), nullable=True),
+    sa.Column("charge_id", sa.String(128), nullable=True),
+    sa.Column("created_at_ms", _Ms, nullable=False),
+    # One processor charge is captured by one attempt, ever.
+    sa.UniqueConstraint("processor", "charge_id"),
+    sa.Index(None, "payment_id"),
+)
+
+allocations = sa.Table(
+    "allocations",
+    metadata,
+    sa.Column("payment_id", sa.String(64), primary_key=True),
+    sa.Column("invoice_id", sa.String(64), primary_key=True),
+    sa.Column("amount_minor", _Minor, nullable=False),
+    sa.Index(None, "invoice_id"),
+)
+
+ledger_entries = sa.Table(
+    "ledger_entries",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    # The journal version of the event that posted the entry.
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("memo", sa.String(200), nullable=False),
+    sa.Column("ledger_account", sa.String(32), nullable=False),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("amount_minor", _Minor, nullable=False),
+    sa.Index(None, "account_id", "version"),
+)
+
+# -- guards and side effects (used by the HTTP layer, the gateway and the outbox worker) ----
+
+idempotency_records = sa.Table(
+    "idempotency_records",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("principal", sa.String(64), nullable=False),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("key", sa.String(255), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    # NULL while the first request is in flight (a second one is answered 409).
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("response_body", sa.LargeBinary, nullable=True),
+    _created_at(),
+    sa.UniqueConstraint("principal", "account_id", "key"),
+    # Records expire after 24 h at the earliest; the sweeper scans by age.
+    sa.Index(None, "created_at"),
+)
+
+processor_callbacks = sa.Table(
+    "processor_callbacks",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("processor", sa.String(32), nullable=False),
+    sa.Column("event_id", sa.String(128), nullable=False),
+    sa.Column(
+        "received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.UniqueConstraint("processor", "event_id"),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    # Stable per effect, so a receiver (and a second write of the same effect) dedupes.
+    sa.Column("dedupe_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    _created_at(),
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Index(None, "sent_at", "id"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    # Hex SHA-256 of the key; the key itself is shown once and never stored.
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    _created_at(),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
