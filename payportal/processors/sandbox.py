@@ -209,6 +209,7 @@ class _Card(msgspec.Struct, kw_only=True):
 
 class _KeyEntry(msgspec.Struct, kw_only=True):
     fingerprint: tuple[Any, ...]
+    charge_id: str | None = None
     # The first answer (status, body), replayed byte for byte; None while being decided.
     response: tuple[int, bytes] | None = None
 
@@ -518,7 +519,9 @@ async def _post_charge(request: web.Request) -> web.Response:
         created=state.now_s(),
     )
     state.charges[charge.id] = charge
-    state.charge_keys[body.idempotency_key] = _KeyEntry(fingerprint=fingerprint)
+    state.charge_keys[body.idempotency_key] = _KeyEntry(
+        fingerprint=fingerprint, charge_id=charge.id
+    )
     decided = state.spawn(_decide_charge(state, charge, card, behaviour, first_on_token))
     status, payload = await asyncio.shield(decided)
     if behaviour.behaviour is _cards.Behaviour.capture_then_timeout or (
@@ -613,7 +616,7 @@ async def _list_charges(request: web.Request) -> web.Response:
         data = list(state.charges.values())
     else:
         entry = state.charge_keys.get(key)
-        data = [c for c in state.charges.values() if c.idempotency_key == key] if entry else []
+        data = [state.charges[entry.charge_id]] if entry and entry.charge_id else []
     return _json(200, {"data": data, "has_more": False})
 
 

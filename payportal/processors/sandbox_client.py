@@ -138,7 +138,9 @@ class SandboxProcessor:
                     method, self._base_url + path, json=json, params=params, timeout=self._timeout
                 ) as response:
                     return response.status, await response.read()
-            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError):
+            except (TimeoutError, aiohttp.ClientError):
+                # No trustworthy answer (timeout, refused or dropped connection, a broken
+                # response): the request may or may not have been acted on.
                 raise _Timeout from None
 
     # -- ProcessorAdapter -------------------------------------------------------------------
