@@ -1,0 +1,1 @@
+"""Seeded simulation of the engine against an independent auditor model."""

@@ -1,0 +1,714 @@
+"""An independent model of one account's money, checked against the engine after each step.
+
+The model is written from the public contract, not from the engine: it reads commands
+through the message vocabulary and never imports the engine's account, allocation or
+ledger code. For every command it predicts the result (ok, exists or rejected) and
+every amount that follows: each invoice's paid and remaining amount and status, the
+account credit, each payment's allocations, unapplied part and refunds, and the
+ledger's balances. Its rules:
+
+- Allocation: explicit allocations first, each capped at what the invoice still owes;
+  then open invoices by oldest due date, then invoice number, then invoice id; the
+  rest becomes account credit.
+- Credit is applied to a new invoice at once. Voiding an invoice returns what was paid
+  on it to credit, and credit then goes oldest-first to the other open invoices.
+- A refund first takes back the payment's own unapplied credit, as far as the account
+  still holds it; the rest is a refund expense.
+- A payment is captured at most once, and a status moves only along ``ALLOWED_NEXT``.
+
+Where the contract leaves a choice to the engine (whether a soft decline is retried or
+has run out of retries, when a retry is due), the auditor accepts the engine's status
+only if the contract allows that transition, and then follows it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from payportal.engine.messages import (
+    CancelPayment,
+    Command,
+    CreatePayment,
+    DisputePayment,
+    IssueInvoice,
+    OpenAccount,
+    Outcome,
+    OutcomeKind,
+    RecordOutcome,
+    RefundPayment,
+    ReplacePaymentMethod,
+    Result,
+    StartRetry,
+    VoidInvoice,
+)
+
+__all__ = ["ALLOWED_NEXT", "AccountAuditor", "AuditError"]
+
+# The currencies the simulation sends; anything else it sends is meant to be invalid.
+VALID_CURRENCIES: Final = frozenset({"USD", "EUR", "JPY"})
+
+# The decline codes the simulation sends, classified from the contract's retry rules.
+HARD_DECLINE_CODES: Final = frozenset({"do_not_honor", "expired_card", "lost_card", "stolen_card"})
+SOFT_DECLINE_CODES: Final = frozenset(
+    {"insufficient_funds", "try_again_later", "issuer_unavailable"}
+)
+# Mastercard advice codes that forbid any reattempt, and those that impose a wait.
+ADVICE_CODES_STOP: Final = frozenset({"03", "21"})
+ADVICE_CODES_WAIT: Final = frozenset({"24", "25", "26", "27", "28", "29", "30"})
+# The shortest wait any of those advice codes asks for (code 24: one hour).
+ADVICE_WAIT_MS_MIN: Final = 3_600_000
+DAY_MS: Final = 86_400_000
+# The contract's default policy caps: attempts per payment method and their window.
+SERIES_CAPS: Final[dict[str, tuple[int, int]]] = {
+    "one_off": (4, 7 * DAY_MS),
+    "subscription": (8, 14 * DAY_MS),
+}
+IDEMPOTENCY_KEY_LENGTH_MAX: Final = 255
+
+CAPTURED_STATUSES: Final = frozenset({"succeeded", "partially_refunded", "refunded", "disputed"})
+# Every status a payment may be in after one command, given its status before.
+ALLOWED_NEXT: Final[dict[str, frozenset[str]]] = {
+    "processing": frozenset(
+        {"processing", "succeeded", "failed", "requires_payment_method", "retry_scheduled"}
+    ),
+    "retry_scheduled": frozenset(
+        {
+            "retry_scheduled",
+            "processing",
+            "succeeded",
+            "failed",
+            "requires_payment_method",
+            "canceled",
+        }
+    ),
+    "requires_payment_method": frozenset({"requires_payment_method", "processing", "canceled"}),
+    "succeeded": frozenset({"succeeded", "partially_refunded", "refunded", "disputed"}),
+    "partially_refunded": frozenset({"partially_refunded", "refunded", "disputed"}),
+    "failed": frozenset({"failed"}),
+    "canceled": frozenset({"canceled"}),
+    "refunded": frozenset({"refunded"}),
+    "disputed": frozenset({"disputed"}),
+}
+# Attempt states in which the processor may still capture.
+OPEN_ATTEMPT_STATES: Final = frozenset({"processing", "unknown", "errored"})
+
+OK: Final = frozenset({Result.ok})
+EXISTS: Final = frozenset({Result.exists})
+REJECTED: Final = frozenset({Result.rejected})
+NOT_OK: Final = frozenset({Result.exists, Result.rejected})
+ANY: Final = frozenset(Result)
+
+
+class AuditError(AssertionError):
+    """The engine disagrees with the auditor."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise AuditError(message)
+
+
+def decline_is_hard(code: str | None, visa_category: int | None, advice_code: str | None) -> bool:
+    """The contract's classification; stop signals win over everything that would retry."""
+    if advice_code in ADVICE_CODES_STOP or visa_category == 1:
+        return True
+    if code in SOFT_DECLINE_CODES or visa_category in (2, 3):
+        return False
+    assert code in HARD_DECLINE_CODES, f"the simulation sent an unclassified code {code!r}"
+    return True
+
+
+@dataclass
+class AuditedInvoice:
+    invoice_id: str
+    number: str
+    amount_due_minor: int
+    due_date: dt.date
+    service_period: Any
+    paid_minor: int = 0
+    voided: bool = False
+
+    @property
+    def remaining_minor(self) -> int:
+        return 0 if self.voided else self.amount_due_minor - self.paid_minor
+
+    @property
+    def status(self) -> str:
+        if self.voided:
+            return "void"
+        return "paid" if self.remaining_minor == 0 else "open"
+
+
+@dataclass
+class AuditedAttempt:
+    attempt_id: str
+    state: str = "processing"  # processing | unknown | errored | declined | succeeded
+    decline_code: str | None = None
+
+
+@dataclass
+class AuditedPayment:
+    payment_id: str
+    idempotency_key: str
+    amount_minor: int
+    currency: str
+    payment_method_id: str
+    requested: tuple[tuple[str, int], ...]
+    schedule: str
+    created_at_ms: int
+    attempts: list[AuditedAttempt]
+    status: str = "processing"
+    captures: int = 0
+    allocations: dict[str, int] = field(default_factory=dict)
+    unapplied_minor: int = 0
+    refunds: dict[str, int] = field(default_factory=dict)
+    refunded_minor: int = 0
+    refunded_from_credit_minor: int = 0
+    next_retry_at_ms: int | None = None
+    series_started_at_ms: int = 0
+    series_attempts: int = 1
+
+    @property
+    def current(self) -> AuditedAttempt:
+        return self.attempts[-1]
+
+    def attempt(self, attempt_id: str) -> AuditedAttempt | None:
+        for attempt in reversed(self.attempts):
+            if attempt.attempt_id == attempt_id:
+                return attempt
+        return None
+
+
+def _key_is_valid(key: str) -> bool:
+    return 1 <= len(key) <= IDEMPOTENCY_KEY_LENGTH_MAX and all(" " <= c <= "~" for c in key)
+
+
+class AccountAuditor:
+    """Expected money of one account, rebuilt from the commands and their results."""
+
+    def __init__(self, account_id: str) -> None:
+        self.account_id = account_id
+        self.currency: str | None = None
+        self.invoices: dict[str, AuditedInvoice] = {}
+        self.payments: dict[str, AuditedPayment] = {}
+        self.payment_by_key: dict[str, str] = {}
+        self.payment_by_refund: dict[str, str] = {}
+        self.credit_minor = 0
+        # What refunds cost beyond the credit they took back (the ledger's refunds account).
+        self.refund_expense_minor = 0
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def audit(self, command: Command, now_ms: int, outcome: Outcome, state: Any) -> None:
+        """Check the engine's answer to ``command`` and its state after; follow it."""
+        expected = self._expect(command, now_ms)
+        result = outcome.result
+        _check(
+            result in expected,
+            f"expected {sorted(expected)}, engine answered {result} ({outcome.rejection})",
+        )
+        if isinstance(command, CreatePayment) and result is Result.exists:
+            original_id = self.payment_by_key[command.idempotency_key]
+            _check(
+                outcome.payment_id == original_id,
+                f"a replayed key answered {outcome.payment_id}, not {original_id}",
+            )
+        statuses_before = {p.payment_id: p.status for p in self.payments.values()}
+        if result is Result.ok:
+            self._apply(command, now_ms, state)
+            for payment in self.payments.values():
+                if payment.status != "retry_scheduled":
+                    payment.next_retry_at_ms = None  # only a scheduled retry has a time
+        elif isinstance(command, StartRetry) and result is Result.exists:
+            payment = self.payments[command.payment_id]
+            _check(payment.status == "processing", "a retry replay of a payment not processing")
+            _check(
+                payment.current.attempt_id == command.attempt_id,
+                "a retry replay for an attempt that is not current",
+            )
+        for payment_id, before in statuses_before.items():
+            after = self.payments[payment_id].status
+            _check(
+                after in ALLOWED_NEXT[before],
+                f"payment {payment_id} moved {before} -> {after}, which is not allowed",
+            )
+        self.compare(state)
+
+    def _expect(self, command: Command, now_ms: int) -> frozenset[Result]:
+        if isinstance(command, OpenAccount):
+            if command.currency not in VALID_CURRENCIES:
+                return REJECTED
+            if self.currency is not None:
+                return EXISTS if command.currency == self.currency else REJECTED
+            return OK
+        if self.currency is None:
+            return REJECTED
+        if isinstance(command, IssueInvoice):
+            return self._expect_issue_invoice(command)
+        if isinstance(command, VoidInvoice):
+            invoice = self.invoices.get(command.invoice_id)
+            if invoice is None:
+                return REJECTED
+            if invoice.voided:
+                return EXISTS
+            return OK if invoice.status == "open" else REJECTED
+        if isinstance(command, CreatePayment):
+            return self._expect_create_payment(command)
+        if isinstance(command, RecordOutcome):
+            return self._expect_record_outcome(command)
+        if isinstance(command, StartRetry):
+            return self._expect_start_retry(command, now_ms)
+        if isinstance(command, ReplacePaymentMethod):
+            return self._expect_replace_payment_method(command)
+        if isinstance(command, CancelPayment):
+            payment = self.payments.get(command.payment_id)
+            if payment is None:
+                return REJECTED
+            if payment.status == "canceled":
+                return EXISTS
+            # Cancel only once no attempt can still capture: the processor said no.
+            cancelable = payment.status in ("retry_scheduled", "requires_payment_method")
+            return OK if cancelable and payment.current.state == "declined" else REJECTED
+        if isinstance(command, RefundPayment):
+            return self._expect_refund(command)
+        assert isinstance(command, DisputePayment), command
+        payment = self.payments.get(command.payment_id)
+        if payment is None:
+            return REJECTED
+        if payment.status == "disputed":
+            return EXISTS
+        return OK if payment.status in ("succeeded", "partially_refunded") else REJECTED
+
+    def _expect_issue_invoice(self, command: IssueInvoice) -> frozenset[Result]:
+        period = command.service_period
+        if command.amount_minor <= 0 or command.currency not in VALID_CURRENCIES:
+            return REJECTED
+        if period is not None and period.end < period.start:
+            return REJECTED
+        existing = self.invoices.get(command.invoice_id)
+        if existing is not None:
+            same = (
+                command.currency == self.currency
+                and command.amount_minor == existing.amount_due_minor
+                and command.due_date == existing.due_date
+                and command.number == existing.number
+                and command.service_period == existing.service_period
+            )
+            return EXISTS if same else REJECTED
+        return OK if command.currency == self.currency else REJECTED
+
+    def _expect_create_payment(self, command: CreatePayment) -> frozenset[Result]:
+        requested = [(a.invoice_id, a.amount_minor) for a in command.allocations]
+        if (
+            command.amount_minor <= 0
+            or command.currency not in VALID_CURRENCIES
+            or not _key_is_valid(command.idempotency_key)
+            or any(amount_minor <= 0 for _, amount_minor in requested)
+            or len({invoice_id for invoice_id, _ in requested}) != len(requested)
+            or sum(amount_minor for _, amount_minor in requested) > command.amount_minor
+        ):
+            return REJECTED
+        original_id = self.payment_by_key.get(command.idempotency_key)
+        if original_id is not None:
+            original = self.payments[original_id]
+            same = (
+                original.currency == command.currency
+                and original.amount_minor == command.amount_minor
+                and original.payment_method_id == command.payment_method.id
+                and original.requested == tuple(requested)
+            )
+            return EXISTS if same else REJECTED
+        if command.payment_id in self.payments or command.currency != self.currency:
+            return REJECTED
+        for invoice_id, amount_minor in requested:
+            invoice = self.invoices.get(invoice_id)
+            if invoice is None or invoice.status != "open":
+                return REJECTED
+            if amount_minor > invoice.remaining_minor:
+                return REJECTED
+        return OK
+
+    def _expect_record_outcome(self, command: RecordOutcome) -> frozenset[Result]:
+        if command.currency is not None and command.currency not in VALID_CURRENCIES:
+            return REJECTED
+        payment = self.payments.get(command.payment_id)
+        if payment is None:
+            return REJECTED
+        attempt = payment.attempt(command.attempt_id)
+        if attempt is None:
+            return REJECTED
+        kind = command.outcome
+        # An outcome that tells nothing new (a duplicate, or a vaguer late echo) is a replay;
+        # one that contradicts a final answer is refused.
+        if attempt.state == "succeeded":
+            return REJECTED if kind is OutcomeKind.declined else EXISTS
+        if attempt.state == "declined":
+            if kind is OutcomeKind.succeeded:
+                return REJECTED
+            if kind is OutcomeKind.declined and command.decline_code != attempt.decline_code:
+                return REJECTED
+            return EXISTS
+        if attempt.state == "errored" and kind in (OutcomeKind.errored, OutcomeKind.unknown):
+            return EXISTS
+        if attempt.state == "unknown" and kind is OutcomeKind.unknown:
+            return EXISTS
+        if command.currency is not None and command.currency != payment.currency:
+            return REJECTED
+        if command.amount_minor is not None and command.amount_minor != payment.amount_minor:
+            return REJECTED
+        if attempt is not payment.current:
+            return REJECTED
+        return OK if payment.status in ("processing", "retry_scheduled") else REJECTED
+
+    def _expect_start_retry(self, command: StartRetry, now_ms: int) -> frozenset[Result]:
+        payment = self.payments.get(command.payment_id)
+        if payment is None:
+            return REJECTED
+        if payment.status == "processing" and payment.current.attempt_id == command.attempt_id:
+            return EXISTS  # the timer fired twice
+        if payment.status != "retry_scheduled":
+            return REJECTED
+        assert payment.next_retry_at_ms is not None
+        if now_ms < payment.next_retry_at_ms:
+            return REJECTED
+        # Due: whether it starts, waits for the networks' caps or gives up is the engine's
+        # call, checked in ``_apply_start_retry``.
+        return ANY
+
+    def _expect_replace_payment_method(self, command: ReplacePaymentMethod) -> frozenset[Result]:
+        payment = self.payments.get(command.payment_id)
+        if payment is None:
+            return REJECTED
+        if payment.current.attempt_id == command.attempt_id:
+            same = payment.payment_method_id == command.payment_method.id
+            return EXISTS if same else REJECTED
+        if payment.attempt(command.attempt_id) is not None:
+            # An attempt id the payment already used: a late replay, never a new attempt.
+            return NOT_OK
+        return OK if payment.status == "requires_payment_method" else REJECTED
+
+    def _expect_refund(self, command: RefundPayment) -> frozenset[Result]:
+        if command.amount_minor <= 0:
+            return REJECTED
+        refunded_payment_id = self.payment_by_refund.get(command.refund_id)
+        if refunded_payment_id is not None:
+            same = (
+                refunded_payment_id == command.payment_id
+                and self.payments[refunded_payment_id].refunds[command.refund_id]
+                == command.amount_minor
+            )
+            return EXISTS if same else REJECTED
+        payment = self.payments.get(command.payment_id)
+        if payment is None or payment.status not in ("succeeded", "partially_refunded"):
+            return REJECTED
+        refundable_minor = payment.amount_minor - payment.refunded_minor
+        return OK if command.amount_minor <= refundable_minor else REJECTED
+
+    # -- following an accepted command -------------------------------------------------
+
+    def _apply(self, command: Command, now_ms: int, state: Any) -> None:
+        if isinstance(command, OpenAccount):
+            self.currency = command.currency
+        elif isinstance(command, IssueInvoice):
+            invoice = AuditedInvoice(
+                invoice_id=command.invoice_id, number=command.number,
+                amount_due_minor=command.amount_minor, due_date=command.due_date,
+                service_period=command.service_period,
+            )  # fmt: skip
+            self.invoices[invoice.invoice_id] = invoice
+            applied_minor = min(self.credit_minor, invoice.amount_due_minor)
+            self.credit_minor -= applied_minor
+            invoice.paid_minor += applied_minor
+        elif isinstance(command, VoidInvoice):
+            invoice = self.invoices[command.invoice_id]
+            invoice.voided = True
+            self.credit_minor += invoice.paid_minor
+            self._apply_credit_oldest_first()
+        elif isinstance(command, CreatePayment):
+            self.payments[command.payment_id] = AuditedPayment(
+                payment_id=command.payment_id, idempotency_key=command.idempotency_key,
+                amount_minor=command.amount_minor, currency=command.currency,
+                payment_method_id=command.payment_method.id,
+                requested=tuple((a.invoice_id, a.amount_minor) for a in command.allocations),
+                schedule=str(command.schedule), created_at_ms=now_ms,
+                attempts=[AuditedAttempt(attempt_id=command.attempt_id)],
+                series_started_at_ms=now_ms,
+            )  # fmt: skip
+            self.payment_by_key[command.idempotency_key] = command.payment_id
+        elif isinstance(command, RecordOutcome):
+            self._apply_record_outcome(command, now_ms, state)
+        elif isinstance(command, StartRetry):
+            self._apply_start_retry(command, now_ms, state)
+        elif isinstance(command, ReplacePaymentMethod):
+            payment = self.payments[command.payment_id]
+            payment.status = "processing"
+            payment.payment_method_id = command.payment_method.id
+            payment.attempts.append(AuditedAttempt(attempt_id=command.attempt_id))
+            payment.series_started_at_ms = now_ms
+            payment.series_attempts = 1
+        elif isinstance(command, CancelPayment):
+            self.payments[command.payment_id].status = "canceled"
+        elif isinstance(command, RefundPayment):
+            self._apply_refund(command)
+        else:
+            assert isinstance(command, DisputePayment), command
+            self.payments[command.payment_id].status = "disputed"
+
+    def _engine_payment(self, state: Any, payment_id: str) -> Any:
+        engine_payment = state.payments.get(payment_id)
+        _check(engine_payment is not None, f"the engine lost payment {payment_id}")
+        return engine_payment
+
+    def _apply_record_outcome(self, command: RecordOutcome, now_ms: int, state: Any) -> None:
+        payment = self.payments[command.payment_id]
+        attempt = payment.current
+        engine_payment = self._engine_payment(state, payment.payment_id)
+        engine_status = str(engine_payment.status)
+        if command.outcome is OutcomeKind.succeeded:
+            _check(payment.captures == 0, f"payment {payment.payment_id} captured twice")
+            attempt.state = "succeeded"
+            payment.captures += 1
+            payment.status = "succeeded"
+            payment.next_retry_at_ms = None
+            self._capture(payment)
+            return
+        if command.outcome is OutcomeKind.unknown:
+            # Resolved by status inquiry, never by a new charge: the payment keeps processing.
+            attempt.state = "unknown"
+            return
+        if command.outcome is OutcomeKind.declined:
+            attempt.state = "declined"
+            attempt.decline_code = command.decline_code
+            if decline_is_hard(command.decline_code, command.visa_category, command.advice_code):
+                payment.status = "requires_payment_method"
+                payment.next_retry_at_ms = None
+                return
+            allowed = ("retry_scheduled", "failed")
+        else:
+            attempt.state = "errored"
+            allowed = ("retry_scheduled", "failed")
+        _check(
+            engine_status in allowed,
+            f"a {command.outcome} outcome left the payment {engine_status}, not {allowed}",
+        )
+        payment.status = engine_status
+        payment.next_retry_at_ms = engine_payment.next_retry_at_ms
+        if engine_status == "retry_scheduled":
+            self._check_retry_time(payment, now_ms)
+            if command.outcome is OutcomeKind.declined and command.advice_code in ADVICE_CODES_WAIT:
+                assert payment.next_retry_at_ms is not None
+                _check(
+                    payment.next_retry_at_ms >= now_ms + ADVICE_WAIT_MS_MIN,
+                    f"advice code {command.advice_code} not honoured",
+                )
+        else:
+            payment.next_retry_at_ms = None
+
+    def _check_retry_time(self, payment: AuditedPayment, now_ms: int) -> None:
+        _check(payment.next_retry_at_ms is not None, "a scheduled retry without a time")
+        assert payment.next_retry_at_ms is not None
+        _check(payment.next_retry_at_ms > now_ms, "a retry scheduled in the past")
+        if payment.current.state == "declined":
+            # A soft decline's retries stay within the policy's window; a technical error's
+            # quick resend is not part of that series.
+            _, window_ms = SERIES_CAPS[payment.schedule]
+            _check(
+                payment.next_retry_at_ms <= payment.series_started_at_ms + window_ms,
+                "a retry scheduled after the policy's window",
+            )
+
+    def _apply_start_retry(self, command: StartRetry, now_ms: int, state: Any) -> None:
+        payment = self.payments[command.payment_id]
+        engine_status = str(self._engine_payment(state, payment.payment_id).status)
+        _check(
+            engine_status in ("processing", "retry_scheduled", "failed"),
+            f"a retry left the payment {engine_status}",
+        )
+        payment.status = engine_status
+        if engine_status == "retry_scheduled":  # deferred by the networks' caps
+            payment.next_retry_at_ms = self._engine_payment(
+                state, payment.payment_id
+            ).next_retry_at_ms
+            self._check_retry_time(payment, now_ms)
+            return
+        payment.next_retry_at_ms = None
+        if engine_status == "failed":
+            return
+        current = payment.current
+        if current.state == "errored":
+            # A technical error is sent again as it was, under the same attempt.
+            current.state = "processing"
+            return
+        _check(current.state == "declined", f"a retry after a {current.state} attempt")
+        _check(
+            payment.attempt(command.attempt_id) is None,
+            f"a retry reused attempt id {command.attempt_id}",
+        )
+        payment.attempts.append(AuditedAttempt(attempt_id=command.attempt_id))
+        payment.series_attempts += 1
+        attempts_max, _ = SERIES_CAPS[payment.schedule]
+        _check(
+            payment.series_attempts <= attempts_max,
+            f"attempt {payment.series_attempts} on one method exceeds the policy's cap",
+        )
+
+    def _apply_refund(self, command: RefundPayment) -> None:
+        payment = self.payments[command.payment_id]
+        own_credit_left_minor = payment.unapplied_minor - payment.refunded_from_credit_minor
+        from_credit_minor = min(command.amount_minor, self.credit_minor, own_credit_left_minor)
+        self.credit_minor -= from_credit_minor
+        self.refund_expense_minor += command.amount_minor - from_credit_minor
+        payment.refunded_from_credit_minor += from_credit_minor
+        payment.refunded_minor += command.amount_minor
+        payment.refunds[command.refund_id] = command.amount_minor
+        self.payment_by_refund[command.refund_id] = payment.payment_id
+        fully = payment.refunded_minor == payment.amount_minor
+        payment.status = "refunded" if fully else "partially_refunded"
+
+    def _open_oldest_first(self) -> list[AuditedInvoice]:
+        open_invoices = [i for i in self.invoices.values() if i.status == "open"]
+        return sorted(open_invoices, key=lambda i: (i.due_date, i.number, i.invoice_id))
+
+    def _capture(self, payment: AuditedPayment) -> None:
+        left_minor = payment.amount_minor
+        for invoice_id, requested_minor in payment.requested:
+            invoice = self.invoices[invoice_id]
+            take_minor = min(requested_minor, invoice.remaining_minor, left_minor)
+            if take_minor > 0:
+                invoice.paid_minor += take_minor
+                payment.allocations[invoice_id] = (
+                    payment.allocations.get(invoice_id, 0) + take_minor
+                )
+                left_minor -= take_minor
+        for invoice in self._open_oldest_first():
+            take_minor = min(invoice.remaining_minor, left_minor)
+            if take_minor > 0:
+                invoice.paid_minor += take_minor
+                payment.allocations[invoice.invoice_id] = (
+                    payment.allocations.get(invoice.invoice_id, 0) + take_minor
+                )
+                left_minor -= take_minor
+        payment.unapplied_minor = left_minor
+        self.credit_minor += left_minor
+
+    def _apply_credit_oldest_first(self) -> None:
+        for invoice in self._open_oldest_first():
+            take_minor = min(invoice.remaining_minor, self.credit_minor)
+            invoice.paid_minor += take_minor
+            self.credit_minor -= take_minor
+
+    # -- comparison ------------------------------------------------------------------------
+
+    def expected_ledger(self) -> dict[str, int]:
+        """Signed, debit-positive balances, computed from the model alone."""
+        live = [i for i in self.invoices.values() if not i.voided]
+        captured = [p for p in self.payments.values() if p.captures]
+        balances = {
+            "accounts_receivable": sum(i.remaining_minor for i in live),
+            "processor_clearing": sum(p.amount_minor - p.refunded_minor for p in captured),
+            "customer_credit": -self.credit_minor,
+            "revenue": -sum(i.amount_due_minor for i in live if i.service_period is None),
+            "deferred_revenue": -sum(
+                i.amount_due_minor for i in live if i.service_period is not None
+            ),
+            "refunds": self.refund_expense_minor,
+        }
+        assert sum(balances.values()) == 0, f"the auditor's own ledger is unbalanced: {balances}"
+        return balances
+
+    def compare(self, state: Any) -> None:
+        """Raise ``AuditError`` where the engine's state differs from the model."""
+        if self.currency is None:
+            _check(state is None, "the engine has an account the auditor never saw opened")
+            return
+        _check(state is not None, "the engine lost the account")
+        _check(state.currency == self.currency, "currency differs")
+        self._compare_invoices(state)
+        _check(
+            state.credit_minor == self.credit_minor,
+            f"credit: engine {state.credit_minor}, auditor {self.credit_minor}",
+        )
+        if self.credit_minor > 0:
+            _check(
+                all(i.status != "open" for i in self.invoices.values()),
+                "credit stands beside an open invoice",
+            )
+        self._compare_payments(state)
+        expected = self.expected_ledger()
+        for name in set(expected) | {str(k) for k in state.ledger}:
+            engine_minor = state.ledger.get(name, 0)
+            _check(
+                engine_minor == expected.get(name, 0),
+                f"ledger {name}: engine {engine_minor}, auditor {expected.get(name, 0)}",
+            )
+        _check(sum(state.ledger.values()) == 0, f"the ledger does not sum to zero: {state.ledger}")
+
+    def _compare_invoices(self, state: Any) -> None:
+        _check(
+            set(state.invoices) == set(self.invoices),
+            f"invoices: engine {sorted(state.invoices)}, auditor {sorted(self.invoices)}",
+        )
+        for invoice in self.invoices.values():
+            engine_invoice = state.invoices[invoice.invoice_id]
+            seen = (engine_invoice.amount_due_minor, engine_invoice.amount_paid_minor,
+                    engine_invoice.amount_remaining_minor, str(engine_invoice.status))  # fmt: skip
+            expected = (invoice.amount_due_minor, invoice.paid_minor, invoice.remaining_minor,
+                        invoice.status)  # fmt: skip
+            _check(
+                seen == expected,
+                f"invoice {invoice.invoice_id} (due, paid, remaining, status): "
+                f"engine {seen}, auditor {expected}",
+            )
+
+    def _compare_payments(self, state: Any) -> None:
+        _check(
+            set(state.payments) == set(self.payments),
+            f"payments: engine {sorted(state.payments)}, auditor {sorted(self.payments)}",
+        )
+        for payment in self.payments.values():
+            engine_payment = state.payments[payment.payment_id]
+            where = f"payment {payment.payment_id}"
+            _check(engine_payment.amount_minor == payment.amount_minor, f"{where}: amount")
+            _check(
+                str(engine_payment.status) == payment.status,
+                f"{where}: status engine {engine_payment.status}, auditor {payment.status}",
+            )
+            captured = str(engine_payment.status) in CAPTURED_STATUSES
+            _check(captured == bool(payment.captures), f"{where}: captured differs")
+            succeeded_attempts = sum(str(a.status) == "succeeded" for a in engine_payment.attempts)
+            _check(
+                succeeded_attempts == payment.captures,
+                f"{where}: {succeeded_attempts} attempts succeeded, expected {payment.captures}",
+            )
+            engine_attempts = [(a.attempt_id, str(a.status)) for a in engine_payment.attempts]
+            expected_attempts = [(a.attempt_id, a.state) for a in payment.attempts]
+            _check(
+                engine_attempts == expected_attempts,
+                f"{where}: attempts engine {engine_attempts}, auditor {expected_attempts}",
+            )
+            engine_allocations: dict[str, int] = {}
+            for allocation in engine_payment.allocations:
+                engine_allocations[allocation.invoice_id] = (
+                    engine_allocations.get(allocation.invoice_id, 0) + allocation.amount_minor
+                )
+            _check(
+                engine_allocations == payment.allocations,
+                f"{where}: allocations engine {engine_allocations}, auditor {payment.allocations}",
+            )
+            _check(
+                engine_payment.amount_unapplied_minor == payment.unapplied_minor,
+                f"{where}: unapplied engine {engine_payment.amount_unapplied_minor}, "
+                f"auditor {payment.unapplied_minor}",
+            )
+            _check(
+                engine_payment.amount_refunded_minor == payment.refunded_minor,
+                f"{where}: refunded engine {engine_payment.amount_refunded_minor}, "
+                f"auditor {payment.refunded_minor}",
+            )
+            _check(dict(engine_payment.refunds) == payment.refunds, f"{where}: refunds differ")
+            _check(
+                (engine_payment.next_retry_at_ms is None) == (payment.next_retry_at_ms is None),
+                f"{where}: a retry time stands without a scheduled retry, or is missing",
+            )
