@@ -24,12 +24,18 @@ EVENTS_PER_ACCOUNT = 4
 
 _WRITER = textwrap.dedent(
     """
-    import asyncio, json, sys, time
+    import asyncio, json, pathlib, sys, time
     from tests.integration.conftest import AccountDriver
     from payportal.persistence import Store
 
-    async def main(url, writer, batches, accounts):
+    async def main(url, writer, batches, accounts, barrier):
         store = await Store.connect(url)
+        # Start together: process start-up takes longer than the writing itself.
+        barrier = pathlib.Path(barrier)
+        (barrier / str(writer)).touch()
+        deadline = time.monotonic() + 60
+        while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
         started = time.monotonic()
         try:
             for batch in range(batches):
@@ -45,7 +51,8 @@ _WRITER = textwrap.dedent(
             await store.close()
         print(json.dumps({"started": started, "finished": time.monotonic()}))
 
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+    url, writer, batches, accounts, barrier = sys.argv[1:]
+    asyncio.run(main(url, int(writer), int(batches), int(accounts), barrier))
     """
 )
 
@@ -80,7 +87,9 @@ async def _count(url: str, table: sa.Table) -> int:
 async def test_two_processes_writing_one_sqlite_file_lose_nothing(tmp_path: Path) -> None:
     url = _url(tmp_path)
     await asyncio.to_thread(migrate, url)
-    arguments = [str(BATCHES), str(ACCOUNTS_PER_BATCH)]
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    arguments = [str(BATCHES), str(ACCOUNTS_PER_BATCH), str(barrier)]
     pipe = asyncio.subprocess.PIPE
 
     writers = [
