@@ -15,7 +15,14 @@ import logging
 import os
 from typing import Any
 
-import ray
+# Ray binds an embedded instance to every interface and advertises the host's public
+# address unless told otherwise before it is imported; this flag is Ray's own switch to
+# loopback-only. A deployment on a real cluster sets PAYPORTAL_RAY_ADDRESS and keeps Ray's
+# default.
+if not os.environ.get("PAYPORTAL_RAY_ADDRESS"):
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import ray  # noqa: E402 - must follow the flag above
 
 from .protocol import NAMESPACE, shard_name
 from .shard import AccountShardCore, ShardOptions
@@ -78,10 +85,7 @@ def connect_ray(address: str | None = None, **init_kwargs: Any) -> None:
     """Join the Ray at ``address`` (a cluster), or start a local one when None."""
     if ray.is_initialized():
         return
-    if address is None or address.startswith(("127.", "localhost")):
-        # Ray otherwise binds its embedded instance to every interface and advertises the
-        # host's public address; this flag is Ray's own switch to loopback-only.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address is None:
         init_kwargs.setdefault("_node_ip_address", "127.0.0.1")
     ray.init(
         address=address,

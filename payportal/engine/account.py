@@ -609,8 +609,11 @@ def _decide_replace_payment_method(
     payment = state.payments.get(command.payment_id)
     if payment is None:
         return _rejected(Rejection.payment_not_found, **ids)
-    if payment.current_attempt.attempt_id == command.attempt_id:
-        if payment.payment_method.id != command.payment_method.id:
+    # Any attempt of this payment, not just the current one: a late copy of an earlier
+    # replacement must not start a second attempt under an id already used.
+    seen = _find_attempt(payment, command.attempt_id)
+    if seen is not None:
+        if seen.payment_method_id != command.payment_method.id:
             return _rejected(Rejection.exists_with_different_payment_method, **ids)
         return _exists(**ids)
     event = PaymentMethodReplaced(

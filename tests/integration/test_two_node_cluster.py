@@ -52,9 +52,32 @@ def two_nodes() -> Iterator[tuple[Cluster, Any]]:
     doomed = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     connect_ray(cluster.address)
+    # The scheduler's view of the new node lags the GCS's; soft affinity to a node it
+    # does not see yet would silently place the shards on the head.
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < 2:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.1)
     yield cluster, doomed
     ray.shutdown()
     cluster.shutdown()
+
+
+async def _shards_on(node_id: str, url: str) -> list[Any]:
+    """Shards placed on ``node_id``, softly, so Ray may restart them elsewhere when it dies.
+
+    Soft affinity is a preference Ray does not always honour at creation; shards that
+    land elsewhere are discarded and placed again."""
+    for _ in range(20):
+        handles = ensure_shards(
+            2, url, deployment=uuid.uuid4().hex, detached=True,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=True),
+        )  # fmt: skip
+        if {await h.node_id.remote() for h in handles} == {node_id}:
+            return handles
+        for handle in handles:
+            ray.kill(handle, no_restart=True)
+    raise AssertionError("Ray never placed the shards on the node to be killed")
 
 
 async def test_shards_of_a_dead_node_come_back_on_the_other_and_recover(
@@ -63,15 +86,9 @@ async def test_shards_of_a_dead_node_come_back_on_the_other_and_recover(
     cluster, doomed = two_nodes
     url = f"sqlite+aiosqlite:///{tmp_path}/payportal.db"
     await asyncio.to_thread(migrate, url)
-    # Placed on the doomed node, but softly: when it dies Ray may restart them elsewhere.
-    handles = ensure_shards(
-        2, url, deployment=uuid.uuid4().hex, detached=True,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=doomed.node_id, soft=True),
-    )  # fmt: skip
+    handles = await _shards_on(doomed.node_id, url)
     router = ShardRouter(handles)
     account_ids = await seed_accounts(router, ACCOUNTS, invoices_per_account=2, amount_minor=10**7)
-    nodes_before = {await h.node_id.remote() for h in handles}
-    assert nodes_before == {doomed.node_id}
 
     acknowledged: list[str] = []
     killed_at: list[float] = []
