@@ -393,6 +393,12 @@ def _decide_create_payment(state: AccountState, command: CreatePayment, now_ms: 
             return _rejected(Rejection.exists_with_different_payment_method, **ids)
         if original.requested_allocations != command.allocations:
             return _rejected(Rejection.exists_with_different_allocations, **ids)
+        # Both change how the payment would be retried (Visa's per-initiator counters,
+        # the policy's caps): a replay must not hide that something else was asked for.
+        if original.initiator is not command.initiator:
+            return _rejected(Rejection.exists_with_different_initiator, **ids)
+        if original.schedule is not command.schedule:
+            return _rejected(Rejection.exists_with_different_schedule, **ids)
         return _exists(**ids)
     ids = {"payment_id": command.payment_id}
     if command.payment_id in state.payments:

@@ -95,7 +95,10 @@ PAYMENT_TRANSITIONS: Final[dict[PaymentStatus, dict[PaymentEvent, PaymentStatus]
         E.refunded_fully: S.refunded,
         E.disputed: S.disputed,
     },
-    S.failed: {},
+    # Technical retries ran out on an errored attempt, yet it was sent under its processor
+    # idempotency key and may have captured: when that capture is reported, the money
+    # was taken, and it is recorded. (A declined attempt never succeeds: see below.)
+    S.failed: {E.attempt_succeeded: S.succeeded},
     S.canceled: {},
     S.refunded: {},
     S.disputed: {},

@@ -32,6 +32,8 @@ class Rejection(StrEnum):
     exists_with_different_service_period = auto()
     exists_with_different_payment_method = auto()
     exists_with_different_allocations = auto()
+    exists_with_different_initiator = auto()
+    exists_with_different_schedule = auto()
     exists_with_different_idempotency_key = auto()
     exists_with_different_payment = auto()
     exists_with_different_outcome = auto()
@@ -71,6 +73,8 @@ _PARAMS: dict[Rejection, str] = {
     Rejection.exists_with_different_service_period: "service_period",
     Rejection.exists_with_different_payment_method: "payment_method",
     Rejection.exists_with_different_allocations: "allocations",
+    Rejection.exists_with_different_initiator: "initiator",
+    Rejection.exists_with_different_schedule: "schedule",
     Rejection.currency_must_match_account: "currency",
     Rejection.invoice_not_found: "invoice",
     Rejection.invoice_must_be_open: "invoice",

@@ -86,7 +86,7 @@ ALLOWED_NEXT: Final[dict[str, frozenset[str]]] = {
     "requires_payment_method": frozenset({"requires_payment_method", "processing", "canceled"}),
     "succeeded": frozenset({"succeeded", "partially_refunded", "refunded", "disputed"}),
     "partially_refunded": frozenset({"partially_refunded", "refunded", "disputed"}),
-    "failed": frozenset({"failed"}),
+    "failed": frozenset({"failed", "succeeded"}),
     "canceled": frozenset({"canceled"}),
     "refunded": frozenset({"refunded"}),
     "disputed": frozenset({"disputed"}),
@@ -360,6 +360,10 @@ class AccountAuditor:
             return REJECTED
         if attempt is not payment.current:
             return REJECTED
+        if payment.status == "failed" and attempt.state == "errored":
+            # Technical retries ran out, but the attempt went out under its idempotency
+            # key: a capture reported now is money taken, and must be recorded.
+            return OK if kind is OutcomeKind.succeeded else REJECTED
         return OK if payment.status in ("processing", "retry_scheduled") else REJECTED
 
     def _expect_start_retry(self, command: StartRetry, now_ms: int) -> frozenset[Result]:
