@@ -71,7 +71,9 @@ PAYMENT_ROWS: list[tuple[PaymentStatus, PaymentEvent, PaymentStatus]] = [
     (S.partially_refunded, E.refunded_partially, S.partially_refunded),
     (S.partially_refunded, E.refunded_fully, S.refunded),
     (S.partially_refunded, E.disputed, S.disputed),
-    # failed, canceled, refunded and disputed: no row, nothing may follow them.
+    # An errored attempt's capture may still be reported after technical retries ran out.
+    (S.failed, E.attempt_succeeded, S.succeeded),
+    # canceled, refunded and disputed: no row, nothing may follow them.
 ]
 
 ATTEMPT_ROWS: list[tuple[AttemptStatus, AttemptEvent, AttemptStatus]] = [
@@ -142,9 +144,14 @@ def test_attempt_table_holds_exactly_the_rows_written_here() -> None:
     assert set(ATTEMPT_TRANSITIONS) == set(A)
 
 
-def test_no_terminal_payment_status_has_a_way_out() -> None:
-    for status in (S.failed, S.canceled, S.refunded, S.disputed):
+def test_no_final_payment_status_has_a_way_out() -> None:
+    for status in (S.canceled, S.refunded, S.disputed):
         assert all(payment_next(status, event) is None for event in E), status
+
+
+def test_a_failed_payment_can_only_record_a_late_capture() -> None:
+    ways_out = {event for event in E if payment_next(S.failed, event) is not None}
+    assert ways_out == {E.attempt_succeeded}
 
 
 # -- driving a real payment into each status ----------------------------------------------
@@ -392,8 +399,9 @@ ANSWERS: dict[str, dict[str, Expected]] = {
         "refund_part": NO, "refund_rest": NO, "dispute": NO,
     },
     "failed_errored": {
-        # The attempt could still move, but a failed payment cannot.
-        "succeed": NO, "decline_hard": NO,
+        # The errored attempt was sent under its key and may have captured: a reported
+        # capture is recorded; a late decline changes nothing a failed payment needs.
+        "succeed": S.succeeded, "decline_hard": NO,
         "decline_soft": NO, "error": EXISTS, "unknown": EXISTS,
         "start_retry": NO, "replace_method": NO, "cancel": NO,
         "refund_part": NO, "refund_rest": NO, "dispute": NO,
