@@ -79,6 +79,7 @@ from .retry_policy import (
     RetrySchedule,
     classify,
     earliest_reattempt_ms,
+    is_stop_signal,
     network_for_brand,
     next_delay_ms,
     policy_for,
@@ -498,7 +499,11 @@ def _decide_record_outcome(
     decline_class = classify(
         command.decline_code, visa_category=command.visa_category, advice_code=command.advice_code
     )
-    if command.outcome is OutcomeKind.errored or decline_class is DeclineClass.technical:
+    # An "errored" answer that still carries a network stop signal is a hard decline: the
+    # signal wins over everything that would retry.
+    stop = is_stop_signal(visa_category=command.visa_category, advice_code=command.advice_code)
+    technical = command.outcome is OutcomeKind.errored or decline_class is DeclineClass.technical
+    if technical and not stop:
         delay_ms = next_delay_ms(TECHNICAL, attempt.sends, rng)
         status = PaymentStatus.failed if delay_ms is None else PaymentStatus.retry_scheduled
         event = AttemptErrored(

@@ -34,6 +34,7 @@ __all__ = [
     "classify",
     "earliest_reattempt_ms",
     "inquiry_delay_ms",
+    "is_stop_signal",
     "network_for_brand",
     "next_delay_ms",
     "policy_for",
@@ -103,6 +104,11 @@ ADVICE_WAIT_MS: Final[dict[str, int]] = {
 }  # fmt: skip
 
 
+def is_stop_signal(*, visa_category: int | None, advice_code: str | None) -> bool:
+    """The network says never to try this card again, whatever else the answer says."""
+    return advice_code in ADVICE_STOP or visa_category == 1
+
+
 def classify(
     decline_code: str | None,
     *,
@@ -110,7 +116,7 @@ def classify(
     advice_code: str | None = None,
 ) -> DeclineClass:
     """Classify a failed attempt. Stop signals win over everything that would retry."""
-    if advice_code in ADVICE_STOP or visa_category == 1:
+    if is_stop_signal(visa_category=visa_category, advice_code=advice_code):
         return DeclineClass.hard
     if decline_code in TECHNICAL_CODES:
         return DeclineClass.technical
@@ -223,12 +229,14 @@ def earliest_reattempt_ms(
             relevant = sorted(
                 r.at_ms for r in history
                 if (not cap.per_initiator or r.initiator is initiator)
-                and at_ms - cap.window_ms < r.at_ms <= at_ms
+                # Inclusive at both ends: whichever way a network counts its window's
+                # edge, we stay within the cap.
+                and at_ms - cap.window_ms <= r.at_ms <= at_ms
             )  # fmt: skip
             if len(relevant) >= cap.reattempts_max:
-                # The window frees up when the oldest counted reattempt leaves it.
+                # The window frees up just after the oldest counted reattempt leaves it.
                 oldest_to_leave = relevant[len(relevant) - cap.reattempts_max]
-                at_ms = oldest_to_leave + cap.window_ms
+                at_ms = oldest_to_leave + cap.window_ms + 1
                 moved = True
         if not moved:
             return at_ms

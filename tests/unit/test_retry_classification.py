@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from payportal.engine import DeclineClass, classify, next_delay_ms
+from payportal.engine import DeclineClass, OutcomeKind, PaymentStatus, classify, next_delay_ms
 from payportal.engine.retry_policy import (
     DAY_MS,
     HOUR_MS,
@@ -17,6 +17,8 @@ from payportal.engine.retry_policy import (
     earliest_reattempt_ms,
     inquiry_delay_ms,
 )
+
+from .engine_builders import Ledgerbook
 
 
 @pytest.mark.parametrize(
@@ -57,7 +59,7 @@ def test_mastercard_allows_ten_reattempts_a_day_then_waits_for_the_window() -> N
     history = [Reattempt(start_ms + i * 60_000, Initiator.customer) for i in range(10)]
     now_ms = start_ms + 3 * HOUR_MS
     allowed_ms = earliest_reattempt_ms(Network.mastercard, Initiator.customer, history, now_ms)
-    assert allowed_ms == start_ms + DAY_MS
+    assert allowed_ms == start_ms + DAY_MS + 1  # just after the oldest leaves the window
 
 
 def test_visa_counts_customer_and_merchant_reattempts_separately() -> None:
@@ -66,7 +68,7 @@ def test_visa_counts_customer_and_merchant_reattempts_separately() -> None:
     now_ms = start_ms + 21 * HOUR_MS
     assert earliest_reattempt_ms(Network.visa, Initiator.customer, history, now_ms) == now_ms
     merchant_ms = earliest_reattempt_ms(Network.visa, Initiator.merchant, history, now_ms)
-    assert merchant_ms == start_ms + 30 * DAY_MS
+    assert merchant_ms == start_ms + 30 * DAY_MS + 1
 
 
 def test_unknown_outcomes_are_asked_about_on_a_widening_schedule() -> None:
@@ -77,3 +79,11 @@ def test_unknown_outcomes_are_asked_about_on_a_widening_schedule() -> None:
         DAY_MS,
         DAY_MS,
     ]
+
+
+def test_an_errored_answer_carrying_a_stop_signal_is_a_hard_decline() -> None:
+    book = Ledgerbook()
+    payment_id = book.create_payment(1_000).outcome.payment_id
+    assert payment_id is not None
+    book.outcome(payment_id, OutcomeKind.errored, decline_code="processing_error", advice_code="03")
+    assert book.account.payments[payment_id].status is PaymentStatus.requires_payment_method
