@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 # Ray reads this when first imported: keep every test's Ray on loopback (see actors/cluster.py).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import pytest  # noqa: E402
+import pytest
 
 POSTGRES_URL_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 REDIS_URL_DEFAULT = "redis://127.0.0.1:6379/15"

@@ -22,7 +22,7 @@ from typing import Any
 if not os.environ.get("PAYPORTAL_RAY_ADDRESS"):
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import ray  # noqa: E402 - must follow the flag above
+import ray  # after the flag above, deliberately
 
 from .protocol import NAMESPACE, shard_name
 from .shard import AccountShardCore, ShardOptions
