@@ -5,6 +5,9 @@ one transaction, ``load_account`` to recover an account, ``journal`` to audit. S
 (WAL, in ``./var/``) by default, PostgreSQL by URL; nothing connects at import time.
 """
 
+# Registers the front door's tables on the shared metadata, so migrations and their test
+# see one schema whichever module is imported first.
+from . import tables_payers as _tables_payers  # noqa: F401
 from ._engine import create_engine_for
 from ._migrate import alembic_config, migrate
 from ._rows import AccountChange
