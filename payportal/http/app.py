@@ -1,0 +1,164 @@
+"""The front door's application: routes from the table, one middleware, resources.
+
+The middleware does two things for every request: it gives the request an id
+(``X-Request-Id``, taken from the client when sane, else generated) that is bound into
+structlog's context — so every log line of the request carries it — and returned in the
+response headers; and it turns every failure into the contract's error shape
+(``errors.ApiError``; ``Overloaded`` → 429 with Retry-After; anything unexpected → 500
+``api_error``, logged with its traceback and never with a request body).
+
+Resources live in ``cleanup_ctx``: a processor adapter the app created itself is closed,
+and charges still in flight when the server stops are awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
+
+import structlog
+from aiohttp import web
+
+from payportal.actors import Overloaded, ShardRouter
+from payportal.config import Settings
+from payportal.persistence import Store, directory
+from payportal.processors import ProcessorAdapter
+
+from .auth import Authenticator
+from .errors import ApiError, not_found
+from .gateway import Gateway
+from .routes import ROUTE_TABLE
+from .typedefs import (
+    AUTHENTICATOR,
+    CLOCK_MS,
+    GATEWAY,
+    PROCESSOR,
+    ROUTER,
+    ROUTES,
+    SETTINGS,
+    STORE,
+    TASKS,
+)
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("payportal.http")
+
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+# A client's request id is kept only if it is short and plain: it goes into every log line.
+_REQUEST_ID_OK: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Charges in flight when the server stops get this long to record their outcome.
+SHUTDOWN_GRACE_S: Final = 20.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error_response(error: ApiError) -> web.Response:
+    return web.Response(
+        status=error.status, body=error.encode(), content_type="application/json",
+        headers=error.headers,
+    )  # fmt: skip
+
+
+def _http_error(error: web.HTTPException) -> ApiError:
+    if error.status == 404:
+        return not_found(None, "route")
+    if error.status == 405:
+        return ApiError(405, "invalid_request_error", "method_not_allowed", error.reason)
+    if error.status == 413:
+        return ApiError(413, "invalid_request_error", "parameter_invalid", "Body too large.")
+    return ApiError(error.status, "invalid_request_error", "parameter_invalid", error.reason)
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    supplied = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = supplied if _REQUEST_ID_OK.match(supplied) else f"req_{uuid.uuid4().hex}"
+    started = time.perf_counter()
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await handler(request)
+        except ApiError as error:
+            response = _error_response(error)
+        except Overloaded as error:
+            seconds = max(1, math.ceil(error.retry_after_ms / 1000))
+            response = _error_response(ApiError(
+                429, "rate_limit_error", "rate_limited",
+                "Too many requests in flight; retry after the Retry-After delay.",
+                headers={"Retry-After": str(seconds)},
+            ))  # fmt: skip
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise
+            response = _error_response(_http_error(error))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request_failed", method=request.method, path=request.path)
+            response = _error_response(ApiError(
+                500, "api_error", "api_error",
+                "Something went wrong on our side; retry with the same Idempotency-Key.",
+            ))  # fmt: skip
+        response.headers[REQUEST_ID_HEADER] = request_id
+        log.info(
+            "request", method=request.method, path=request.path, status=response.status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )  # fmt: skip
+        return response
+
+
+def create_app(
+    *,
+    router: ShardRouter,
+    store: Store,
+    settings: Settings | None = None,
+    processor: ProcessorAdapter | None = None,
+    clock_ms: Callable[[], int] | None = None,
+    charge_timeout_ms: int | None = None,
+) -> web.Application:
+    """The API as an aiohttp application around a shard router and a store.
+
+    ``processor`` is the adapter the gateway charges through (the caller owns it); when
+    None and ``settings`` name the sandbox, the app opens one to the local sandbox port
+    and closes it on cleanup. ``clock_ms`` is for tests and future time-based features.
+    """
+    app = web.Application(middlewares=[request_middleware])
+    app[ROUTER] = router
+    app[STORE] = store
+    app[SETTINGS] = settings
+    app[CLOCK_MS] = clock_ms or (lambda: time.time_ns() // 1_000_000)
+    app[AUTHENTICATOR] = Authenticator(store)
+    app[ROUTES] = ROUTE_TABLE
+    app[TASKS] = set()
+    owned: ProcessorAdapter | None = None
+    if processor is None and settings is not None and settings.processor == "sandbox":
+        from payportal.processors.sandbox_client import SandboxProcessor
+
+        # Opens no connection until the first charge, inside the running loop.
+        processor = owned = SandboxProcessor(f"http://127.0.0.1:{settings.sandbox_port}")
+    app[PROCESSOR] = processor
+
+    async def token_for(payment_method_id: str) -> str | None:
+        row = await directory.payment_method(store.engine, payment_method_id)
+        return None if row is None else row.token
+
+    options = {} if charge_timeout_ms is None else {"charge_timeout_ms": charge_timeout_ms}
+    app[GATEWAY] = Gateway(router, processor, token_for, **options)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        yield
+        tasks = list(app[TASKS])
+        if tasks:
+            await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
+        if owned is not None:
+            await owned.close()  # type: ignore[attr-defined]
+
+    app.cleanup_ctx.append(resources)
+    for route in ROUTE_TABLE:
+        app.router.add_route(route.method, route.path, route.handler)
+    return app

@@ -1,0 +1,348 @@
+"""Processor callbacks: ``POST /v1/processors/{processor}/callbacks``, verified, deduped, applied.
+
+The model (API.md "Processor callbacks", DESIGN.md decisions 4-5): a processor reports an
+attempt's outcome by a signed Standard Webhooks v1 request. The receiver is thin:
+
+1. verify — the timestamp against our clock (more than ``tolerance_s`` old or ahead →
+   400), then the signature with ``standardwebhooks`` on the raw bytes, under each of
+   the processor's secrets in turn (rotation), before a byte of the body is parsed;
+2. dedupe — an event id already in ``processor_callbacks`` is answered 200, nothing done;
+3. decode the body and find the attempt's payment and account in the read models
+   (they may lag the journal briefly: the lookup is retried, then 503 so the processor
+   sends it again);
+4. submit the outcome to the account's shard (``RecordOutcome``; ``DisputePayment``);
+5. record the event id — after the submit: a crash between the two makes the processor
+   send the event again, and the engine answers the repeated command ``exists``.
+
+Answers: 200 for every verified, understood event, including one whose effect the engine
+refused as stale (an outcome arriving out of order never moves a payment backwards; it
+is logged); 400 in the contract's error shape for a missing header, a malformed or
+out-of-tolerance timestamp (``timestamp_out_of_tolerance``), a signature that does not
+verify (``signature_invalid``) or a body that is not the documented JSON; 404 for a
+processor we hold no secret for; 503 (``api_error``) when the shards or the read models
+cannot take the event now — the processor retries. Headers, signatures, secrets and
+bodies are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import msgspec
+import sqlalchemy as sa
+import structlog
+from aiohttp import web
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from payportal.actors import Overloaded, ShardRouter
+from payportal.engine import Command, DisputePayment, OutcomeKind, RecordOutcome, Result
+from payportal.engine.retry_policy import TECHNICAL_CODES
+from payportal.persistence import tables
+from payportal.persistence._engine import READ
+
+__all__ = [
+    "CALLBACK_PATH",
+    "TOLERANCE_S_DEFAULT",
+    "CallbackBody",
+    "CallbackData",
+    "add_callback_routes",
+    "callback_routes",
+]
+
+log = structlog.get_logger("payportal.http.callbacks")
+
+CALLBACK_PATH: Final = "/v1/processors/{processor}/callbacks"
+# The contract's tolerance: timestamps more than 5 minutes old or ahead are refused, which
+# bounds how long a captured request could be replayed.
+TOLERANCE_S_DEFAULT: Final = 300
+# The read models trail the journal by ~100 ms; a callback can race the charge's own
+# reply. Waiting a little longer than that lag before answering 503 spares most retries.
+LOOKUP_ATTEMPTS: Final = 6
+LOOKUP_WAIT_MS: Final = 50
+# Unix seconds as digits only: the signed string is the header itself, so a header that
+# parses to the same number with other bytes ("1.7e9", "+17…") must not verify.
+_TIMESTAMP: Final = re.compile(r"[0-9]{1,12}")
+# Header names, as Standard Webhooks v1 spells them.
+HEADER_ID: Final = "webhook-id"
+HEADER_TIMESTAMP: Final = "webhook-timestamp"
+HEADER_SIGNATURE: Final = "webhook-signature"
+# Longer than any id a processor sends and our column holds.
+EVENT_ID_LENGTH_MAX: Final = 128
+
+
+class CallbackData(msgspec.Struct, frozen=True, kw_only=True):
+    charge: str
+    attempt: str
+    amount: int
+    currency: str
+    decline_code: str | None = None
+
+
+class CallbackBody(msgspec.Struct, frozen=True, kw_only=True):
+    """What the processor sends. Unknown fields are tolerated, unlike the public API's
+    inbound types: a processor adds fields over time, and refusing a verified event for
+    one would only make it send the event again, forever."""
+
+    type: str
+    data: CallbackData
+
+
+_DECODER: Final = msgspec.json.Decoder(CallbackBody)
+_ENCODER: Final = msgspec.json.Encoder()
+_RECEIVED: Final = _ENCODER.encode({"received": True})
+_DUPLICATE: Final = _ENCODER.encode({"received": True, "duplicate": True})
+
+
+class _Refused(Exception):
+    """An answer other than 200, in the contract's error shape."""
+
+    def __init__(
+        self, status: int, type_: str, code: str, message: str, *, param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status = status
+        self.error: dict[str, str] = {"type": type_, "code": code, "message": message}
+        if param is not None:
+            self.error["param"] = param
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        return web.Response(
+            status=self.status, body=_ENCODER.encode({"error": self.error}),
+            content_type="application/json", headers=self.headers,
+        )  # fmt: skip
+
+
+def _invalid(code: str, message: str, param: str | None = None) -> _Refused:
+    return _Refused(400, "invalid_request_error", code, message, param=param)
+
+
+def _unavailable(message: str, retry_after_s: int = 1) -> _Refused:
+    return _Refused(503, "api_error", "api_error", message,
+                    headers={"Retry-After": str(retry_after_s)})  # fmt: skip
+
+
+class _Receiver:
+    def __init__(
+        self,
+        *,
+        store: Any,
+        router: ShardRouter,
+        secrets: Mapping[str, Sequence[str]],
+        clock_s: Callable[[], float] | None,
+        tolerance_s: int,
+        lookup_attempts: int,
+        lookup_wait_ms: int,
+    ) -> None:
+        assert tolerance_s > 0
+        assert lookup_attempts > 0
+        # Built once: a malformed secret fails at start-up, not on the first callback.
+        self._webhooks = {
+            processor: tuple(Webhook(secret) for secret in processor_secrets)
+            for processor, processor_secrets in secrets.items()
+        }
+        assert all(self._webhooks.values()), "every processor needs at least one secret"
+        self._engine = store.engine
+        self._reader = store.engine.execution_options(**READ)
+        self._router = router
+        self._clock_s = clock_s or time.time
+        self._tolerance_s = tolerance_s
+        self._lookup_attempts = lookup_attempts
+        self._lookup_wait_s = lookup_wait_ms / 1000
+
+    async def handle(self, request: web.Request) -> web.Response:
+        try:
+            return await self._handle(request)
+        except _Refused as refused:
+            return refused.response()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        processor = request.match_info["processor"]
+        webhooks = self._webhooks.get(processor)
+        if webhooks is None:
+            raise _Refused(404, "invalid_request_error", "resource_missing",
+                           "No such processor.", param="processor")  # fmt: skip
+        raw = await request.read()
+        event_id = self._verify(webhooks, raw, request.headers)
+        # Verified: from here on the bytes are the processor's.
+        if await self._seen(processor, event_id):
+            log.info("callback_duplicate", processor=processor, event_id=event_id)
+            return web.Response(status=200, body=_DUPLICATE, content_type="application/json")
+        try:
+            body = _DECODER.decode(raw)
+        except msgspec.ValidationError as error:
+            raise _invalid("parameter_invalid", f"The callback body is invalid: {error}") from None
+        except msgspec.DecodeError:
+            raise _invalid("parameter_invalid", "The callback body is not valid JSON.") from None
+        await self._apply(processor, event_id, body)
+        await self._remember(processor, event_id)
+        return web.Response(status=200, body=_RECEIVED, content_type="application/json")
+
+    # -- verification -------------------------------------------------------------------
+
+    def _verify(self, webhooks: Sequence[Webhook], raw: bytes, headers: Mapping[str, str]) -> str:
+        """The verified event id; raises ``_Refused`` (400) for anything else."""
+        values: dict[str, str] = {}
+        for name in (HEADER_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE):
+            value = headers.get(name)
+            if not value:
+                raise _invalid("parameter_missing", f"The {name} header is missing.", param=name)
+            values[name] = value
+        event_id = values[HEADER_ID]
+        if len(event_id) > EVENT_ID_LENGTH_MAX:
+            raise _invalid("parameter_invalid", "The webhook-id is too long.", HEADER_ID)
+        timestamp = values[HEADER_TIMESTAMP]
+        if _TIMESTAMP.fullmatch(timestamp) is None:
+            raise _invalid("timestamp_invalid", "The webhook-timestamp is not unix seconds.",
+                           HEADER_TIMESTAMP)  # fmt: skip
+        skew_s = int(timestamp) - self._clock_s()
+        if skew_s < -self._tolerance_s:
+            raise _invalid("timestamp_out_of_tolerance",
+                           "The webhook-timestamp is too old.", HEADER_TIMESTAMP)  # fmt: skip
+        if skew_s > self._tolerance_s:
+            raise _invalid("timestamp_out_of_tolerance",
+                           "The webhook-timestamp is too far ahead.", HEADER_TIMESTAMP)  # fmt: skip
+        for webhook in webhooks:
+            try:
+                webhook.verify(raw, values, json_parse=False)
+            except WebhookVerificationError:
+                continue
+            except ValueError:
+                # The library raises these for malformed signature lists (no comma, bad
+                # base64) and a body that is not UTF-8: none of them can be genuine.
+                continue
+            return event_id
+        raise _invalid("signature_invalid", "No signature matches the callback.",
+                       HEADER_SIGNATURE)  # fmt: skip
+
+    # -- dedupe -------------------------------------------------------------------------
+
+    async def _seen(self, processor: str, event_id: str) -> bool:
+        c = tables.processor_callbacks
+        async with self._reader.connect() as connection:
+            found = (
+                await connection.execute(
+                    sa.select(c.c.id).where(c.c.processor == processor, c.c.event_id == event_id)
+                )
+            ).first()
+        return found is not None
+
+    async def _remember(self, processor: str, event_id: str) -> None:
+        try:
+            async with self._engine.begin() as connection:
+                await connection.execute(
+                    sa.insert(tables.processor_callbacks).values(
+                        processor=processor, event_id=event_id
+                    )
+                )
+        except sa.exc.IntegrityError:
+            pass  # a concurrent delivery of the same event recorded it first
+
+    # -- the effect ---------------------------------------------------------------------
+
+    async def _apply(self, processor: str, event_id: str, body: CallbackBody) -> None:
+        data = body.data
+        if body.type == "charge.refunded":
+            # Refunds are recorded when the portal asks for them (RefundPayment carries
+            # our refund id); the processor's notice confirms one and changes nothing.
+            log.info("callback_refund_noted", processor=processor, event_id=event_id,
+                     attempt_id=data.attempt, charge_id=data.charge)  # fmt: skip
+            return
+        if body.type not in ("charge.succeeded", "charge.failed", "charge.disputed"):
+            log.warning("callback_type_ignored", processor=processor, event_id=event_id,
+                        type=body.type)  # fmt: skip
+            return
+        account_id, payment_id = await self._owner(data.attempt)
+        command: Command
+        if body.type == "charge.disputed":
+            command = DisputePayment(account_id=account_id, payment_id=payment_id)
+        else:
+            command = RecordOutcome(
+                account_id=account_id, payment_id=payment_id, attempt_id=data.attempt,
+                outcome=_outcome_of(body.type, data.decline_code), charge_id=data.charge,
+                decline_code=data.decline_code, amount_minor=data.amount,
+                currency=data.currency.upper(),
+            )  # fmt: skip
+        try:
+            reply = await self._router.submit(command)
+        except Overloaded as error:
+            raise _unavailable("The portal is busy; send the callback again.",
+                               max(1, error.retry_after_ms // 1000)) from None  # fmt: skip
+        except Exception:
+            log.exception("callback_submit_failed", processor=processor, event_id=event_id)
+            raise _unavailable("The callback could not be applied; send it again.") from None
+        outcome = reply.outcome
+        if outcome.result is Result.rejected:
+            # Verified and understood, but stale or contradictory: the engine keeps what
+            # it has (a payment never moves backwards). The processor is told 200, or it
+            # would send the same stale news again.
+            log.warning("callback_refused_by_engine", processor=processor, event_id=event_id,
+                        type=body.type, attempt_id=data.attempt, payment_id=payment_id,
+                        rejection=outcome.rejection)  # fmt: skip
+        else:
+            log.info("callback_applied", processor=processor, event_id=event_id, type=body.type,
+                     attempt_id=data.attempt, payment_id=payment_id,
+                     result=outcome.result.value)  # fmt: skip
+
+    async def _owner(self, attempt_id: str) -> tuple[str, str]:
+        """(account id, payment id) of our attempt, waiting briefly for the read models."""
+        a, p = tables.attempts, tables.payments
+        query = (
+            sa.select(p.c.account_id, p.c.payment_id)
+            .join(a, a.c.payment_id == p.c.payment_id)
+            .where(a.c.attempt_id == attempt_id)
+        )
+        for lookup in range(self._lookup_attempts):
+            if lookup:
+                await asyncio.sleep(self._lookup_wait_s)
+            async with self._reader.connect() as connection:
+                row = (await connection.execute(query)).first()
+            if row is not None:
+                return row.account_id, row.payment_id
+        log.warning("callback_attempt_unknown", attempt_id=attempt_id)
+        raise _unavailable("The attempt is not known yet; send the callback again.", 5)
+
+
+def _outcome_of(type_: str, decline_code: str | None) -> OutcomeKind:
+    if type_ == "charge.succeeded":
+        return OutcomeKind.succeeded
+    # A processor failure before any decision is retried under the same key, as when
+    # the charge's own reply says so.
+    return OutcomeKind.errored if decline_code in TECHNICAL_CODES else OutcomeKind.declined
+
+
+def callback_routes(
+    *,
+    store: Any,
+    router: ShardRouter,
+    secrets: Mapping[str, Sequence[str]],
+    clock_s: Callable[[], float] | None = None,
+    tolerance_s: int = TOLERANCE_S_DEFAULT,
+    lookup_attempts: int = LOOKUP_ATTEMPTS,
+    lookup_wait_ms: int = LOOKUP_WAIT_MS,
+) -> web.RouteTableDef:
+    """The callback route. ``secrets`` maps a processor name (the path segment) to its
+    Standard Webhooks secrets (``whsec_…``), newest first; during a rotation both the old
+    and the new one verify. ``clock_s`` is unix seconds (``time.time`` by default).
+
+    The standardwebhooks package also checks the timestamp against the wall clock with
+    its own fixed 5 minutes, so ``clock_s`` may narrow the window but not move it."""
+    receiver = _Receiver(
+        store=store, router=router, secrets=secrets, clock_s=clock_s, tolerance_s=tolerance_s,
+        lookup_attempts=lookup_attempts, lookup_wait_ms=lookup_wait_ms,
+    )  # fmt: skip
+    routes = web.RouteTableDef()
+    routes.post(CALLBACK_PATH)(receiver.handle)
+    return routes
+
+
+def add_callback_routes(app: web.Application, **options: Any) -> None:
+    """``callback_routes(**options)`` added to ``app``; the route needs no bearer token
+    (the signature is the processor's credential), so auth must let it through."""
+    app.add_routes(callback_routes(**options))

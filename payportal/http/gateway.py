@@ -1,0 +1,116 @@
+"""The processor gateway: one attempt's charge, outside the account's critical section.
+
+The model (DESIGN.md decisions 5 and 6): the shard has already journaled the payment as
+``processing`` and the account is free again. The gateway calls the processor with the
+attempt id as the processor's idempotency key, under a timeout, and feeds the answer
+back to the shard as a ``RecordOutcome`` — a new command in the account's serial order.
+A timeout, a dropped connection or an answer we cannot trust is ``unknown``: the
+payment stays ``processing`` and is resolved by status inquiry, never by a new charge.
+
+Seams for what comes next: the retry timer calls ``charge_attempt`` for a due retry
+(same method, the engine's new or re-sent attempt), the inquiry janitor calls
+``inquire_attempt``, and processor callbacks submit ``RecordOutcome`` themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import structlog
+
+from payportal.actors import Reply, ShardRouter
+from payportal.engine import AttemptStatus, OutcomeKind, Payment, RecordOutcome
+from payportal.processors import ChargeResult, ProcessorAdapter, ProcessorRequestError
+
+__all__ = ["CHARGE_TIMEOUT_MS_DEFAULT", "Gateway", "TokenLookup"]
+
+log = structlog.get_logger("payportal.http.gateway")
+
+# Longer than the adapter's own timeout would be pointless; shorter keeps a payer's
+# request from hanging on a stuck processor. The outcome is then unknown, not failed.
+CHARGE_TIMEOUT_MS_DEFAULT: Final = 15_000
+# A payment method whose token cannot be found: the engine classifies an unknown code as
+# a hard decline, so the payer is asked for another method.
+DECLINE_CODE_METHOD_UNAVAILABLE: Final = "payment_method_unavailable"
+
+# The processor token of a payment method id, or None when there is none.
+TokenLookup = Callable[[str], Awaitable[str | None]]
+
+
+class Gateway:
+    def __init__(
+        self,
+        router: ShardRouter,
+        processor: ProcessorAdapter | None,
+        token_for: TokenLookup,
+        *,
+        charge_timeout_ms: int = CHARGE_TIMEOUT_MS_DEFAULT,
+    ) -> None:
+        assert charge_timeout_ms > 0
+        self._router = router
+        self._processor = processor
+        self._token_for = token_for
+        self._timeout_s = charge_timeout_ms / 1000
+
+    @staticmethod
+    def needs_charge(payment: Payment) -> bool:
+        """The current attempt was journaled but not yet answered by the processor."""
+        return payment.current_attempt.status is AttemptStatus.processing
+
+    async def charge_attempt(self, reply: Reply, account_id: str) -> Reply:
+        """Charge the payment's current attempt and record the outcome; the shard's reply
+        to that ``RecordOutcome`` (with the payment after it) is returned."""
+        payment = reply.payment
+        assert payment is not None
+        attempt = payment.current_attempt
+        assert attempt.status is AttemptStatus.processing, attempt
+        result = await self._charge(payment, attempt.attempt_id)
+        command = RecordOutcome(
+            account_id=account_id, payment_id=payment.payment_id,
+            attempt_id=attempt.attempt_id, outcome=result.outcome, charge_id=result.charge_id,
+            decline_code=result.decline_code, visa_category=result.visa_category,
+            advice_code=result.advice_code, amount_minor=result.amount_minor,
+            currency=result.currency.upper() if result.currency else None,
+        )  # fmt: skip
+        log.info(
+            "attempt_outcome", payment_id=payment.payment_id, attempt_id=attempt.attempt_id,
+            outcome=result.outcome.value, decline_code=result.decline_code,
+        )  # fmt: skip
+        return await self._router.submit(command)
+
+    async def _charge(self, payment: Payment, attempt_id: str) -> ChargeResult:
+        if self._processor is None:
+            # No processor configured: nothing was sent, so sending later is safe.
+            return ChargeResult(outcome=OutcomeKind.errored, decline_code="processor_unavailable")
+        token = await self._token_for(payment.payment_method.id)
+        if token is None:
+            return ChargeResult(
+                outcome=OutcomeKind.declined, decline_code=DECLINE_CODE_METHOD_UNAVAILABLE
+            )
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await self._processor.charge(
+                    token, payment.amount_minor, payment.currency, idempotency_key=attempt_id
+                )
+        except TimeoutError:
+            return ChargeResult(outcome=OutcomeKind.unknown)
+        except ProcessorRequestError:
+            # The processor refused the request as such (our bug): whether an earlier send
+            # under this key captured is not known, so it is never charged again here.
+            log.exception("processor_refused_request", attempt_id=attempt_id)
+            return ChargeResult(outcome=OutcomeKind.unknown)
+
+    async def inquire_attempt(self, account_id: str, payment_id: str, attempt_id: str) -> Reply:
+        """Ask the processor what became of an attempt and record it (the janitor's seam)."""
+        assert self._processor is not None
+        result = await self._processor.inquire(attempt_id)
+        return await self._router.submit(
+            RecordOutcome(
+                account_id=account_id, payment_id=payment_id, attempt_id=attempt_id,
+                outcome=result.outcome, charge_id=result.charge_id,
+                decline_code=result.decline_code, visa_category=result.visa_category,
+                advice_code=result.advice_code,
+            )
+        )  # fmt: skip

@@ -1,0 +1,280 @@
+"""Payments: create (idempotent; the charge outside the critical section), read, list,
+cancel, refund, and the allocation preview.
+
+How ``POST /v1/payments`` answers (the engine's status decides):
+
+| payment after the charge | HTTP |
+|---|---|
+| ``succeeded`` | 200, the payment |
+| ``requires_payment_method`` / ``failed`` after a decline | 402 ``card_error`` / ``card_declined`` with ``decline_code`` and ``error.payment`` |
+| ``retry_scheduled`` (soft decline or technical error) | 200, the payment (``next_retry_at`` set) |
+| ``processing`` (the outcome is unknown: timeout) | 200, the payment; never charged again |
+"""  # noqa: E501
+
+from __future__ import annotations
+
+import datetime as dt
+
+from aiohttp import web
+
+from payportal.engine import (
+    Allocation,
+    AttemptStatus,
+    CancelPayment,
+    CreatePayment,
+    OutcomeKind,
+    Payment,
+    PaymentMethodRef,
+    PaymentStatus,
+    RefundPayment,
+    Rejection,
+    Result,
+    allocate,
+)
+from payportal.persistence import directory, queries
+
+from . import ids
+from .auth import Principal, authenticate, authorize_account
+from .codec import decode_body, decode_query, encode, respond
+from .errors import ApiError, from_rejection, not_found, parameter_invalid, parameter_missing
+from .idempotency import engine_key, idempotency_key, request_hash, run_idempotent
+from .reads import read_payment, wait_for_account_projection
+from .schemas import (
+    AllocationOut,
+    AllocationPreview,
+    PaymentCreate,
+    PaymentList,
+    PaymentListQuery,
+    PreviewQuery,
+    Refund,
+    RefundCreate,
+)
+from .typedefs import GATEWAY, PROCESSOR, ROUTER, STORE
+from .views import payment_row_view, payment_view
+
+__all__ = [
+    "cancel_payment",
+    "create_payment",
+    "create_refund",
+    "get_payment",
+    "list_payments",
+    "preview_allocation",
+]
+
+_DECLINED_FINAL = frozenset({PaymentStatus.requires_payment_method, PaymentStatus.failed})
+
+
+def _answer(account_id: str, payment: Payment) -> tuple[int, bytes, dict[str, str]]:
+    view = payment_view(account_id, payment)
+    attempt = payment.current_attempt
+    if payment.status in _DECLINED_FINAL and attempt.status in (
+        AttemptStatus.declined, AttemptStatus.errored
+    ):  # fmt: skip
+        raise ApiError(
+            402, "card_error", "card_declined", "The card was declined.",
+            decline_code=attempt.decline_code, payment=view,
+        )  # fmt: skip
+    return 200, encode(view), {}
+
+
+async def _payment_method(
+    request: web.Request, account_id: str, body: PaymentCreate
+) -> PaymentMethodRef:
+    engine = request.app[STORE].engine
+    if body.payment_method is not None:
+        row = await directory.payment_method(engine, body.payment_method)
+        if row is None or row.account_id != account_id or row.deleted_at is not None:
+            raise not_found("payment_method", "payment method")
+        return PaymentMethodRef(id=row.id, brand=row.brand, kind=row.type)
+    assert body.token is not None
+    # A one-off token becomes a payment method that is not kept for reuse (deleted at
+    # once: in the history, not in the list). Its id is fixed by the token, so the same
+    # request sent again names the same method.
+    method_id = ids.derived_id("pm", account_id, body.token)
+    await directory.insert_payment_method(
+        engine,
+        {"id": method_id, "account_id": account_id, "token": body.token, "type": "card",
+         "brand": "unknown", "deleted_at": dt.datetime.now(dt.UTC)},
+    )  # fmt: skip
+    return PaymentMethodRef(id=method_id, brand="unknown", kind="card")
+
+
+async def create_payment(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    key = idempotency_key(request, required=True)
+    assert key is not None
+    body, canonical = await decode_body(request, PaymentCreate)
+    if body.payment_method is None and body.token is None:
+        raise parameter_missing("payment_method", "Send a payment_method or a token.")
+    if body.payment_method is not None and body.token is not None:
+        raise parameter_invalid("token", "Send a payment_method or a token, not both.")
+    account_id = body.account
+    await authorize_account(request, principal, account_id, param="account")
+
+    async def operation() -> tuple[int, bytes, dict[str, str]]:
+        return await _create_and_charge(request, principal, key, account_id, body)
+
+    return await run_idempotent(
+        request, principal=principal, account_id=account_id, key=key,
+        hashed=request_hash(request, canonical), operation=operation,
+    )  # fmt: skip
+
+
+async def _create_and_charge(
+    request: web.Request, principal: Principal, key: str, account_id: str, body: PaymentCreate
+) -> tuple[int, bytes, dict[str, str]]:
+    if not account_id.startswith(ids.ACCOUNT_PREFIX):
+        raise not_found("account", "account")
+    method = await _payment_method(request, account_id, body)
+    router = request.app[ROUTER]
+    reply = await router.submit(
+        CreatePayment(
+            account_id=account_id, payment_id=ids.child_id("pay", account_id),
+            attempt_id=ids.child_id("att", account_id),
+            idempotency_key=engine_key(principal, key), amount_minor=body.amount,
+            currency=body.currency.upper(), payment_method=method,
+            allocations=tuple(Allocation(invoice_id=a.invoice, amount_minor=a.amount)
+                              for a in body.allocations),
+        )
+    )  # fmt: skip
+    if reply.outcome.result is Result.rejected:
+        rejection = reply.outcome.rejection
+        assert rejection is not None
+        where = "account" if rejection is Rejection.account_not_found else "allocations"
+        raise from_rejection(rejection, not_found_param=where)
+    payment = reply.payment
+    assert payment is not None
+    gateway = request.app[GATEWAY]
+    if payment.status is PaymentStatus.processing and gateway.needs_charge(payment):
+        reply = await gateway.charge_attempt(reply, account_id)
+        if reply.payment is not None:
+            payment = reply.payment
+    return _answer(account_id, payment)
+
+
+def _payment_account(payment_id: str) -> str:
+    account_id = ids.account_of(payment_id, "pay")
+    if account_id is None:
+        raise not_found("id", "payment")
+    return account_id
+
+
+async def get_payment(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    payment_id = request.match_info["id"]
+    account_id = _payment_account(payment_id)
+    await authorize_account(request, principal, account_id)
+    reply = await read_payment(request.app[ROUTER], account_id, payment_id)
+    if reply.payment is None:
+        raise not_found("id", "payment")
+    return respond(payment_view(account_id, reply.payment))
+
+
+async def list_payments(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    query = decode_query(request, PaymentListQuery)
+    account_ids: list[str] | None = None
+    if query.account is not None:
+        await authorize_account(request, principal, query.account, param="account")
+        await wait_for_account_projection(request, query.account)
+        account_ids = [query.account]
+    elif not principal.is_merchant:
+        account_ids = await directory.payer_account_ids(request.app[STORE].engine, principal.id)
+    page = await queries.list_payments(
+        request.app[STORE].engine, account_ids=account_ids, status=query.status,
+        created_gte_ms=None if query.created_gte is None else query.created_gte * 1000,
+        created_lt_ms=None if query.created_lt is None else query.created_lt * 1000,
+        limit=query.limit, starting_after=query.starting_after,
+    )  # fmt: skip
+    return respond(PaymentList(data=[payment_row_view(r) for r in page.data],
+                               has_more=page.has_more))  # fmt: skip
+
+
+async def cancel_payment(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    payment_id = request.match_info["id"]
+    account_id = _payment_account(payment_id)
+    await authorize_account(request, principal, account_id)
+    reply = await request.app[ROUTER].submit(
+        CancelPayment(account_id=account_id, payment_id=payment_id)
+    )
+    if reply.outcome.result is Result.rejected:
+        assert reply.outcome.rejection is not None
+        raise from_rejection(reply.outcome.rejection, not_found_param="id")
+    assert reply.payment is not None
+    return respond(payment_view(account_id, reply.payment))
+
+
+async def create_refund(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    payment_id = request.match_info["id"]
+    account_id = _payment_account(payment_id)
+    # Refunds are the merchant's: for a payer the operation does not exist.
+    await authorize_account(request, principal, account_id, merchant_only=True)
+    key = idempotency_key(request, required=True)
+    assert key is not None
+    body, canonical = await decode_body(request, RefundCreate)
+
+    async def operation() -> tuple[int, bytes, dict[str, str]]:
+        router = request.app[ROUTER]
+        payment = (await read_payment(router, account_id, payment_id)).payment
+        if payment is None:
+            raise not_found("id", "payment")
+        captured = [a for a in payment.attempts if a.status is AttemptStatus.succeeded]
+        if not captured:
+            raise from_rejection(Rejection.payment_status_must_allow_transition)
+        refundable_minor = payment.amount_minor - payment.amount_refunded_minor
+        amount_minor = refundable_minor if body.amount is None else body.amount
+        if amount_minor > refundable_minor or amount_minor <= 0:
+            raise from_rejection(Rejection.refund_must_not_exceed_refundable)
+        charge_id = captured[0].charge_id
+        processor = request.app[PROCESSOR]
+        if processor is None or charge_id is None:
+            raise ApiError(503, "api_error", "api_error", "No processor can take the refund now.")
+        refund_id = ids.derived_child_id("re", account_id, principal.id, key)
+        result = await processor.refund(charge_id, amount_minor, idempotency_key=refund_id)
+        if result.outcome is OutcomeKind.declined:
+            raise ApiError(
+                400, "invalid_request_error", "refund_declined",
+                f"The processor declined the refund ({result.failure_code}).",
+            )  # fmt: skip
+        if result.outcome is not OutcomeKind.succeeded:
+            raise ApiError(
+                503, "api_error", "api_error",
+                "The processor's answer is not known yet; retry with the same key.",
+            )  # fmt: skip
+        reply = await router.submit(
+            RefundPayment(account_id=account_id, payment_id=payment_id, refund_id=refund_id,
+                          amount_minor=amount_minor)
+        )  # fmt: skip
+        if reply.outcome.result is Result.rejected:
+            assert reply.outcome.rejection is not None
+            raise from_rejection(reply.outcome.rejection, not_found_param="id")
+        refund = Refund(id=refund_id, payment=payment_id, amount=amount_minor,
+                        currency=payment.currency, status="succeeded")  # fmt: skip
+        return 200, encode(refund), {}
+
+    return await run_idempotent(
+        request, principal=principal, account_id=account_id, key=key,
+        hashed=request_hash(request, canonical), operation=operation,
+    )  # fmt: skip
+
+
+async def preview_allocation(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    query = decode_query(request, PreviewQuery)
+    await authorize_account(request, principal, query.account, param="account")
+    engine = request.app[STORE].engine
+    profile = await directory.account_profile(engine, query.account)
+    if profile is None:
+        raise not_found("account", "account")
+    await wait_for_account_projection(request, query.account)
+    split = allocate(await queries.open_invoices(engine, query.account), query.amount)
+    return respond(
+        AllocationPreview(
+            account=query.account, amount=query.amount, currency=profile.currency,
+            allocations=[AllocationOut(invoice=a.invoice_id, amount=a.amount_minor)
+                         for a in split.allocations],
+            amount_applied=split.applied_minor, amount_unapplied=split.unapplied_minor,
+        )
+    )  # fmt: skip

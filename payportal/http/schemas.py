@@ -1,0 +1,325 @@
+"""Every request and response body of the API, as msgspec Structs: the one vocabulary the
+handlers decode and encode and the OpenAPI document is generated from.
+
+Rules: inbound types forbid unknown fields (400 with ``param``); amounts are integers of
+minor units; times are **unix seconds** (integers) everywhere, as in Stripe's API, and
+durations carry their unit in the name (``processing_ms``); dates are ISO ``YYYY-MM-DD``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = [
+    "Account",
+    "AccountCreate",
+    "AccountList",
+    "AllocationOut",
+    "AllocationPreview",
+    "AllocationRequest",
+    "Attempt",
+    "Balance",
+    "ErrorBody",
+    "ErrorResponse",
+    "Health",
+    "Invoice",
+    "InvoiceCreate",
+    "InvoiceList",
+    "InvoiceListQuery",
+    "ListQuery",
+    "Payer",
+    "PayerCreate",
+    "PayerSession",
+    "PayerSessionCreate",
+    "Payment",
+    "PaymentCreate",
+    "PaymentList",
+    "PaymentListQuery",
+    "PaymentMethod",
+    "PaymentMethodCreate",
+    "PaymentMethodList",
+    "PaymentMethodListQuery",
+    "PreviewQuery",
+    "Readiness",
+    "Refund",
+    "RefundCreate",
+    "ServicePeriodBody",
+]
+
+PositiveMinor = Annotated[int, msgspec.Meta(gt=0, description="Integer minor units, > 0.")]
+Minor = Annotated[int, msgspec.Meta(description="Integer minor units.")]
+UnixSeconds = Annotated[int, msgspec.Meta(description="Unix time in seconds.")]
+Currency = Annotated[
+    str, msgspec.Meta(pattern="^[A-Za-z]{3}$", description="ISO 4217 code, e.g. USD.")
+]
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern="^[^@\\s]+@[^@\\s]+$")]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
+ObjectId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class _In(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class _Out(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+class AccountCreate(_In, frozen=True, kw_only=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    email: Email
+    currency: Currency
+    external_ref: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class ServicePeriodBody(_In, frozen=True, kw_only=True):
+    start: dt.date
+    end: dt.date
+
+
+class InvoiceCreate(_In, frozen=True, kw_only=True):
+    amount: PositiveMinor
+    due_date: dt.date
+    number: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    service_period: ServicePeriodBody | None = None
+
+
+class AllocationRequest(_In, frozen=True, kw_only=True):
+    invoice: ObjectId
+    amount: PositiveMinor
+
+
+class PaymentCreate(_In, frozen=True, kw_only=True):
+    account: ObjectId
+    amount: PositiveMinor
+    currency: Currency
+    payment_method: ObjectId | None = None
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+    allocations: list[AllocationRequest] = []
+    description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+
+
+class RefundCreate(_In, frozen=True, kw_only=True):
+    # Absent: everything still refundable.
+    amount: PositiveMinor | None = None
+
+
+class PaymentMethodCreate(_In, frozen=True, kw_only=True):
+    """``token`` comes from the processor's tokenization (the card data never reaches the
+    portal). The card facts the tokenization answered may be passed along to be shown."""
+
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    type: Literal["card", "debit", "wallet"] = "card"
+    brand: Annotated[str, msgspec.Meta(max_length=32)] = "unknown"
+    last4: Annotated[str, msgspec.Meta(pattern="^[0-9]{4}$")] | None = None
+    exp_month: Annotated[int, msgspec.Meta(ge=1, le=12)] | None = None
+    exp_year: Annotated[int, msgspec.Meta(ge=2000, le=2200)] | None = None
+    wallet: Literal["apple_pay", "google_pay"] | None = None
+
+
+class PayerCreate(_In, frozen=True, kw_only=True):
+    email: Email
+    # Absent: the payer is invited to set one.
+    password: Annotated[str, msgspec.Meta(min_length=8, max_length=1024)] | None = None
+
+
+class PayerSessionCreate(_In, frozen=True, kw_only=True):
+    email: Annotated[str, msgspec.Meta(max_length=320)]
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+# -- query strings --------------------------------------------------------------------------
+
+
+class ListQuery(_In, frozen=True, kw_only=True):
+    limit: Limit = 10
+    starting_after: ObjectId | None = None
+
+
+class InvoiceListQuery(ListQuery, frozen=True, kw_only=True):
+    status: Literal["open", "paid", "void"] | None = None
+
+
+class PaymentListQuery(ListQuery, frozen=True, kw_only=True):
+    account: ObjectId | None = None
+    status: (
+        Literal[
+            "processing", "retry_scheduled", "requires_payment_method", "succeeded", "failed",
+            "canceled", "partially_refunded", "refunded", "disputed",
+        ]
+        | None
+    ) = None  # fmt: skip
+    created_gte: UnixSeconds | None = None
+    created_lt: UnixSeconds | None = None
+
+
+class PaymentMethodListQuery(ListQuery, frozen=True, kw_only=True):
+    # Deleted methods stay in the history; they are listed only when asked for.
+    include_deleted: bool = False
+
+
+class PreviewQuery(_In, frozen=True, kw_only=True):
+    account: ObjectId
+    amount: PositiveMinor
+
+
+# -- responses ------------------------------------------------------------------------------
+
+
+class Balance(_Out, frozen=True, kw_only=True):
+    outstanding: Minor
+    credit: Minor
+    currency: str
+
+
+class Account(_Out, frozen=True, kw_only=True):
+    id: str
+    object: Literal["account"] = "account"
+    name: str
+    email: str
+    currency: str
+    external_ref: str | None
+    # Null only in lists, for an account the read model has not caught up with yet.
+    balance: Balance | None
+    created: UnixSeconds
+
+
+class AccountList(_Out, frozen=True, kw_only=True):
+    data: list[Account]
+    has_more: bool
+
+
+class Invoice(_Out, frozen=True, kw_only=True):
+    id: str
+    object: Literal["invoice"] = "invoice"
+    account: str
+    number: str
+    currency: str
+    amount_due: Minor
+    amount_paid: Minor
+    amount_remaining: Minor
+    status: Literal["open", "paid", "void"]
+    due_date: dt.date
+    service_period: ServicePeriodBody | None
+
+
+class InvoiceList(_Out, frozen=True, kw_only=True):
+    data: list[Invoice]
+    has_more: bool
+
+
+class Attempt(_Out, frozen=True, kw_only=True):
+    id: str
+    status: Literal["processing", "succeeded", "declined", "errored", "unknown"]
+    decline_code: str | None
+    created_at: UnixSeconds
+
+
+class AllocationOut(_Out, frozen=True, kw_only=True):
+    invoice: str
+    amount: Minor
+
+
+class Payment(_Out, frozen=True, kw_only=True):
+    id: str
+    object: Literal["payment"] = "payment"
+    account: str
+    amount: Minor
+    currency: str
+    status: str
+    payment_method: str
+    attempts: list[Attempt]
+    allocations: list[AllocationOut]
+    amount_applied: Minor
+    amount_unapplied: Minor
+    amount_refunded: Minor
+    # Creation to the first terminal status, once there is one.
+    processing_ms: int | None
+    next_retry_at: UnixSeconds | None
+    created: UnixSeconds
+
+
+class PaymentList(_Out, frozen=True, kw_only=True):
+    data: list[Payment]
+    has_more: bool
+
+
+class Refund(_Out, frozen=True, kw_only=True):
+    id: str
+    object: Literal["refund"] = "refund"
+    payment: str
+    amount: Minor
+    currency: str
+    status: Literal["succeeded"]
+
+
+class PaymentMethod(_Out, frozen=True, kw_only=True):
+    id: str
+    object: Literal["payment_method"] = "payment_method"
+    account: str
+    type: str
+    brand: str
+    last4: str | None
+    exp_month: int | None
+    exp_year: int | None
+    wallet: str | None
+    created: UnixSeconds
+    deleted: bool
+
+
+class PaymentMethodList(_Out, frozen=True, kw_only=True):
+    data: list[PaymentMethod]
+    has_more: bool
+
+
+class Payer(_Out, frozen=True, kw_only=True):
+    id: str
+    object: Literal["payer"] = "payer"
+    email: str
+    accounts: list[str]
+    # False until the payer has a password (an invitation is pending).
+    has_password: bool
+
+
+class PayerSession(_Out, frozen=True, kw_only=True):
+    token: str
+    expires_at: UnixSeconds
+
+
+class AllocationPreview(_Out, frozen=True, kw_only=True):
+    account: str
+    amount: Minor
+    currency: str
+    allocations: list[AllocationOut]
+    amount_applied: Minor
+    amount_unapplied: Minor
+
+
+class ErrorBody(_Out, frozen=True, kw_only=True, omit_defaults=True):
+    type: str
+    code: str
+    message: str
+    param: str | None = None
+    decline_code: str | None = None
+    # For card errors: the payment the decline happened on.
+    payment: Payment | None = None
+
+
+class ErrorResponse(_Out, frozen=True, kw_only=True):
+    error: ErrorBody
+
+
+class Health(_Out, frozen=True, kw_only=True):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(_Out, frozen=True, kw_only=True):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]

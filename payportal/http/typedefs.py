@@ -1,0 +1,45 @@
+"""Typed keys for what the application and each request carry (aiohttp ``AppKey``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from payportal.actors import ShardRouter
+    from payportal.config import Settings
+    from payportal.persistence import Store
+    from payportal.processors import ProcessorAdapter
+
+    from .auth import Authenticator, Principal
+    from .gateway import Gateway
+    from .routes import RouteSpec
+
+__all__ = [
+    "AUTHENTICATOR",
+    "CLOCK_MS",
+    "GATEWAY",
+    "PRINCIPAL",
+    "PROCESSOR",
+    "ROUTER",
+    "ROUTES",
+    "SETTINGS",
+    "STORE",
+    "TASKS",
+]
+
+ROUTER: web.AppKey[ShardRouter] = web.AppKey("router")
+STORE: web.AppKey[Store] = web.AppKey("store")
+SETTINGS: web.AppKey[Settings | None] = web.AppKey("settings")
+PROCESSOR: web.AppKey[ProcessorAdapter | None] = web.AppKey("processor")
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
+CLOCK_MS: web.AppKey[Callable[[], int]] = web.AppKey("clock_ms")
+ROUTES: web.AppKey[list[RouteSpec]] = web.AppKey("routes")
+# Work that must finish even if its client goes away (a charge and its outcome).
+TASKS: web.AppKey[set[Any]] = web.AppKey("tasks")
+
+# Set by the auth step of each handler; the request's authenticated caller.
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
