@@ -1,0 +1,168 @@
+"""The API under test, assembled in-process: real Store (SQLite file or a fresh PostgreSQL
+database), account shards driven directly (no Ray), the sandbox processor on a loopback
+test server, and an aiohttp test client for the front door. Imported by test_api_*.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from payportal.actors import AccountShardCore, ShardRouter
+from payportal.http import create_app
+from payportal.persistence import Store, migrate
+from payportal.persistence.keys import create_api_key_async
+from payportal.processors.sandbox import SANDBOX, Faults, SandboxState, create_sandbox_app
+from payportal.processors.sandbox_client import SandboxProcessor
+from tests.integration.shard_support import create_postgres_database, drop_postgres_database
+
+SECRET = "whsec_" + base64.b64encode(b"api-test-webhook-secret-32-bytes").decode()
+SHARDS = 2
+# The sandbox holds a 3063 response this long; the adapter gives up much sooner.
+CAPTURE_HOLD_MS = 3_000
+PROCESSOR_TIMEOUT_MS = 400
+
+CARDS = {
+    "visa": "4242424242424242",
+    "mastercard": "5555555555554444",
+    "visa_debit": "4000056655665556",
+    "do_not_honor": "4000000000000002",
+    "expired": "4000000000000069",
+    "insufficient_funds": "4000000000009995",
+    "processing_error": "4000000000000119",
+    "capture_timeout": "4000000000003063",
+    "attach_then_decline": "4000000000000341",
+}
+
+
+class DirectHandle:
+    """Stands in for a Ray actor handle: ``handle.apply.remote(batch)`` awaits the core."""
+
+    def __init__(self, core: AccountShardCore) -> None:
+        self.core = core
+        self.apply = self
+
+    def remote(self, batch: bytes) -> Any:
+        return self.core.apply(batch)
+
+
+class Api:
+    """The client plus the helpers every test needs; ``merchant`` is a header dict."""
+
+    def __init__(self, client: TestClient[Any, Any], processor: SandboxProcessor,
+                 sandbox: SandboxState, merchant_key: str, store: Store) -> None:  # fmt: skip
+        self.client = client
+        self.processor = processor
+        self.sandbox = sandbox
+        self.merchant = {"Authorization": f"Bearer {merchant_key}"}
+        self.store = store
+
+    async def call(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None,
+        json: Any = None, params: dict[str, Any] | None = None, data: bytes | None = None,
+    ) -> tuple[int, Any, bytes]:  # fmt: skip
+        response = await self.client.request(
+            method, path, headers=headers if headers is not None else self.merchant,
+            json=json, params=params, data=data,
+        )  # fmt: skip
+        raw = await response.read()
+        is_json = raw and response.content_type == "application/json"
+        body = await response.json() if is_json else None
+        return response.status, body, raw
+
+    async def ok(self, method: str, path: str, **kwargs: Any) -> Any:
+        status, body, _ = await self.call(method, path, **kwargs)
+        assert status == 200, (status, body)
+        return body
+
+    async def account(self, currency: str = "USD") -> str:
+        body = await self.ok("POST", "/v1/accounts", json={
+            "name": "Ada Lovelace", "email": "ada@example.com", "currency": currency,
+        })  # fmt: skip
+        return str(body["id"])
+
+    async def invoice(self, account_id: str, amount: int, due: dt.date, number: str | None = None
+                      ) -> str:  # fmt: skip
+        payload: dict[str, Any] = {"amount": amount, "due_date": due.isoformat()}
+        if number is not None:
+            payload["number"] = number
+        body = await self.ok("POST", f"/v1/accounts/{account_id}/invoices", json=payload)
+        return str(body["id"])
+
+    async def payment_method(self, account_id: str, card: str = "visa",
+                             headers: dict[str, str] | None = None) -> str:  # fmt: skip
+        token = await self.processor.tokenize_test_card(CARDS[card])
+        body = await self.ok(
+            "POST", f"/v1/accounts/{account_id}/payment_methods", headers=headers,
+            json={"token": token, "brand": "visa", "last4": CARDS[card][-4:]},
+        )  # fmt: skip
+        return str(body["id"])
+
+    async def pay(
+        self, account_id: str, amount: int, payment_method: str, *, key: str | None = None,
+        headers: dict[str, str] | None = None, **extra: Any,
+    ) -> tuple[int, Any, bytes]:  # fmt: skip
+        headers = dict(headers if headers is not None else self.merchant)
+        headers["Idempotency-Key"] = key or uuid.uuid4().hex
+        payload = {"account": account_id, "amount": amount, "currency": "USD",
+                   "payment_method": payment_method, **extra}  # fmt: skip
+        return await self.call("POST", "/v1/payments", headers=headers, json=payload)
+
+    def charges(self) -> list[Any]:
+        return list(self.sandbox.charges.values())
+
+    async def payer(self, account_id: str, email: str, password: str = "correct horse") -> dict[
+        str, str
+    ]:  # fmt: skip
+        await self.ok("POST", f"/v1/accounts/{account_id}/payers",
+                      json={"email": email, "password": password})  # fmt: skip
+        session = await self.ok("POST", "/v1/payer/sessions", headers={},
+                                json={"email": email, "password": password})  # fmt: skip
+        return {"Authorization": f"Bearer {session['token']}"}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/payportal.db"
+        await asyncio.to_thread(migrate, url)
+        yield url
+        return
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    url, name = await create_postgres_database(postgres_url)
+    try:
+        await asyncio.to_thread(migrate, url)
+        yield url
+    finally:
+        await drop_postgres_database(postgres_url, name)
+
+
+@pytest.fixture
+async def api(database_url: str, aiohttp_server: Any, aiohttp_client: Any) -> AsyncIterator[Api]:
+    store = await Store.connect(database_url)
+    sandbox_app = create_sandbox_app(
+        callback_url=None, webhook_secret=SECRET,
+        faults=Faults(capture_timeout_delay_ms=CAPTURE_HOLD_MS),
+    )  # fmt: skip
+    sandbox_server: TestServer = await aiohttp_server(sandbox_app, host="127.0.0.1")
+    processor = SandboxProcessor(str(sandbox_server.make_url("")), timeout_ms=PROCESSOR_TIMEOUT_MS)
+    router = ShardRouter(
+        [DirectHandle(AccountShardCore(i, store)) for i in range(SHARDS)], batch_max_wait_ms=1
+    )
+    app = create_app(router=router, store=store, processor=processor)
+    client = await aiohttp_client(app)
+    key = await create_api_key_async(store, "tests")
+    try:
+        yield Api(client, processor, sandbox_app[SANDBOX], key, store)
+    finally:
+        await client.close()
+        await router.drain()
+        await processor.close()
+        await store.close()
