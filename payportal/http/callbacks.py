@@ -27,6 +27,7 @@ bodies are never logged.
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +41,14 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from payportal.actors import Overloaded, ShardRouter
-from payportal.engine import Command, DisputePayment, OutcomeKind, RecordOutcome, Result
+from payportal.engine import (
+    Command,
+    DisputePayment,
+    OutcomeKind,
+    PaymentStatus,
+    RecordOutcome,
+    Result,
+)
 from payportal.engine.retry_policy import TECHNICAL_CODES
 from payportal.persistence import tables
 from payportal.persistence._engine import READ
@@ -71,6 +79,8 @@ _TIMESTAMP: Final = re.compile(r"[0-9]{1,12}")
 HEADER_ID: Final = "webhook-id"
 HEADER_TIMESTAMP: Final = "webhook-timestamp"
 HEADER_SIGNATURE: Final = "webhook-signature"
+# HMAC-SHA256, in bytes.
+MAC_LENGTH: Final = 32
 # Longer than any id a processor sends and our column holds.
 EVENT_ID_LENGTH_MAX: Final = 128
 
@@ -208,6 +218,11 @@ class _Receiver:
         if skew_s > self._tolerance_s:
             raise _invalid("timestamp_out_of_tolerance",
                            "The webhook-timestamp is too far ahead.", HEADER_TIMESTAMP)  # fmt: skip
+        signatures = _canonical_signatures(values[HEADER_SIGNATURE])
+        if not signatures:
+            raise _invalid("signature_invalid", "No signature matches the callback.",
+                           HEADER_SIGNATURE)  # fmt: skip
+        values[HEADER_SIGNATURE] = signatures
         for webhook in webhooks:
             try:
                 webhook.verify(raw, values, json_parse=False)
@@ -278,6 +293,18 @@ class _Receiver:
             log.exception("callback_submit_failed", processor=processor, event_id=event_id)
             raise _unavailable("The callback could not be applied; send it again.") from None
         outcome = reply.outcome
+        payment = reply.payment
+        if (
+            isinstance(command, DisputePayment)
+            and outcome.result is Result.rejected
+            and payment is not None
+            and payment.status in _NOT_YET_CAPTURED
+        ):
+            # Early, not stale: the dispute overtook the capture's own callback. Refused
+            # for now (and not remembered), so the processor sends it again later.
+            log.info("callback_dispute_early", processor=processor, event_id=event_id,
+                     payment_id=payment_id)  # fmt: skip
+            raise _unavailable("The payment is not captured yet; send the dispute again.", 5)
         if outcome.result is Result.rejected:
             # Verified and understood, but stale or contradictory: the engine keeps what
             # it has (a payment never moves backwards). The processor is told 200, or it
@@ -309,12 +336,37 @@ class _Receiver:
         raise _unavailable("The attempt is not known yet; send the callback again.", 5)
 
 
+# A dispute for a payment in these statuses arrived before its capture was recorded.
+_NOT_YET_CAPTURED: Final = frozenset({PaymentStatus.processing, PaymentStatus.retry_scheduled})
+
+
 def _outcome_of(type_: str, decline_code: str | None) -> OutcomeKind:
     if type_ == "charge.succeeded":
         return OutcomeKind.succeeded
     # A processor failure before any decision is retried under the same key, as when
     # the charge's own reply says so.
     return OutcomeKind.errored if decline_code in TECHNICAL_CODES else OutcomeKind.declined
+
+
+def _canonical_signatures(header: str) -> str:
+    """The header's ``v1`` signatures that are canonical base64 of a SHA-256 MAC.
+
+    Base64 is malleable: the last character's spare bits are ignored on decoding, so
+    ``…B=`` and ``…C=`` can carry the same MAC. Only the canonical spelling is passed on,
+    so no byte of an accepted callback can be changed and still verify. Other versions
+    (``v1a``, asymmetric) are not ours to check and are dropped."""
+    canonical = []
+    for entry in header.split(" "):
+        version, _, encoded = entry.partition(",")
+        if version != "v1":
+            continue
+        try:
+            mac = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            continue
+        if len(mac) == MAC_LENGTH and base64.b64encode(mac).decode() == encoded:
+            canonical.append(entry)
+    return " ".join(canonical)
 
 
 def callback_routes(
