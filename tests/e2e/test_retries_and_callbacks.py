@@ -703,3 +703,36 @@ async def test_a_dispute_that_overtakes_its_capture_is_applied_once_the_capture_
     names = [type(e).__name__ for *_, e in journal]
     assert names.count("AttemptSucceeded") == 1
     assert names.count("PaymentDisputed") == 1
+
+
+async def test_an_attempt_stuck_in_processing_is_inquired_then_resent_under_its_own_id(
+    portal: Portal, wired: Wiring, clock: Clock
+) -> None:
+    # A crash between journaling the attempt and charging it: nothing reached the processor.
+    account_id = await open_account(portal)
+    token = await wired.processor.tokenize_test_card(SUCCEEDS)
+    payment_id, attempt_id = await create_payment(portal, account_id, token)
+    await portal.settle()
+    janitor = portal.janitor(wired.processor, processing_stale_ms=10 * MINUTE_MS)
+
+    clock.advance_to(START_MS + 10 * MINUTE_MS - 1)
+    await janitor.run_once()
+    assert await portal.rows(attempt_inquiries) == []  # young: a charge may be in flight
+    clock.advance_to(START_MS + 10 * MINUTE_MS)
+    await janitor.run_once()  # stale: its inquiry is scheduled
+    clock.advance_to(START_MS + 11 * MINUTE_MS)
+    report = await janitor.run_once()
+    assert report.inquiries_made == 1
+    assert report.charges_sent == 0
+    payment = portal.payment(account_id, payment_id)
+    assert payment.status is PaymentStatus.retry_scheduled  # "never received": errored
+    assert payment.next_retry_at_ms is not None
+
+    await portal.settle()
+    clock.advance_to(payment.next_retry_at_ms)
+    report = await janitor.run_once()
+    assert report.charges_sent == 1
+    payment = portal.payment(account_id, payment_id)
+    assert payment.status is PaymentStatus.succeeded
+    assert [a.attempt_id for a in payment.attempts] == [attempt_id]
+    assert list(charges_by_key(wired.sandbox)) == [attempt_id]
