@@ -6,11 +6,15 @@ then applies every command synchronously through the engine: there is no ``await
 between reading an account's state and writing it back, so one account's commands run
 one at a time, exactly as if it had an actor of its own. The whole batch's events are
 committed in one transaction (group commit), and only then is the batch answered.
+Commits are pipelined: batch N+1 is applied in memory while batch N commits, and its
+commit starts once N's has finished, so commits land strictly in batch order.
 
 Rules:
-- Nothing is answered before it is durable. If the commit fails the in-memory state is
+- Nothing is answered before it is durable: a batch's reply waits for its own commit,
+  which waits for every commit before it. If a commit fails the in-memory state is
   ahead of the database, so the process exits and Ray restarts it from what is durable;
-  the caller's call is retried by Ray and the engine's idempotency makes that safe.
+  commits queued behind the failed one are aborted unwritten and never answered. The
+  caller's call is retried by Ray and the engine's idempotency makes that safe.
 - Checkpoints are coalesced: an account is checkpointed after many events or a little
   time, not after every command, and recovery replays the journal past the checkpoint.
 - Idle accounts are checkpointed and evicted, so memory follows active accounts.
@@ -19,11 +23,12 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -37,12 +42,13 @@ from payportal.engine import (
     Event,
     IssueInvoice,
     VoidInvoice,
-    execute,
+    decide,
+    evolve,
 )
 
 from .protocol import BATCH_DECODER, REPLIES_ENCODER, Balance, Reply
 
-__all__ = ["AccountShardCore", "ShardOptions"]
+__all__ = ["AccountShardCore", "CommitAborted", "ShardOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +71,17 @@ class _Pending(msgspec.Struct, kw_only=True):
     version_before: int
     events: list[Event]
     entries: list[Entry]
+    entry_versions: list[int]
 
 
 class _Tracked(msgspec.Struct, kw_only=True):
     events_since_checkpoint: int = 0
     checkpoint_at_ms: int = 0
     used_at_ms: int = 0
+
+
+class CommitAborted(RuntimeError):
+    """An earlier commit failed, and this batch was applied on top of what it lost."""
 
 
 class AccountShardCore:
@@ -95,7 +106,14 @@ class AccountShardCore:
         self._on_commit_failure = on_commit_failure or _exit_for_restart
         self._accounts: dict[str, AccountState] = {}
         self._tracked: dict[str, _Tracked] = {}
+        # Held while a batch is applied in memory (and its commit queued), not while it
+        # commits: batch N+1 is applied while batch N's commit is in flight.
         self._lock = asyncio.Lock()
+        # The newest queued commit; each commit waits for the one before it.
+        self._last_commit: asyncio.Future[None] | None = None
+        # Bumped by a failed commit: commits queued before it then abort unwritten.
+        self._generation = 0
+        self._started = False
         self._batches = 0
         self.stats: dict[str, int] = {"batches": 0, "commands": 0, "events": 0, "loads": 0}
 
@@ -105,46 +123,70 @@ class AccountShardCore:
 
     async def apply(self, batch: bytes) -> bytes:
         commands = BATCH_DECODER.decode(batch)
-        # One batch at a time: a batch's accounts must not change while it awaits its commit.
         async with self._lock:
-            replies = await self._apply_locked(commands)
+            if not self._started:
+                self._started = True
+                # A store that projects read models does so in the background, catching
+                # up first with whatever a previous incarnation left unprojected.
+                start_projection = getattr(self._store, "start_projection", None)
+                if start_projection is not None:
+                    start_projection(self.shard_id)
+            replies, commit = await self._apply_locked(commands)
             self._batches += 1
             if self._batches % self._options.evict_scan_every_batches == 0:
                 await self._evict_idle()
+        # Answered only once this batch (and so every batch before it) is durable. Shielded:
+        # a caller that gives up does not cancel a commit others are queued behind.
+        await asyncio.shield(commit)
         return replies
 
-    async def _apply_locked(self, commands: list[Command]) -> bytes:
+    async def _apply_locked(
+        self, commands: list[Command]
+    ) -> tuple[bytes, asyncio.Future[None]]:
+        # Taken before any await: a commit that fails meanwhile clears the memory this
+        # batch reads, and the batch must then abort rather than answer from it.
+        generation = self._generation
         await self._activate({c.account_id for c in commands})
         now_ms = self._clock_ms()
         pending: dict[str, _Pending] = {}
         replies: list[msgspec.Raw] = []
-        # From here to the commit nothing awaits: each account's commands apply in order.
+        rng = self._rng
+        accounts = self._accounts
+        # From here to queuing the commit nothing awaits: each account's commands apply in
+        # order, and the commit's rows are built from the states as this batch left them.
         for command in commands:
             account_id = command.account_id
-            before = self._accounts.get(account_id)
+            before = accounts.get(account_id)
             version_before = before.version if before is not None else 0
-            after, decision, entries = execute(before, command, now_ms, self._rng)
+            decision = decide(before, command, now_ms, rng)
+            after = before
             if decision.events:
-                assert after is not None
                 change = pending.get(account_id)
                 if change is None:
                     change = pending[account_id] = _Pending(
-                        version_before=version_before, events=[], entries=[]
+                        version_before=version_before, events=[], entries=[], entry_versions=[]
                     )
+                # The engine's ``execute``, unrolled to learn which event posted each entry.
+                for event in decision.events:
+                    after, posted = evolve(after, event)
+                    if posted is not None:
+                        change.entries.append(posted)
+                        change.entry_versions.append(after.version)
                 change.events.extend(decision.events)
-                change.entries.extend(entries)
-                self._accounts[account_id] = after
+                assert after is not None
+                accounts[account_id] = after
             # Encoded now: later commands in the batch may change the same payment.
             replies.append(msgspec.Raw(REPLIES_ENCODER.encode(_reply(after, command, decision))))
-        if pending:
-            await self._commit(pending, now_ms)
         for account_id in {c.account_id for c in commands}:
-            self._tracked.setdefault(account_id, _Tracked(checkpoint_at_ms=now_ms)).used_at_ms = (
-                now_ms
-            )
+            self._tracked.setdefault(
+                account_id, _Tracked(checkpoint_at_ms=now_ms)
+            ).used_at_ms = now_ms
         self.stats["batches"] += 1
         self.stats["commands"] += len(commands)
-        return REPLIES_ENCODER.encode(replies)
+        # Queued even with nothing to write: a reply read from memory (``exists``, a
+        # rejection) may rest on an earlier batch's events, so it too waits for them.
+        commit = self._queue_commit(self._changes(pending, now_ms), generation)
+        return REPLIES_ENCODER.encode(replies), commit
 
     async def _activate(self, account_ids: set[str]) -> None:
         missing = [a for a in account_ids if a not in self._accounts]
@@ -156,7 +198,7 @@ class AccountShardCore:
             if state is not None:
                 self._accounts[account_id] = state
 
-    async def _commit(self, pending: dict[str, _Pending], now_ms: int) -> None:
+    def _changes(self, pending: dict[str, _Pending], now_ms: int) -> list[Any]:
         from payportal.persistence import AccountChange
 
         changes = []
@@ -167,6 +209,10 @@ class AccountShardCore:
                 tracked.events_since_checkpoint >= self._options.checkpoint_every_events
                 or now_ms - tracked.checkpoint_at_ms >= self._options.checkpoint_interval_ms
             )
+            if checkpoint:
+                # Counted from now: if the commit fails, memory (and this) is forgotten.
+                tracked.events_since_checkpoint = 0
+                tracked.checkpoint_at_ms = now_ms
             changes.append(
                 AccountChange(
                     account_id=account_id,
@@ -175,23 +221,64 @@ class AccountShardCore:
                     entries=change.entries,
                     state=self._accounts[account_id],
                     checkpoint=checkpoint,
+                    entry_versions=change.entry_versions,
                 )
             )
+        return changes
+
+    def _queue_commit(self, changes: list[Any], generation: int) -> asyncio.Future[None]:
+        """Queue ``changes`` to commit after every commit queued before them."""
+        write: Callable[[], Awaitable[None]] | None = None
+        prepare = getattr(self._store, "prepare", None)
+        if not changes:
+            pass
+        elif prepare is not None:
+            # Rows (checkpoint states, read-model snapshots) built now, before later
+            # batches change the same accounts in memory.
+            rows = prepare(self.shard_id, changes)
+            write = lambda: self._store.write(rows)  # noqa: E731
+        else:
+            write = lambda: self._store.commit(self.shard_id, changes)  # noqa: E731
+        events = sum(len(c.events) for c in changes)
+        commit = asyncio.ensure_future(
+            self._commit_in_order(self._last_commit, write, generation, events)
+        )
+        self._last_commit = commit
+        return commit
+
+    async def _commit_in_order(
+        self,
+        previous: asyncio.Future[None] | None,
+        write: Callable[[], Awaitable[None]] | None,
+        generation: int,
+        events: int,
+    ) -> None:
+        if previous is not None:
+            # Its failure is its own batch's to report; this one only needs it finished.
+            with contextlib.suppress(BaseException):
+                await previous
+        if generation != self._generation:
+            raise CommitAborted(f"shard {self.shard_id}: an earlier commit failed")
+        if write is None:
+            return
         try:
-            await self._store.commit(self.shard_id, changes)
+            await write()
         except BaseException as error:
             log.exception("shard %s: commit failed; stopping to recover from disk", self.shard_id)
-            # The memory is ahead of the disk now: forget it before anything else reads it.
+            # The memory is ahead of the disk now: forget it before anything else reads it,
+            # and abort every commit queued behind this one, unwritten.
+            self._generation += 1
             self._accounts.clear()
             self._tracked.clear()
             self._on_commit_failure(error)
             raise
-        for change in changes:
-            if change.checkpoint:
-                tracked = self._tracked[change.account_id]
-                tracked.events_since_checkpoint = 0
-                tracked.checkpoint_at_ms = now_ms
-        self.stats["events"] += sum(len(c.events) for c in changes)
+        self.stats["events"] += events
+
+    async def _drain(self) -> None:
+        """Wait until every queued commit has finished (whatever its result)."""
+        if self._last_commit is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._last_commit)
 
     async def _evict_idle(self) -> None:
         from payportal.persistence import AccountChange
@@ -204,6 +291,8 @@ class AccountShardCore:
         ]
         if not idle:
             return
+        # An account leaves memory only once its last events are durable.
+        await self._drain()
         # Checkpoint before leaving memory, so the next activation replays nothing.
         dirty = [
             AccountChange(
@@ -224,6 +313,7 @@ class AccountShardCore:
         from payportal.persistence import AccountChange
 
         async with self._lock:
+            await self._drain()
             dirty = [
                 AccountChange(
                     account_id=a, version_before=s.version, events=[], entries=[], state=s,

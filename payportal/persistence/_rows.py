@@ -1,10 +1,13 @@
-"""Rows from account changes: the journal, the ledger and the read models, as plain dicts.
+"""Rows from account changes: the journal and checkpoints (the group commit) and the read
+models (the projection), as tuples in each table's column order.
 
-Pure and synchronous, so a commit builds every row from the live account state before
-its first ``await`` — the shard may not change the state while the commit is in flight,
-but nothing here relies on that. Read models are rebuilt for the ids the events touched
-(an event names its ``invoice_id``, ``payment_id`` and the invoices it allocates to);
-the account row is rewritten on every change.
+Pure and synchronous, so a shard builds every row of a commit — and the snapshot of the
+read models it will project — from the live account state before its first ``await``;
+the state may move on while the commit is in flight. Read models are rebuilt for the ids
+the events touched (an event names its ``invoice_id``, ``payment_id`` and the invoices
+it allocates to); the account row is rewritten on every change. A ``Projection`` keeps
+only the newest row per key, so many commits' worth of changes to one hot account
+becomes one upsert.
 """
 
 from __future__ import annotations
@@ -22,18 +25,60 @@ from payportal.engine import (
     Event,
     InvoiceIssued,
     InvoiceVoided,
+    PaymentCreated,
     PaymentRefunded,
 )
 
-__all__ = ["AccountChange", "Rows", "build_rows", "event_tag"]
+from .tables import PROCESSOR_DEFAULT
 
-Row = dict[str, Any]
+__all__ = [
+    "COLUMNS",
+    "AccountChange",
+    "CommitRows",
+    "Projection",
+    "build_commit",
+    "event_tag",
+    "project_change",
+    "project_entries",
+    "project_state",
+]
+
+Row = tuple[Any, ...]
+
+# Column order of the tuples built here, per table (the store writes them in this order).
+COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    "journal": (
+        "shard_id", "account_id", "version", "event_type", "at_ms", "payload",
+        "payment_id", "idempotency_key", "processor", "charge_id",
+    ),
+    "checkpoints": ("account_id", "version", "state"),
+    "accounts": ("account_id", "currency", "outstanding_minor", "credit_minor", "version"),
+    "invoices": (
+        "invoice_id", "account_id", "number", "amount_due_minor", "amount_paid_minor",
+        "status", "due_date", "service_start", "service_end", "version",
+    ),
+    "payments": (
+        "payment_id", "account_id", "amount_minor", "currency", "status",
+        "payment_method_id", "amount_applied_minor", "amount_unapplied_minor",
+        "amount_refunded_minor", "created_at_ms", "finished_at_ms", "next_retry_at_ms",
+        "idempotency_key", "version",
+    ),
+    "attempts": (
+        "attempt_id", "payment_id", "status", "decline_code", "decline_class", "charge_id",
+        "created_at_ms", "version",
+    ),
+    "allocations": ("payment_id", "invoice_id", "amount_minor", "version"),
+    "ledger_entries": (
+        "account_id", "version", "line", "memo", "ledger_account", "side", "amount_minor",
+    ),
+}  # fmt: skip
 
 # The events whose ``evolve`` posts a ledger entry — always, as each moves a positive
-# amount. Entries are matched to them in order to record the posting event's version.
+# amount. Without exact versions from the caller, entries are matched to them in order.
 _POSTING: Final = (InvoiceIssued, CreditApplied, InvoiceVoided, AttemptSucceeded, PaymentRefunded)
 
 _encoder: Final = msgspec.msgpack.Encoder()
+_tags: dict[type, str] = {}
 
 
 class AccountChange(msgspec.Struct, kw_only=True):
@@ -45,90 +90,149 @@ class AccountChange(msgspec.Struct, kw_only=True):
     entries: list[Entry]  # ledger entries posted by these events, in order
     state: AccountState  # the state after the events (for read models / checkpoint)
     checkpoint: bool = False  # write state as the account's checkpoint in this commit
+    # The version of the event that posted each entry, when the caller knows it exactly
+    # (a shard applying events one by one does); else inferred from ``_POSTING``.
+    entry_versions: list[int] | None = None
 
 
-class Rows(msgspec.Struct, kw_only=True):
-    """Every row one commit writes, per table; read models keyed so the last write wins."""
+class Projection(msgspec.Struct, kw_only=True):
+    """Read-model rows waiting to be written; keyed, so the newest row per key wins."""
 
-    journal: list[Row] = msgspec.field(default_factory=list)
-    ledger_entries: list[Row] = msgspec.field(default_factory=list)
     accounts: dict[str, Row] = msgspec.field(default_factory=dict)
     invoices: dict[str, Row] = msgspec.field(default_factory=dict)
     payments: dict[str, Row] = msgspec.field(default_factory=dict)
     attempts: dict[str, Row] = msgspec.field(default_factory=dict)
     allocations: dict[tuple[str, str], Row] = msgspec.field(default_factory=dict)
+    ledger_entries: list[Row] = msgspec.field(default_factory=list)
+    # The last journal id these rows reflect (0 when unknown).
+    through_id: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.accounts or self.ledger_entries)
+
+    def merge(self, newer: Projection) -> None:
+        """Take ``newer``'s rows over this one's (it was built from later commits)."""
+        self.accounts.update(newer.accounts)
+        self.invoices.update(newer.invoices)
+        self.payments.update(newer.payments)
+        self.attempts.update(newer.attempts)
+        self.allocations.update(newer.allocations)
+        self.ledger_entries.extend(newer.ledger_entries)
+        self.through_id = max(self.through_id, newer.through_id)
+
+
+class CommitRows(msgspec.Struct, kw_only=True):
+    """What one group commit writes, and the read models it leaves to the projection."""
+
+    shard_id: int
+    journal: list[Row] = msgspec.field(default_factory=list)
     checkpoints: dict[str, Row] = msgspec.field(default_factory=dict)
+    projection: Projection = msgspec.field(default_factory=Projection)
 
 
 def event_tag(event: Event) -> str:
-    tag = type(event).__struct_config__.tag
-    assert isinstance(tag, str), event
+    kind = type(event)
+    tag = _tags.get(kind)
+    if tag is None:
+        found = kind.__struct_config__.tag
+        assert isinstance(found, str), event
+        tag = _tags[kind] = found
     return tag
 
 
-def build_rows(shard_id: int, changes: Iterable[AccountChange]) -> Rows:
-    rows = Rows()
+def build_commit(shard_id: int, changes: Iterable[AccountChange]) -> CommitRows:
+    rows = CommitRows(shard_id=shard_id)
     for change in changes:
         _add_change(rows, shard_id, change)
     return rows
 
 
-def _add_change(rows: Rows, shard_id: int, change: AccountChange) -> None:
+def _journal_row(shard_id: int, account_id: str, version: int, event: Event) -> Row:
+    payload = _encoder.encode(event)
+    if isinstance(event, PaymentCreated):
+        return (shard_id, account_id, version, "payment_created", event.at_ms, payload,
+                event.payment_id, event.idempotency_key, None, None)  # fmt: skip
+    if isinstance(event, AttemptSucceeded):
+        return (shard_id, account_id, version, "attempt_succeeded", event.at_ms, payload,
+                event.payment_id, None, PROCESSOR_DEFAULT, event.charge_id)  # fmt: skip
+    return (shard_id, account_id, version, event_tag(event), event.at_ms, payload,
+            None, None, None, None)  # fmt: skip
+
+
+def _add_change(rows: CommitRows, shard_id: int, change: AccountChange) -> None:
     state = change.state
     assert change.account_id == state.account_id, (change.account_id, state.account_id)
     assert change.version_before >= 0, change.version_before
     assert change.version_before + len(change.events) == state.version, (
         change.account_id, change.version_before, len(change.events), state.version,
     )  # fmt: skip
+    version = change.version_before
+    for event in change.events:
+        version += 1
+        rows.journal.append(_journal_row(shard_id, change.account_id, version, event))
+    if change.events:
+        project_change(rows.projection, change)
+    if change.checkpoint:
+        previous = rows.checkpoints.get(state.account_id)
+        if previous is None or previous[1] <= state.version:
+            rows.checkpoints[state.account_id] = (
+                state.account_id,
+                state.version,
+                _encoder.encode(state),
+            )
+
+
+def project_change(projection: Projection, change: AccountChange) -> None:
+    """The read-model rows ``change`` touched, from its state as it is now."""
+    state = change.state
     invoice_ids: set[str] = set()
     payment_ids: set[str] = set()
-    for index, event in enumerate(change.events):
-        rows.journal.append({
-            "shard_id": shard_id,
-            "account_id": change.account_id,
-            "version": change.version_before + index + 1,
-            "event_type": event_tag(event),
-            "at_ms": event.at_ms,
-            "payload": _encoder.encode(event),
-        })  # fmt: skip
+    for event in change.events:
         invoice_id = getattr(event, "invoice_id", None)
         if invoice_id is not None:
             invoice_ids.add(invoice_id)
         payment_id = getattr(event, "payment_id", None)
         if payment_id is not None:
             payment_ids.add(payment_id)
-        invoice_ids.update(a.invoice_id for a in getattr(event, "allocations", ()))
-    for version, posted in zip(_entry_versions(change), change.entries, strict=True):
-        rows.ledger_entries.extend(
-            {
-                "account_id": change.account_id,
-                "version": version,
-                "memo": posted.memo,
-                "ledger_account": line.account.value,
-                "side": line.side.value,
-                "amount_minor": line.amount_minor,
-            }
-            for line in posted.lines
-        )
-    rows.accounts[state.account_id] = {
-        "account_id": state.account_id,
-        "currency": state.currency,
-        "outstanding_minor": state.outstanding_minor,
-        "credit_minor": state.credit_minor,
-        "version": state.version,
-    }
+        for allocation in getattr(event, "allocations", ()):
+            invoice_ids.add(allocation.invoice_id)
+    versions = change.entry_versions
+    if versions is None:
+        versions = _entry_versions(change)
+    assert len(versions) == len(change.entries), (len(versions), len(change.entries))
+    project_entries(projection, state.account_id, versions, change.entries)
+    _add_account(projection, state)
     for invoice_id in invoice_ids:
-        _add_invoice(rows, state, invoice_id)
+        _add_invoice(projection, state, invoice_id)
     for payment_id in payment_ids:
-        _add_payment(rows, state, payment_id)
-    if change.checkpoint:
-        previous = rows.checkpoints.get(state.account_id)
-        if previous is None or previous["version"] <= state.version:
-            rows.checkpoints[state.account_id] = {
-                "account_id": state.account_id,
-                "version": state.version,
-                "state": _encoder.encode(state),
-            }
+        _add_payment(projection, state, payment_id)
+
+
+def project_state(projection: Projection, state: AccountState) -> None:
+    """Every read-model row of the account (catch-up after a crash)."""
+    _add_account(projection, state)
+    for invoice_id in state.invoices:
+        _add_invoice(projection, state, invoice_id)
+    for payment_id in state.payments:
+        _add_payment(projection, state, payment_id)
+
+
+def project_entries(
+    projection: Projection, account_id: str, versions: list[int], entries: list[Entry]
+) -> None:
+    ledger = projection.ledger_entries
+    for version, posted in zip(versions, entries, strict=True):
+        memo = posted.memo
+        for line, item in enumerate(posted.lines):
+            ledger.append((account_id, version, line, memo, item.account.value,
+                           item.side.value, item.amount_minor))  # fmt: skip
+
+
+def _add_account(projection: Projection, state: AccountState) -> None:
+    projection.accounts[state.account_id] = (
+        state.account_id, state.currency, state.outstanding_minor, state.credit_minor,
+        state.version,
+    )  # fmt: skip
 
 
 def _entry_versions(change: AccountChange) -> list[int]:
@@ -145,58 +249,42 @@ def _entry_versions(change: AccountChange) -> list[int]:
     return [change.version_before + len(change.events)] * len(change.entries)
 
 
-def _add_invoice(rows: Rows, state: AccountState, invoice_id: str) -> None:
+def _add_invoice(projection: Projection, state: AccountState, invoice_id: str) -> None:
     invoice = state.invoices.get(invoice_id)
     if invoice is None:
         return
     period = invoice.service_period
-    rows.invoices[invoice_id] = {
-        "invoice_id": invoice_id,
-        "account_id": state.account_id,
-        "number": invoice.number,
-        "amount_due_minor": invoice.amount_due_minor,
-        "amount_paid_minor": invoice.amount_paid_minor,
-        "status": invoice.status.value,
-        "due_date": invoice.due_date,
-        "service_start": period.start if period is not None else None,
-        "service_end": period.end if period is not None else None,
-    }
+    projection.invoices[invoice_id] = (
+        invoice_id, state.account_id, invoice.number, invoice.amount_due_minor,
+        invoice.amount_paid_minor, invoice.status.value, invoice.due_date,
+        period.start if period is not None else None,
+        period.end if period is not None else None,
+        state.version,
+    )  # fmt: skip
 
 
-def _add_payment(rows: Rows, state: AccountState, payment_id: str) -> None:
+def _add_payment(projection: Projection, state: AccountState, payment_id: str) -> None:
     payment = state.payments.get(payment_id)
     if payment is None:
         return
-    rows.payments[payment_id] = {
-        "payment_id": payment_id,
-        "account_id": state.account_id,
-        "amount_minor": payment.amount_minor,
-        "currency": payment.currency,
-        "status": payment.status.value,
-        "payment_method_id": payment.payment_method.id,
-        "amount_applied_minor": payment.amount_applied_minor,
-        "amount_unapplied_minor": payment.amount_unapplied_minor,
-        "amount_refunded_minor": payment.amount_refunded_minor,
-        "created_at_ms": payment.created_at_ms,
-        "finished_at_ms": payment.finished_at_ms,
-        "next_retry_at_ms": payment.next_retry_at_ms,
-        "idempotency_key": payment.idempotency_key,
-    }
+    version = state.version
+    projection.payments[payment_id] = (
+        payment_id, state.account_id, payment.amount_minor, payment.currency,
+        payment.status.value, payment.payment_method.id, payment.amount_applied_minor,
+        payment.amount_unapplied_minor, payment.amount_refunded_minor, payment.created_at_ms,
+        payment.finished_at_ms, payment.next_retry_at_ms, payment.idempotency_key, version,
+    )  # fmt: skip
     for attempt in payment.attempts:
-        rows.attempts[attempt.attempt_id] = {
-            "attempt_id": attempt.attempt_id,
-            "payment_id": payment_id,
-            "status": attempt.status.value,
-            "decline_code": attempt.decline_code,
-            "decline_class": (
-                attempt.decline_class.value if attempt.decline_class is not None else None
-            ),
-            "charge_id": attempt.charge_id,
-            "created_at_ms": attempt.created_at_ms,
-        }
+        decline_class = attempt.decline_class
+        projection.attempts[attempt.attempt_id] = (
+            attempt.attempt_id, payment_id, attempt.status.value, attempt.decline_code,
+            decline_class.value if decline_class is not None else None, attempt.charge_id,
+            attempt.created_at_ms, version,
+        )  # fmt: skip
     for allocation in payment.allocations:
-        rows.allocations[(payment_id, allocation.invoice_id)] = {
-            "payment_id": payment_id,
-            "invoice_id": allocation.invoice_id,
-            "amount_minor": allocation.amount_minor,
-        }
+        projection.allocations[(payment_id, allocation.invoice_id)] = (
+            payment_id,
+            allocation.invoice_id,
+            allocation.amount_minor,
+            version,
+        )

@@ -1,141 +1,233 @@
-"""The store under the account shards: group commit, recovery and the journal's read side.
+"""The store under the account shards: group commit, projection, recovery and the journal.
 
 The model (DESIGN.md decisions 3 and 4): a shard hands over a batch of account changes
-and ``commit`` writes all of it — journal rows, ledger rows, read models, checkpoints —
-in ONE transaction, or raises and writes nothing. The journal's UNIQUE (account_id,
-version) makes the database refuse any event applied twice, so a re-sent batch or a
-zombie shard fails as a whole instead of doubling money. ``load_account`` rebuilds an
-account from its latest checkpoint plus the journal events newer than it, through the
-engine's own ``evolve``.
+and ``commit`` writes its journal rows (and any coalesced checkpoints) in ONE statement
+or transaction, or raises and writes nothing. The database arbitrates exactly-once on
+the journal itself: UNIQUE (account_id, version) refuses any event applied twice, and
+partial unique indexes refuse a second payment with one idempotency key, a second
+capture of one charge and a second success of one payment — in the commit, before the
+batch is answered.
 
-Rules: Core statements only (no ORM on the hot path); one executemany per table per
-commit, so a batch of 256 changes is a handful of statements; every row is built before
-the first ``await``; checkpoints and the account row never move to an older version.
+The read models (accounts, invoices, payments, attempts, allocations, ledger entries)
+are a projection: the rows a commit touched are kept in memory, coalesced per key, and
+written shortly afterwards in their own transaction with the shard's projection cursor
+(the last journal id they reflect). Every projected row carries the account version it
+came from and upserts only move forward, so projecting twice, late or concurrently is
+harmless. After a crash the rows in memory are gone; ``project_pending`` (and a shard's
+first projection) catches up by replaying the journal past the cursor, so nothing
+acknowledged stays missing from the read models. ``accounts.version`` tells a reader how
+far an account has been projected.
+
+Rules: no ORM and no SQLAlchemy statement compilation on the hot path — PostgreSQL gets
+one prepared statement per commit over a plain asyncpg pool (journal ``unnest`` insert
+and checkpoint upsert in one statement, one round trip), SQLite one executemany per
+table; every row is built before the first ``await``; checkpoints and read-model rows
+never move to an older version.
 """
+
+# SQL here is assembled from the table metadata's own names, never from input: S608 off.
+# ruff: noqa: S608
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
 from typing import Any, Final, Self
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from payportal.engine import AccountState, Event, evolve
+from payportal.engine import AccountState, Entry, Event, evolve
 
 from . import tables
 from ._engine import READ, create_engine_for, is_sqlite
-from ._rows import AccountChange, Rows, build_rows
+from ._rows import (
+    COLUMNS,
+    AccountChange,
+    CommitRows,
+    Projection,
+    build_commit,
+    project_entries,
+    project_state,
+)
 
 __all__ = ["Store"]
+
+log = logging.getLogger(__name__)
 
 _event_decoder: Final = msgspec.msgpack.Decoder(Event)
 _state_decoder: Final = msgspec.msgpack.Decoder(AccountState)
 
+# How often a shard's projection writes what its commits touched. Coalescing a hot
+# account's rows over this window is what makes the projection cheaper than the commits.
+PROJECTION_INTERVAL_MS: Final = 50
+# Accounts replayed per catch-up round, so a long catch-up holds no huge transaction.
+CATCH_UP_ACCOUNTS_MAX: Final = 500
 
-class _TableWrite:
-    """One table's write in a commit: a prepared statement and how rows are passed to it.
+# PostgreSQL array types for ``unnest`` parameters, by column type; BigInteger before the
+# Integer it subclasses.
+_PG_TYPES: Final = {sa.BigInteger: "int8", sa.Integer: "int4", sa.String: "text",
+                    sa.LargeBinary: "bytea", sa.Date: "date"}  # fmt: skip
 
-    SQLite takes the rows as an executemany (in-process, so one call per row is cheap).
-    PostgreSQL takes one array per column and inserts ``SELECT * FROM unnest(...)``: the
-    whole batch is one statement and one round trip, several times faster than an
-    executemany of the same rows.
-    """
+# Read models in write order, with their conflict keys; sorted keys give two writers one
+# lock order on PostgreSQL.
+_PROJECTED: Final = (
+    ("accounts", tables.accounts, ("account_id",)),
+    ("invoices", tables.invoices, ("invoice_id",)),
+    ("payments", tables.payments, ("payment_id",)),
+    ("attempts", tables.attempts, ("attempt_id",)),
+    ("allocations", tables.allocations, ("payment_id", "invoice_id")),
+)
 
-    def __init__(
-        self,
-        dialect: str,
-        table: sa.Table,
-        *,
-        skip: tuple[str, ...] = (),
-        upsert: bool = True,
-        versioned: bool = False,
-        touch: str | None = None,
-    ) -> None:
-        """``skip``: columns left to their server default (besides autoincrement ids).
-        ``upsert``: ON CONFLICT (primary key) DO UPDATE every other column. ``touch``: a
-        timestamp column set to now() on update. ``versioned``: update only when the
-        incoming row's version is not older, so a late write never moves a row back."""
-        self.columns = [
-            c.name
-            for c in table.columns
-            if c.name not in skip and c.name != touch and c.autoincrement is not True
-        ]
-        self.arrays = dialect == "postgresql"
-        insert: Any = postgresql.insert(table) if self.arrays else sqlite.insert(table)
-        if self.arrays:
-            arrays = [
-                sa.cast(sa.bindparam(name), postgresql.ARRAY(table.c[name].type))
-                for name in self.columns
-            ]
-            # WITH ORDINALITY + ORDER BY: rows are inserted (and ids drawn) in list order.
-            source = (
-                sa.func.unnest(*arrays)
-                .table_valued(*self.columns, with_ordinality="ordinal")
-                .render_derived()
-            )
-            rows = sa.select(*(source.c[name] for name in self.columns)).order_by(source.c.ordinal)
-            insert = insert.from_select(self.columns, rows)
-        if upsert:
-            keys = [c.name for c in table.primary_key.columns]
-            update: dict[str, Any] = {
-                name: insert.excluded[name] for name in self.columns if name not in keys
-            }
-            if touch is not None:
-                update[touch] = sa.func.now()
-            where = table.c.version <= insert.excluded.version if versioned else None
-            insert = insert.on_conflict_do_update(index_elements=keys, set_=update, where=where)
-        self.statement = insert
 
-    async def run(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        assert rows[0].keys() == set(self.columns), (rows[0].keys(), self.columns)
-        if self.arrays:
-            await connection.execute(
-                self.statement, {name: [row[name] for row in rows] for name in self.columns}
-            )
-        else:
-            await connection.execute(self.statement, rows)
+def _pg_array(table: sa.Table, name: str) -> str:
+    column_type = table.c[name].type
+    for kind, array in _PG_TYPES.items():
+        if isinstance(column_type, kind):
+            return f"{array}[]"
+    raise AssertionError((table.name, name, column_type))
+
+
+def _insert_sql(
+    dialect: str,
+    table: sa.Table,
+    columns: Sequence[str],
+    conflict: str = "",
+    *,
+    first_param: int = 1,
+    ordered: bool = False,
+) -> str:
+    """``INSERT`` of many rows: PostgreSQL from ``unnest`` of one array per column (one
+    statement for the whole batch), SQLite as VALUES for an executemany."""
+    names = ", ".join(columns)
+    if dialect == "sqlite":
+        values = ", ".join("?" for _ in columns)
+        return f"INSERT INTO {table.name} ({names}) VALUES ({values}) {conflict}"
+    arrays = ", ".join(
+        f"${first_param + i}::{_pg_array(table, name)}" for i, name in enumerate(columns)
+    )
+    if ordered:  # rows inserted, and ids drawn, in list order
+        source = (f"SELECT {names} FROM unnest({arrays}) WITH ORDINALITY "
+                  f"AS r({names}, ordinal) ORDER BY ordinal")  # fmt: skip
+    else:
+        source = f"SELECT * FROM unnest({arrays})"
+    return f"INSERT INTO {table.name} ({names}) {source} {conflict}"
+
+
+def _upsert_clause(table: sa.Table, columns: Sequence[str], keys: Sequence[str]) -> str:
+    """Replace every other column, only when the incoming row is not older."""
+    update = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+    return (f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {update} "
+            f"WHERE {table.name}.version <= excluded.version")  # fmt: skip
+
+
+def _integrity_error(error: Exception) -> sa.exc.IntegrityError:
+    """asyncpg's constraint errors as SQLAlchemy's, so callers see one type per backend."""
+    return sa.exc.IntegrityError(None, None, error)
+
+
+class _ShardProjection:
+    def __init__(self) -> None:
+        self.pending = Projection()
+        self.caught_up = False
+        self.lock = asyncio.Lock()
+        self.write_lock = asyncio.Lock()
+        self.task: asyncio.Task[None] | None = None
 
 
 class Store:
     """Durable storage for the shards. Create it with ``await Store.connect(url)``."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, pool: Any = None) -> None:
         self.engine = engine
+        self._pool = pool  # asyncpg pool, PostgreSQL only
         self._reader = engine.execution_options(**READ)
-        dialect = engine.dialect.name
+        self.dialect = dialect = engine.dialect.name
         assert dialect in ("sqlite", "postgresql"), dialect
-        self._writes = {
-            "journal": _TableWrite(dialect, tables.journal, skip=("created_at",), upsert=False),
-            "ledger_entries": _TableWrite(dialect, tables.ledger_entries, upsert=False),
-            "accounts": _TableWrite(dialect, tables.accounts, versioned=True),
-            "invoices": _TableWrite(dialect, tables.invoices),
-            "payments": _TableWrite(dialect, tables.payments),
-            # The processor column keeps its default until a second processor exists.
-            "attempts": _TableWrite(dialect, tables.attempts, skip=("processor",)),
-            "allocations": _TableWrite(dialect, tables.allocations),
-            "checkpoints": _TableWrite(
-                dialect, tables.account_checkpoints, versioned=True, touch="updated_at"
-            ),
+        assert (pool is not None) == (dialect == "postgresql"), dialect
+        self._shards: dict[int, _ShardProjection] = {}
+        self.projection_interval_s = PROJECTION_INTERVAL_MS / 1000
+        journal = COLUMNS["journal"]
+        checkpoints = COLUMNS["checkpoints"]
+        checkpoint_upsert = (
+            "ON CONFLICT (account_id) DO UPDATE SET version = excluded.version, "
+            "state = excluded.state, updated_at = CURRENT_TIMESTAMP "
+            "WHERE account_checkpoints.version <= excluded.version"
+        )
+        if dialect == "postgresql":
+            insert_journal = _insert_sql(dialect, tables.journal, journal, "RETURNING id",
+                                         ordered=True)  # fmt: skip
+            upsert_checkpoints = _insert_sql(
+                dialect, tables.account_checkpoints, checkpoints, checkpoint_upsert,
+                first_param=len(journal) + 1,
+            )  # fmt: skip
+            # One statement, so one round trip and atomic without BEGIN/COMMIT.
+            self._sql_journal = f"WITH j AS ({insert_journal}) SELECT max(id) FROM j"
+            self._sql_both = (f"WITH j AS ({insert_journal}), c AS ({upsert_checkpoints}) "
+                              "SELECT max(id) FROM j")  # fmt: skip
+            self._sql_checkpoints = _insert_sql(
+                dialect, tables.account_checkpoints, checkpoints, checkpoint_upsert
+            )
+        else:
+            self._sql_journal = _insert_sql(dialect, tables.journal, journal)
+            self._sql_checkpoints = _insert_sql(
+                dialect, tables.account_checkpoints, checkpoints, checkpoint_upsert
+            )
+        self._sql_projected = {
+            name: _insert_sql(
+                dialect, table, COLUMNS[name], _upsert_clause(table, COLUMNS[name], keys)
+            )
+            for name, table, keys in _PROJECTED
         }
+        self._sql_projected["ledger_entries"] = _insert_sql(
+            dialect, tables.ledger_entries, COLUMNS["ledger_entries"],
+            "ON CONFLICT (account_id, version, line) DO NOTHING",
+        )  # fmt: skip
+        cursor_params = "($1, $2)" if dialect == "postgresql" else "(?, ?)"
+        self._sql_cursor = (
+            f"INSERT INTO projection_cursors (shard_id, journal_id) VALUES {cursor_params} "
+            "ON CONFLICT (shard_id) DO UPDATE SET journal_id = excluded.journal_id, "
+            "updated_at = CURRENT_TIMESTAMP "
+            "WHERE projection_cursors.journal_id < excluded.journal_id"
+        )
 
     @classmethod
     async def connect(cls, url: str, *, pool_size: int = 5) -> Self:
         """Open a pool to ``url`` and check that the database answers."""
         engine = create_engine_for(url, pool_size=pool_size)
+        pool = None
         try:
             async with engine.connect() as connection:
                 await connection.execution_options(**READ)
                 await connection.execute(sa.text("SELECT 1"))
+            if engine.dialect.name == "postgresql":
+                import asyncpg  # type: ignore[import-untyped]
+
+                dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, pool)
 
     async def close(self) -> None:
+        """Stop background projection, write what it still holds (best effort), close."""
+        for projection in self._shards.values():
+            if projection.task is not None:
+                projection.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await projection.task
+                projection.task = None
+        for shard_id in list(self._shards):
+            try:
+                await self._flush(shard_id)
+            except Exception:
+                log.exception("shard %s: projection not written on close", shard_id)
+        if self._pool is not None:
+            await self._pool.close()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Self:
@@ -150,38 +242,220 @@ class Store:
 
     # -- write side ---------------------------------------------------------------------
 
+    def prepare(self, shard_id: int, changes: list[AccountChange]) -> CommitRows:
+        """Every row of a commit, built now (synchronously) from the states as they are."""
+        return build_commit(shard_id, changes)
+
     async def commit(self, shard_id: int, changes: list[AccountChange]) -> None:
-        """ONE transaction (group commit): journal rows, ledger rows, read-model upserts,
-        checkpoints. Raises on failure (and leaves nothing)."""
+        """Journal rows and checkpoints in ONE transaction (group commit); the read models
+        follow in the projection. Raises on failure (and leaves nothing)."""
         if not changes:
             return
-        rows = build_rows(shard_id, changes)
-        async with self.engine.begin() as connection:
-            await self._write(connection, rows)
+        await self.write(self.prepare(shard_id, changes))
 
-    async def _write(self, connection: AsyncConnection, rows: Rows) -> None:
-        # The journal first: a second application of any event fails here, before the
-        # rest of the batch is written (and rolled back).
-        await self._writes["journal"].run(connection, rows.journal)
-        await self._writes["ledger_entries"].run(connection, rows.ledger_entries)
-        # Sorted by key, so two writers take PostgreSQL's row locks in one order.
-        upserts: list[tuple[str, dict[Any, dict[str, Any]]]] = [
-            ("accounts", rows.accounts),
-            ("invoices", rows.invoices),
-            ("payments", rows.payments),
-            ("attempts", rows.attempts),
-            ("allocations", rows.allocations),
-            ("checkpoints", rows.checkpoints),
+    async def write(self, rows: CommitRows) -> None:
+        """Write a prepared commit; on success queue its read models for projection."""
+        if not rows.journal and not rows.checkpoints:
+            return
+        shard = self._shard(rows.shard_id)
+        # One commit at a time per shard: journal ids then grow with commit order, which
+        # is what lets the projection cursor stand for "everything up to here".
+        async with shard.write_lock:
+            if self._pool is not None:
+                last_id = await self._write_postgres(rows)
+            else:
+                last_id = await self._write_sqlite(rows)
+            if rows.journal:
+                assert last_id is not None, rows.shard_id
+                rows.projection.through_id = last_id
+                shard.pending.merge(rows.projection)
+
+    async def _write_postgres(self, rows: CommitRows) -> int | None:
+        import asyncpg  # type: ignore[import-untyped]
+
+        journal = [list(column) for column in zip(*rows.journal, strict=True)]
+        checkpoints = [
+            list(column)
+            for column in zip(*(rows.checkpoints[k] for k in sorted(rows.checkpoints)), strict=True)
         ]
-        for name, keyed in upserts:
-            await self._writes[name].run(connection, [keyed[k] for k in sorted(keyed)])
+        async with self._pool.acquire() as connection:
+            try:
+                if journal and checkpoints:
+                    return int(await connection.fetchval(self._sql_both, *journal, *checkpoints))
+                if journal:
+                    return int(await connection.fetchval(self._sql_journal, *journal))
+                await connection.execute(self._sql_checkpoints, *checkpoints)
+                return None
+            except asyncpg.IntegrityConstraintViolationError as error:
+                raise _integrity_error(error) from error
+
+    async def _write_sqlite(self, rows: CommitRows) -> int | None:
+        async with self.engine.begin() as connection:
+            last_id = None
+            if rows.journal:
+                # The journal first: a second application of any event fails here.
+                await connection.exec_driver_sql(self._sql_journal, rows.journal)
+                last_id = (
+                    await connection.exec_driver_sql(
+                        "SELECT max(id) FROM journal WHERE shard_id = ?", (rows.shard_id,)
+                    )
+                ).scalar_one()
+            if rows.checkpoints:
+                await connection.exec_driver_sql(
+                    self._sql_checkpoints, [rows.checkpoints[k] for k in sorted(rows.checkpoints)]
+                )
+            return last_id
+
+    # -- projection ---------------------------------------------------------------------
+
+    def _shard(self, shard_id: int) -> _ShardProjection:
+        shard = self._shards.get(shard_id)
+        if shard is None:
+            shard = self._shards[shard_id] = _ShardProjection()
+        return shard
+
+    def start_projection(self, shard_id: int) -> None:
+        """Project ``shard_id``'s commits in the background: catch up from the journal
+        first, then every ``PROJECTION_INTERVAL_MS`` write what the commits touched."""
+        shard = self._shard(shard_id)
+        if shard.task is None or shard.task.done():
+            shard.task = asyncio.get_running_loop().create_task(self._project_forever(shard_id))
+
+    async def _project_forever(self, shard_id: int) -> None:
+        while True:
+            try:
+                await self._flush(shard_id)
+            except Exception:
+                # The rows stay queued (and the journal has them): the next round retries.
+                log.exception("shard %s: projection failed; retrying", shard_id)
+            await asyncio.sleep(self.projection_interval_s)
+
+    async def project_pending(self, shard_id: int) -> int:
+        """Bring ``shard_id``'s read models up to its journal: write what recent commits
+        touched, then replay anything past the cursor (a crash's leftovers). Returns the
+        journal id the read models now reflect."""
+        await self._flush(shard_id)
+        shard = self._shard(shard_id)
+        async with shard.lock:
+            await self._catch_up(shard_id)
+            return await self.projection_cursor(shard_id)
+
+    def projection_backlog(self, shard_id: int) -> int:
+        """Read-model rows (accounts + ledger lines) queued in memory for ``shard_id``."""
+        pending = self._shard(shard_id).pending
+        return len(pending.accounts) + len(pending.ledger_entries)
+
+    async def projection_cursor(self, shard_id: int) -> int:
+        c = tables.projection_cursors
+        async with self._reader.connect() as connection, connection.begin():
+            found = (
+                await connection.execute(sa.select(c.c.journal_id).where(c.c.shard_id == shard_id))
+            ).scalar()
+        return int(found or 0)
+
+    async def _flush(self, shard_id: int) -> None:
+        shard = self._shard(shard_id)
+        async with shard.lock:
+            if not shard.caught_up:
+                # Before the first write moves the cursor past what a crash left behind.
+                await self._catch_up(shard_id)
+                shard.caught_up = True
+            taken, shard.pending = shard.pending, Projection()
+            if not taken:
+                return
+            try:
+                await self._write_projection(shard_id, taken)
+            except BaseException:
+                taken.merge(shard.pending)
+                shard.pending = taken
+                raise
+
+    async def _write_projection(self, shard_id: int, projection: Projection) -> None:
+        batches: list[tuple[str, list[tuple[Any, ...]]]] = [
+            (name, [rows[k] for k in sorted(rows)])
+            for name, rows in (
+                ("accounts", projection.accounts), ("invoices", projection.invoices),
+                ("payments", projection.payments), ("attempts", projection.attempts),
+            )
+        ]  # fmt: skip
+        batches.append(
+            ("allocations", [projection.allocations[k] for k in sorted(projection.allocations)])
+        )
+        batches.append(("ledger_entries", projection.ledger_entries))
+        through_id = projection.through_id
+        if self._pool is not None:
+            async with self._pool.acquire() as connection, connection.transaction():
+                for name, rows in batches:
+                    if rows:
+                        columns = [list(c) for c in zip(*rows, strict=True)]
+                        await connection.execute(self._sql_projected[name], *columns)
+                if through_id:
+                    await connection.execute(self._sql_cursor, shard_id, through_id)
+            return
+        async with self.engine.begin() as sqlite_connection:
+            for name, rows in batches:
+                if rows:
+                    await sqlite_connection.exec_driver_sql(self._sql_projected[name], rows)
+            if through_id:
+                await sqlite_connection.exec_driver_sql(self._sql_cursor, (shard_id, through_id))
+
+    async def _catch_up(self, shard_id: int) -> None:
+        """Project every account with journal rows past the shard's cursor, from the
+        journal itself: the whole latest state, and the ledger lines past the version
+        its read model shows."""
+        j = tables.journal
+        while True:
+            cursor = await self.projection_cursor(shard_id)
+            async with self._reader.connect() as connection, connection.begin():
+                touched = (
+                    await connection.execute(
+                        sa.select(j.c.account_id, sa.func.max(j.c.id))
+                        .where(j.c.shard_id == shard_id, j.c.id > cursor)
+                        .group_by(j.c.account_id)
+                        .order_by(sa.func.max(j.c.id))
+                        .limit(CATCH_UP_ACCOUNTS_MAX)
+                    )
+                ).all()
+            if not touched:
+                return
+            projection = Projection(through_id=max(last for _, last in touched))
+            if len(touched) == CATCH_UP_ACCOUNTS_MAX:
+                # Accounts are taken in order of their last row: every row up to the
+                # last account's is covered by this round.
+                projection.through_id = touched[-1][1]
+            for account_id, _ in touched:
+                await self._replay_into(projection, account_id)
+            await self._write_projection(shard_id, projection)
+
+    async def _replay_into(self, projection: Projection, account_id: str) -> None:
+        a = tables.accounts
+        async with self._reader.connect() as connection, connection.begin():
+            projected = (
+                await connection.execute(sa.select(a.c.version).where(a.c.account_id == account_id))
+            ).scalar()
+        state, versions, entries = await self._load(account_id, ledger_after=int(projected or 0))
+        if state is None:
+            return
+        project_entries(projection, account_id, versions, entries)
+        project_state(projection, state)
 
     # -- read side ----------------------------------------------------------------------
 
     async def load_account(self, account_id: str) -> AccountState | None:
         """Latest checkpoint (if any) + replay of newer journal events via engine.evolve."""
+        state, _, _ = await self._load(account_id)
+        return state
+
+    async def _load(
+        self, account_id: str, *, ledger_after: int | None = None
+    ) -> tuple[AccountState | None, list[int], list[Entry]]:
+        """The account's latest state; with ``ledger_after``, also the ledger entries
+        posted by events past that version (replaying from the start of the journal when
+        the checkpoint is newer than it)."""
         cp = tables.account_checkpoints
         j = tables.journal
+        versions: list[int] = []
+        entries: list[Entry] = []
         async with self._reader.connect() as connection, connection.begin():
             checkpoint = (
                 await connection.execute(
@@ -190,7 +464,10 @@ class Store:
             ).first()
             state: AccountState | None = None
             version = 0
-            if checkpoint is not None:
+            usable = checkpoint is not None and (
+                ledger_after is None or checkpoint.version <= ledger_after
+            )
+            if checkpoint is not None and usable:
                 state = _state_decoder.decode(checkpoint.state)
                 assert state.account_id == account_id, (state.account_id, account_id)
                 assert state.version == checkpoint.version, (state.version, checkpoint.version)
@@ -202,10 +479,15 @@ class Store:
             )
             for row in newer:
                 assert row.version == version + 1, (account_id, version, row.version)
-                state, _ = evolve(state, _event_decoder.decode(row.payload))
+                state, posted = evolve(state, _event_decoder.decode(row.payload))
                 version = row.version
                 assert state.version == version, (account_id, state.version, version)
-        return state
+                if posted is not None and ledger_after is not None and version > ledger_after:
+                    versions.append(version)
+                    entries.append(posted)
+        return state, versions, entries
+
+    # -- audit ---------------------------------------------------------------------------
 
     async def journal(
         self, *, account_id: str | None = None, shard_id: int | None = None

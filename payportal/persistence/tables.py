@@ -31,7 +31,12 @@ __all__ = [
     "outbox",
     "payments",
     "processor_callbacks",
+    "projection_cursors",
 ]
+
+# The processor whose charge ids the journal guards until a second processor exists; the
+# attempts read model's ``processor`` column defaults to the same name.
+PROCESSOR_DEFAULT: Final = "sandbox"
 
 NAMING: Final = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -69,10 +74,47 @@ journal = sa.Table(
     sa.Column("at_ms", _Ms, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     _created_at(),
+    # Arbiter columns, copied out of the payload only for the events the partial unique
+    # indexes below guard (NULL otherwise): the journal alone decides exactly-once, in the
+    # group commit itself, while the read models are projected later.
+    sa.Column("payment_id", sa.String(64), nullable=True),
+    sa.Column("idempotency_key", sa.String(255), nullable=True),
+    sa.Column("processor", sa.String(32), nullable=True),
+    sa.Column("charge_id", sa.String(128), nullable=True),
     # The database refuses a second application of the same event (at-least-once delivery,
     # or a zombie shard writing after its replacement): the whole commit fails.
     sa.UniqueConstraint("account_id", "version"),
     sa.Index(None, "shard_id", "id"),
+    # One payment per (account, idempotency key), ever.
+    sa.Index(
+        "uq_journal_payment_created_key", "account_id", "idempotency_key", unique=True,
+        postgresql_where=sa.text("event_type = 'payment_created'"),
+        sqlite_where=sa.text("event_type = 'payment_created'"),
+    ),
+    # One processor charge is captured by one attempt, ever.
+    sa.Index(
+        "uq_journal_attempt_succeeded_charge", "processor", "charge_id", unique=True,
+        postgresql_where=sa.text("event_type = 'attempt_succeeded'"),
+        sqlite_where=sa.text("event_type = 'attempt_succeeded'"),
+    ),
+    # A payment succeeds (and its allocations are applied) once.
+    sa.Index(
+        "uq_journal_attempt_succeeded_payment", "payment_id", unique=True,
+        postgresql_where=sa.text("event_type = 'attempt_succeeded'"),
+        sqlite_where=sa.text("event_type = 'attempt_succeeded'"),
+    ),
+)  # fmt: skip
+
+# How far each shard's read models are projected: every journal row of the shard with an
+# id at or below ``journal_id`` is reflected in them. Catch-up after a crash starts here.
+projection_cursors = sa.Table(
+    "projection_cursors",
+    metadata,
+    sa.Column("shard_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("journal_id", sa.BigInteger, nullable=False),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
 )
 
 account_checkpoints = sa.Table(
@@ -86,7 +128,11 @@ account_checkpoints = sa.Table(
     ),
 )
 
-# -- read models (upserted from AccountState in the commit that changed them) ------------------
+# -- read models (projected from account state shortly after the journal commit) ------------
+#
+# Each row carries ``version``: the account version it was projected from. Upserts only
+# move a row forward, so a late or repeated projection never shows an older state, and
+# ``accounts.version`` tells a reader how far the account's read models have come.
 
 accounts = sa.Table(
     "accounts",
@@ -110,6 +156,7 @@ invoices = sa.Table(
     sa.Column("due_date", sa.Date, nullable=False),
     sa.Column("service_start", sa.Date, nullable=True),
     sa.Column("service_end", sa.Date, nullable=True),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index(None, "account_id", "due_date"),
 )
 
@@ -129,6 +176,7 @@ payments = sa.Table(
     sa.Column("finished_at_ms", _Ms, nullable=True),
     sa.Column("next_retry_at_ms", _Ms, nullable=True),
     sa.Column("idempotency_key", sa.String(255), nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
     sa.UniqueConstraint("account_id", "idempotency_key"),
     sa.Index(None, "account_id", "created_at_ms"),
     # The retry timer scans for due payments.
@@ -146,6 +194,7 @@ attempts = sa.Table(
     sa.Column("decline_class", sa.String(32), nullable=True),
     sa.Column("charge_id", sa.String(128), nullable=True),
     sa.Column("created_at_ms", _Ms, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
     # One processor charge is captured by one attempt, ever.
     sa.UniqueConstraint("processor", "charge_id"),
     sa.Index(None, "payment_id"),
@@ -157,6 +206,7 @@ allocations = sa.Table(
     sa.Column("payment_id", sa.String(64), primary_key=True),
     sa.Column("invoice_id", sa.String(64), primary_key=True),
     sa.Column("amount_minor", _Minor, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index(None, "invoice_id"),
 )
 
@@ -171,7 +221,10 @@ ledger_entries = sa.Table(
     sa.Column("ledger_account", sa.String(32), nullable=False),
     sa.Column("side", sa.String(8), nullable=False),
     sa.Column("amount_minor", _Minor, nullable=False),
-    sa.Index(None, "account_id", "version"),
+    # The line's position in its entry: with (account_id, version) it names the line, so
+    # projecting an entry twice writes it once.
+    sa.Column("line", sa.Integer, nullable=False, server_default="0"),
+    sa.UniqueConstraint("account_id", "version", "line"),
 )
 
 # -- guards and side effects (used by the HTTP layer, the gateway and the outbox worker) ----

@@ -168,6 +168,7 @@ async def test_checkpoint_never_moves_back_to_an_older_version(
     )  # fmt: skip
 
     await store.commit(0, [stale_change])
+    await store.project_pending(0)
 
     async with store.engine.connect() as connection:
         version = (

@@ -1,6 +1,7 @@
 """The read models and ledger rows say what the account state says: accounts driven
-through the engine are committed, then every table is read back and compared field by
-field with the live state, on SQLite and PostgreSQL."""
+through the engine are committed, the projection is brought up to the journal, then
+every table is read back and compared field by field with the live state, on SQLite
+and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from .conftest import AccountDriver
 
 
 async def _rows(store: Store, table: sa.Table, *where: Any) -> list[sa.Row[Any]]:
+    """The table's rows once every shard's projection has caught up with its journal."""
+    for shard_id in (0, 1):
+        await store.project_pending(shard_id)
     async with store.engine.connect() as connection:
         return list(await connection.execute(sa.select(table).where(*where)))
 

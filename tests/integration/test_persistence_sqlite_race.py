@@ -116,6 +116,7 @@ async def test_two_processes_writing_one_sqlite_file_lose_nothing(tmp_path: Path
     assert max(w["started"] for w in windows) < min(w["finished"] for w in windows)
     expected = BATCHES * ACCOUNTS_PER_BATCH * EVENTS_PER_ACCOUNT
     assert await _journal_counts(url) == {1: expected, 2: expected}
+    # Each writer's store projected its read models before it closed.
     assert await _count(url, tables.accounts) == 2 * BATCHES * ACCOUNTS_PER_BATCH
     assert await _count(url, tables.payments) == 2 * BATCHES * ACCOUNTS_PER_BATCH
     assert await _count(url, tables.account_checkpoints) == BATCHES * ACCOUNTS_PER_BATCH
