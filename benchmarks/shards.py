@@ -4,7 +4,8 @@ No HTTP. A payment is two commands (create, then the processor's success), each 
 only after its events are committed. Prints, for the chosen database:
   - batched throughput (the router's defaults: ≤256 items or ≤2 ms per call),
   - one call per command (batch size 1), on fewer payments since it is slow,
-  - journal group-commit time by batch size, straight into the store.
+  - journal group-commit time by batch size, straight into the store,
+  - projection lag: how long after the last batched reply the read models caught up.
 
     python -m benchmarks.shards --db sqlite
     python -m benchmarks.shards --db postgres --payments 50000
@@ -155,6 +156,32 @@ async def _commit_times(url: str, sizes: list[int], repeats: int) -> list[tuple[
     return results
 
 
+async def _projection_lag_ms(url: str, shards: int, timeout_s: float = 120.0) -> float | None:
+    """Milliseconds until every shard's projection cursor reaches its last journal row."""
+    import sqlalchemy as sa
+
+    from payportal.persistence import tables
+
+    store = await Store.connect(url)
+    started = time.perf_counter()
+    j = tables.journal
+    try:
+        while time.perf_counter() - started < timeout_s:
+            async with store.engine.connect() as connection:
+                last = dict(
+                    (await connection.execute(
+                        sa.select(j.c.shard_id, sa.func.max(j.c.id)).group_by(j.c.shard_id)
+                    )).all()
+                )  # fmt: skip
+            cursors = [await store.projection_cursor(s) for s in range(shards)]
+            if all(cursors[s] >= last.get(s, 0) for s in range(shards)):
+                return (time.perf_counter() - started) * 1000
+            await asyncio.sleep(0.005)
+        return None
+    finally:
+        await store.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
@@ -179,6 +206,11 @@ async def main() -> None:
             f"batched:   {args.payments} payments in {elapsed_s:.2f} s = "
             f"{args.payments / elapsed_s:,.0f} durable payments/s "
             f"({2 * args.payments / elapsed_s:,.0f} commands/s)"
+        )
+        lag_ms = await _projection_lag_ms(url, args.shards)
+        print(
+            "projection: read models caught up "
+            + (f"{lag_ms:,.0f} ms after the last reply" if lag_ms is not None else "NOT in 120 s")
         )
         single = ShardRouter(handles, batch_max_items=1, queue_max=4 * IN_FLIGHT_MAX)
         elapsed_s = await _pay_all(single, account_ids, args.unbatched_payments, "single")
