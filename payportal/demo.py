@@ -50,10 +50,18 @@ DEMO_ACCOUNTS: tuple[DemoAccount, ...] = (
 )  # fmt: skip
 
 
+# The demo payer's password is printed by `make run` and written in the README: it guards
+# nothing but demo data on a developer's machine, and a fixed one survives re-seeding.
+DEMO_PAYER_EMAIL = "payer@acme.example"
+DEMO_PAYER_PASSWORD = "demo-payer-pass"  # noqa: S105 - public demo credential, see above
+
+
 class DemoSeeded(msgspec.Struct, frozen=True, kw_only=True):
     accounts: list[str]
     invoices_created: int
     api_key: str | None
+    payer_email: str = DEMO_PAYER_EMAIL
+    payer_password: str = DEMO_PAYER_PASSWORD
 
 
 def _commands(today: dt.date) -> tuple[list[OpenAccount], list[IssueInvoice]]:
@@ -85,9 +93,20 @@ async def seed_with(
     router: Any, store: Any, *, today: dt.date | None = None, api_key: bool = True
 ) -> DemoSeeded:
     """Seed through a running router; ``today`` anchors the due dates (default: today)."""
+    from payportal.http.auth import hash_password
+    from payportal.http.ids import new_id
+    from payportal.persistence import directory
     from payportal.persistence.keys import create_api_key_async
 
     opens, issues = _commands(today or dt.date.today())
+    # The profile first, as the API does: an account the API cannot describe is invisible.
+    for account in DEMO_ACCOUNTS:
+        if await directory.account_profile(store.engine, account.account_id) is None:
+            await directory.insert_account_profile(
+                store.engine,
+                {"account_id": account.account_id, "name": account.name,
+                 "email": account.email, "currency": account.currency, "external_ref": None},
+            )  # fmt: skip
     replies = await router.submit_many(opens)
     rejected = [r.outcome for r in replies if r.outcome.result is Result.rejected]
     if rejected:
@@ -97,6 +116,14 @@ async def seed_with(
     if rejected:
         raise RuntimeError(f"demo invoices rejected: {rejected}")
     created = sum(r.outcome.result is Result.ok for r in replies)
+    # One payer owns the first two accounts: the portal shows how a payer with several
+    # accounts sees them.
+    password_hash = await hash_password(DEMO_PAYER_PASSWORD)
+    for account in DEMO_ACCOUNTS[:2]:
+        await directory.link_payer(
+            store.engine, new_payer_id=new_id("payer"), email=DEMO_PAYER_EMAIL,
+            password_hash=password_hash, account_id=account.account_id,
+        )  # fmt: skip
     key = await create_api_key_async(store, "demo") if api_key else None
     return DemoSeeded(accounts=[o.account_id for o in opens], invoices_created=created, api_key=key)
 
@@ -123,3 +150,4 @@ def seed(settings: Any) -> None:
     print(f"demo accounts: {', '.join(seeded.accounts)}")
     print(f"invoices created: {seeded.invoices_created} (0 means they were there already)")
     print(f"merchant API key (shown once): {seeded.api_key}")
+    print(f"payer login: {seeded.payer_email} / {seeded.payer_password}")

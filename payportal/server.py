@@ -1,0 +1,176 @@
+"""``payportal serve``: everything in one command, on embedded defaults or real services.
+
+What it starts, in order: migrations; Ray (local, or joins ``PAYPORTAL_RAY_ADDRESS``)
+and the account shards; the sandbox processor on its own port (unless ``--no-sandbox``);
+the front door (aiohttp on uvloop). Then, with ``--seed-demo``, the demo merchant. It
+prints what it started and where to go, and on SIGINT/SIGTERM stops taking requests,
+checkpoints the shards' hot accounts and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from payportal.config import Settings
+
+__all__ = ["run", "sandbox_webhook_secret"]
+
+# Retries are due on a scale of minutes to days, inquiries from one minute on: a second's
+# delay is invisible to payers and costs one indexed query.
+JANITOR_INTERVAL_MS = 1_000
+
+
+def sandbox_webhook_secret(settings: Settings) -> str:
+    """The Standard Webhooks secret the embedded sandbox signs with and the front door
+    verifies with: derived from the secret key, so both sides agree without a setting."""
+    digest = hmac.new(
+        settings.resolve_secret_key().encode(), b"payportal sandbox webhooks", hashlib.sha256
+    ).digest()
+    return "whsec_" + base64.b64encode(digest).decode()
+
+
+def run(
+    settings: Settings,
+    *,
+    workers: int | None = None,
+    seed_demo: bool = False,
+    sandbox: bool = True,
+    mail: bool = True,
+) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
+        pass
+    if workers is not None and workers > 1:
+        # Several front doors sharing the shards (SO_REUSEPORT) arrive with the full API.
+        print(f"--workers {workers}: this version runs one front-door process", file=sys.stderr)
+    asyncio.run(_serve(settings, seed_demo=seed_demo, sandbox=sandbox, mail=mail))
+
+
+async def _serve(settings: Settings, *, seed_demo: bool, sandbox: bool, mail: bool) -> None:
+    from payportal.actors import ShardRouter
+    from payportal.actors.cluster import connect_ray, ensure_shards
+    from payportal.persistence import Store, migrate
+
+    started: list[str] = []
+    await asyncio.to_thread(migrate, settings.database_url)
+    started.append(f"database     {_redacted(settings.database_url)} (migrated)")
+
+    connect_ray(settings.ray_address)
+    handles = ensure_shards(
+        settings.shards, settings.database_url, detached=settings.ray_address is not None
+    )
+    router = ShardRouter(
+        handles,
+        batch_max_items=settings.batch_max_items,
+        batch_max_wait_ms=settings.batch_max_wait_ms,
+        queue_max=settings.queue_max,
+    )
+    ray_where = settings.ray_address or "local"
+    started.append(f"shards       {settings.shards} AccountShard actors on Ray ({ray_where})")
+    store = await Store.connect(settings.database_url)
+
+    runners: list[web.AppRunner] = []
+    processor = None
+    base = f"http://{settings.host}:{settings.port}"
+    if sandbox:
+        from payportal.processors.sandbox import start_sandbox
+        from payportal.processors.sandbox_client import SandboxProcessor
+
+        runners.append(
+            await start_sandbox(
+                settings.host,
+                settings.sandbox_port,
+                callback_url=f"{base}/v1/processors/sandbox/callbacks",
+                webhook_secret=sandbox_webhook_secret(settings),
+            )
+        )
+        processor = SandboxProcessor(f"http://{settings.host}:{settings.sandbox_port}")
+        started.append(f"sandbox      http://{settings.host}:{settings.sandbox_port}")
+
+    from payportal.http.app import create_app
+    from payportal.http.callbacks import add_callback_routes
+
+    app = create_app(router=router, store=store, settings=settings, processor=processor)
+    add_callback_routes(
+        app, store=store, router=router, secrets={"sandbox": [sandbox_webhook_secret(settings)]}
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    runners.insert(0, runner)
+    started.append(f"front door   {base}  (API docs {base}/docs)")
+    if mail:
+        started.append("mail catcher not built yet (confirmation emails arrive with the portal)")
+
+    janitor_task = None
+    if processor is not None:
+        from payportal.actors.janitor import RetryJanitor
+
+        janitor = RetryJanitor(router, store, processor)
+        janitor_task = asyncio.create_task(janitor.run_forever(JANITOR_INTERVAL_MS))
+        started.append(
+            f"retry janitor due retries and unknown outcomes, every {JANITOR_INTERVAL_MS} ms"
+        )
+
+    demo = None
+    if seed_demo:
+        from payportal.demo import seed_with
+
+        demo = await seed_with(router, store)
+
+    _print_banner(started, demo, base)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        if janitor_task is not None:
+            janitor_task.cancel()
+        for each in runners:
+            await each.cleanup()
+        await router.drain()
+        # A clean stop leaves no journal to replay: checkpoint every hot account now.
+        await asyncio.gather(*(h.flush_checkpoints.remote() for h in handles))
+        if processor is not None:
+            await processor.close()
+        await store.close()
+        print("payportal stopped", file=sys.stderr)
+
+
+def _redacted(url: str) -> str:
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, _, credentials = head.partition("://")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{tail}" if ":" in credentials else url
+
+
+def _print_banner(started: list[str], demo: Any, base: str) -> None:
+    lines = ["", "payportal is running", ""]
+    lines += [f"  {line}" for line in started]
+    if demo is not None:
+        lines += [
+            "",
+            "  demo merchant seeded:",
+            f"    accounts        {', '.join(demo.accounts)}",
+            f"    API key         {demo.api_key}   (shown once; stored hashed)",
+            f"    payer login     {demo.payer_email} / {demo.payer_password}",
+            f"    try             curl -H 'Authorization: Bearer {demo.api_key}' "
+            f"{base}/v1/accounts",
+        ]
+    lines += ["", "  Ctrl-C stops everything.", ""]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,109 @@
+"""What `make run` does, end to end: `payportal serve --seed-demo` in a fresh directory
+starts everything, prints where to go and working credentials, takes a real payment, and
+stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+STARTUP_S_MAX = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _call(method: str, url: str, body: dict[str, Any] | None = None, **headers: str) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("content-type", "application/json")
+    for name, value in headers.items():
+        request.add_header(name.replace("_", "-"), value)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_serve_seeds_the_demo_prints_where_to_go_and_takes_a_payment(tmp_path: Path) -> None:
+    port, sandbox_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "PAYPORTAL_PORT": str(port),
+        "PAYPORTAL_SANDBOX_PORT": str(sandbox_port),
+        "PAYPORTAL_SHARDS": "2",
+    }
+    env.pop("PAYPORTAL_DATABASE_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "payportal", "serve", "--seed-demo"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    banner: list[str] = []
+    try:
+        deadline = time.monotonic() + STARTUP_S_MAX
+        assert process.stdout is not None
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, "".join(banner)
+            banner.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        text = "".join(banner)
+        assert f"http://127.0.0.1:{port}" in text, text
+        api_key = re.search(r"API key\s+(sk_\S+)", text)
+        payer = re.search(r"payer login\s+(\S+) / (\S+)", text)
+        assert api_key is not None, text
+        assert payer is not None, text
+        assert (tmp_path / "var" / "payportal.db").exists()
+
+        base = f"http://127.0.0.1:{port}"
+        merchant = {"Authorization": f"Bearer {api_key.group(1)}"}
+        assert _call("GET", f"{base}/readyz")["status"] == "ok"
+        accounts = _call("GET", f"{base}/v1/accounts", **merchant)["data"]
+        assert {a["id"] for a in accounts} >= {"acct_demo_acme", "acct_demo_globex"}
+        session = _call(
+            "POST", f"{base}/v1/payer/sessions",
+            {"email": payer.group(1), "password": payer.group(2)},
+        )  # fmt: skip
+        assert session["token"].startswith("pt_")
+
+        card = _call(
+            "POST", f"http://127.0.0.1:{sandbox_port}/v1/tokens",
+            {"type": "card", "number": "4242424242424242", "exp_month": 12,
+             "exp_year": 2035, "cvc": "123"},
+        )  # fmt: skip
+        acme = next(a for a in accounts if a["id"] == "acct_demo_acme")
+        outstanding_minor = acme["balance"]["outstanding"]
+        payment = _call(
+            "POST", f"{base}/v1/payments",
+            {"account": "acct_demo_acme", "amount": 1_000, "currency": "USD",
+             "token": card["token"]},
+            Authorization=f"Bearer {session['token']}", Idempotency_Key="smoke-1",
+        )  # fmt: skip
+        assert payment["status"] == "succeeded"
+        after = _call("GET", f"{base}/v1/accounts/acct_demo_acme", **merchant)
+        assert after["balance"]["outstanding"] == outstanding_minor - 1_000
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert process.returncode == 0, "".join(banner) + output
+    assert "payportal stopped" in output
+    assert "4242424242424242" not in "".join(banner) + output
