@@ -49,9 +49,20 @@ __all__ = [
     "ServicePeriodBody",
 ]
 
-PositiveMinor = Annotated[int, msgspec.Meta(gt=0, description="Integer minor units, > 0.")]
+# One amount at most 10^12 minor units (ten billion in a two-decimal currency): far above
+# any invoice, and low enough that sums over millions of them stay inside the database's
+# 64-bit integers.
+AMOUNT_MINOR_MAX = 10**12
+PositiveMinor = Annotated[
+    int,
+    msgspec.Meta(gt=0, le=AMOUNT_MINOR_MAX, description="Integer minor units, > 0, <= 10^12."),
+]
 Minor = Annotated[int, msgspec.Meta(description="Integer minor units.")]
-UnixSeconds = Annotated[int, msgspec.Meta(description="Unix time in seconds.")]
+# Up to the last second of year 9999, the latest time the database's timestamps hold.
+UNIX_SECONDS_MAX = 253_402_300_799
+UnixSeconds = Annotated[
+    int, msgspec.Meta(ge=0, le=UNIX_SECONDS_MAX, description="Unix time in seconds.")
+]
 Currency = Annotated[
     str, msgspec.Meta(pattern="^[A-Za-z]{3}$", description="ISO 4217 code, e.g. USD.")
 ]
