@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import ipaddress
 import os
 import secrets
 import stat
@@ -85,6 +86,9 @@ class Settings:
     batch_max_wait_ms: int
     queue_max: int
     var_dir: Path  # runtime state of the embedded defaults: SQLite, the secret key
+    # Peers whose X-Forwarded-For is believed (a load balancer in front of the front
+    # door). Empty: the TCP peer is the client, and the header is ignored.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     def resolve_secret_key(self) -> str:
         """Return the configured key, or the persisted one, creating it on first use.
@@ -144,6 +148,7 @@ def load_settings(
         batch_max_wait_ms=_int(raw, "BATCH_MAX_WAIT_MS", 2, 0, BATCH_MAX_WAIT_MS_LIMIT),
         queue_max=queue_max,
         var_dir=var_dir,
+        trusted_proxies=_trusted_proxies(raw),
     )
 
 
@@ -199,6 +204,7 @@ SETTING_NAMES = frozenset(
         "BATCH_MAX_ITEMS",
         "BATCH_MAX_WAIT_MS",
         "QUEUE_MAX",
+        "TRUSTED_PROXIES",
     )
 )
 
@@ -347,6 +353,25 @@ def _processor(raw: Mapping[str, str]) -> str:
             f"got {_shown(value)}"
         )
     return value
+
+
+def _trusted_proxies(
+    raw: Mapping[str, str],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated addresses or CIDR networks (``10.0.0.0/8, 192.0.2.7``)."""
+    value = raw.get(PREFIX + "TRUSTED_PROXIES")
+    if value is None:
+        return ()
+    networks = []
+    for item in value.split(","):
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=True))
+        except ValueError:
+            raise SettingsError(
+                f"{PREFIX}TRUSTED_PROXIES: must be comma-separated IP addresses or CIDR "
+                f"networks, got {_shown(item.strip())}"
+            ) from None
+    return tuple(networks)
 
 
 # -- the persisted secret key ---------------------------------------------------------

@@ -110,6 +110,9 @@ MALFORMED = [
     ("PAYPORTAL_BATCH_MAX_WAIT_MS", "-1"),
     ("PAYPORTAL_QUEUE_MAX", "10"),
     ("PAYPORTAL_DATABSE_URL", "postgresql://db/payportal"),
+    ("PAYPORTAL_TRUSTED_PROXIES", "10.0.0.1/8"),
+    ("PAYPORTAL_TRUSTED_PROXIES", "proxy.internal"),
+    ("PAYPORTAL_TRUSTED_PROXIES", "10.0.0.1,,10.0.0.2"),
 ]
 
 
@@ -121,6 +124,26 @@ def test_malformed_setting_is_one_line_naming_it(tmp_path: Path, name: str, valu
     message = str(raised.value)
     assert message.startswith(f"{name}: ")
     assert "\n" not in message
+
+
+def test_trusted_proxies_are_addresses_and_networks_and_none_by_default(tmp_path: Path) -> None:
+    default = _load(tmp_path)
+    configured = _load(tmp_path, PAYPORTAL_TRUSTED_PROXIES=" 10.0.0.0/8, 192.0.2.7,2001:db8::/32")
+
+    assert default.trusted_proxies == ()
+    assert [str(n) for n in configured.trusted_proxies] == [
+        "10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32",
+    ]  # fmt: skip
+
+
+def test_malformed_trusted_proxy_names_the_setting_and_the_bad_entry(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as raised:
+        _load(tmp_path, PAYPORTAL_TRUSTED_PROXIES="10.0.0.0/8, proxy.internal")
+
+    assert str(raised.value) == (
+        "PAYPORTAL_TRUSTED_PROXIES: must be comma-separated IP addresses or CIDR networks, "
+        "got 'proxy.internal'"
+    )
 
 
 def test_malformed_port_message_says_what_is_wrong(tmp_path: Path) -> None:
