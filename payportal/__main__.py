@@ -2,4 +2,6 @@
 
 from payportal.cli import app
 
-app(prog_name="payportal")
+# Guarded: front-door worker processes are spawned and re-import the main module.
+if __name__ == "__main__":
+    app(prog_name="payportal")

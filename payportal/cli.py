@@ -91,7 +91,8 @@ def serve(
         int | None, typer.Option(min=1, max=65_535, help="Listen port [PAYPORTAL_PORT].")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Front-door processes [default: one per core].")
+        int | None,
+        typer.Option(min=1, help="Front-door processes sharing the port [default: 1]."),
     ] = None,
     seed_demo: Annotated[
         bool, typer.Option("--seed-demo/--no-seed-demo", help="Seed the demo merchant first.")

@@ -51,13 +51,14 @@ def run(
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
         pass
-    if workers is not None and workers > 1:
-        # Several front doors sharing the shards (SO_REUSEPORT) arrive with the full API.
-        print(f"--workers {workers}: this version runs one front-door process", file=sys.stderr)
-    asyncio.run(_serve(settings, seed_demo=seed_demo, sandbox=sandbox, mail=mail))
+    asyncio.run(
+        _serve(settings, workers=workers or 1, seed_demo=seed_demo, sandbox=sandbox, mail=mail)
+    )
 
 
-async def _serve(settings: Settings, *, seed_demo: bool, sandbox: bool, mail: bool) -> None:
+async def _serve(
+    settings: Settings, *, workers: int, seed_demo: bool, sandbox: bool, mail: bool
+) -> None:
     from payportal.actors import ShardRouter
     from payportal.actors.cluster import connect_ray, ensure_shards
     from payportal.persistence import Store, migrate
@@ -98,18 +99,11 @@ async def _serve(settings: Settings, *, seed_demo: bool, sandbox: bool, mail: bo
         processor = SandboxProcessor(f"http://{settings.host}:{settings.sandbox_port}")
         started.append(f"sandbox      http://{settings.host}:{settings.sandbox_port}")
 
-    from payportal.http.app import create_app
-    from payportal.http.callbacks import add_callback_routes
-
-    app = create_app(router=router, store=store, settings=settings, processor=processor)
-    add_callback_routes(
-        app, store=store, router=router, secrets={"sandbox": [sandbox_webhook_secret(settings)]}
-    )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
-    runners.insert(0, runner)
+    runners.insert(0, await _front_door(settings, router, store, processor, worker=0))
+    children = _start_workers(settings, workers, sandbox=sandbox)
     started.append(f"front door   {base}  (API docs {base}/docs)")
+    if workers > 1:
+        started.append(f"             {workers} processes sharing the port (SO_REUSEPORT)")
     if mail:
         started.append("mail catcher not built yet (confirmation emails arrive with the portal)")
 
@@ -137,6 +131,7 @@ async def _serve(settings: Settings, *, seed_demo: bool, sandbox: bool, mail: bo
     try:
         await stop.wait()
     finally:
+        _stop_workers(children)
         if janitor_task is not None:
             janitor_task.cancel()
         for each in runners:
@@ -148,6 +143,100 @@ async def _serve(settings: Settings, *, seed_demo: bool, sandbox: bool, mail: bo
             await processor.close()
         await store.close()
         print("payportal stopped", file=sys.stderr)
+
+
+async def _front_door(
+    settings: Settings, router: Any, store: Any, processor: Any, *, worker: int
+) -> web.AppRunner:
+    """The API and the processor callbacks on the shared port; several processes may each
+    run one (SO_REUSEPORT), all sending to the same named shards."""
+    from payportal.http.app import create_app
+    from payportal.http.callbacks import add_callback_routes
+
+    app = create_app(router=router, store=store, settings=settings, processor=processor)
+    add_callback_routes(
+        app, store=store, router=router, secrets={"sandbox": [sandbox_webhook_secret(settings)]}
+    )
+
+    async def tag_worker(_: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-Payportal-Worker"] = str(worker)
+
+    app.on_response_prepare.append(tag_worker)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port, reuse_port=True).start()
+    return runner
+
+
+def _start_workers(settings: Settings, workers: int, *, sandbox: bool) -> list[Any]:
+    """Front-door processes 1..workers-1; this process is worker 0 and also runs the
+    sandbox, the janitor and the demo seed, which must exist once."""
+    if workers <= 1:
+        return []
+    import multiprocessing
+
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    context = multiprocessing.get_context("spawn")
+    children = []
+    for worker in range(1, workers):
+        child = context.Process(
+            target=_worker_main, args=(settings, address, worker, sandbox), daemon=True
+        )
+        child.start()
+        children.append(child)
+    return children
+
+
+def _stop_workers(children: list[Any]) -> None:
+    for child in children:
+        child.terminate()  # SIGTERM: the worker closes its site and store
+    for child in children:
+        child.join(timeout=30)
+
+
+def _worker_main(settings: Settings, address: str, worker: int, sandbox: bool) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    asyncio.run(_worker(settings, address, worker, sandbox))
+
+
+async def _worker(settings: Settings, address: str, worker: int, sandbox: bool) -> None:
+    from payportal.actors import ShardRouter
+    from payportal.actors.cluster import connect_ray, get_shards
+    from payportal.persistence import Store
+
+    connect_ray(address)
+    router = ShardRouter(
+        get_shards(settings.shards),
+        batch_max_items=settings.batch_max_items,
+        batch_max_wait_ms=settings.batch_max_wait_ms,
+        queue_max=settings.queue_max,
+    )
+    store = await Store.connect(settings.database_url)
+    processor = None
+    if sandbox:
+        from payportal.processors.sandbox_client import SandboxProcessor
+
+        processor = SandboxProcessor(f"http://{settings.host}:{settings.sandbox_port}")
+    runner = await _front_door(settings, router, store, processor, worker=worker)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await router.drain()
+        if processor is not None:
+            await processor.close()
+        await store.close()
 
 
 def _redacted(url: str) -> str:

@@ -39,7 +39,15 @@ def _call(method: str, url: str, body: dict[str, Any] | None = None, **headers: 
         return json.loads(response.read())
 
 
-def test_serve_seeds_the_demo_prints_where_to_go_and_takes_a_payment(tmp_path: Path) -> None:
+def _worker_of(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return str(response.headers["X-Payportal-Worker"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_seeds_the_demo_prints_where_to_go_and_takes_a_payment(
+    tmp_path: Path, workers: int
+) -> None:
     port, sandbox_port = _free_port(), _free_port()
     env = {
         **os.environ,
@@ -49,7 +57,7 @@ def test_serve_seeds_the_demo_prints_where_to_go_and_takes_a_payment(tmp_path: P
     }
     env.pop("PAYPORTAL_DATABASE_URL", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "payportal", "serve", "--seed-demo"],
+        [sys.executable, "-m", "payportal", "serve", "--seed-demo", "--workers", str(workers)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     banner: list[str] = []
@@ -73,6 +81,9 @@ def test_serve_seeds_the_demo_prints_where_to_go_and_takes_a_payment(tmp_path: P
         base = f"http://127.0.0.1:{port}"
         merchant = {"Authorization": f"Bearer {api_key.group(1)}"}
         assert _call("GET", f"{base}/readyz")["status"] == "ok"
+        # Each request is a new connection; the kernel spreads them over the processes.
+        seen = {_worker_of(f"{base}/healthz") for _ in range(40)}
+        assert seen == {str(n) for n in range(workers)}
         accounts = _call("GET", f"{base}/v1/accounts", **merchant)["data"]
         assert {a["id"] for a in accounts} >= {"acct_demo_acme", "acct_demo_globex"}
         session = _call(
