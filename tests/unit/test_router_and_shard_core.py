@@ -206,3 +206,34 @@ async def test_idle_accounts_are_checkpointed_then_evicted() -> None:
     assert store.commits[-1][0].checkpoint
     reply = await router.submit(OpenAccount(account_id="idle", currency="USD"))
     assert reply.outcome.result is Result.exists  # activated again from the store
+
+
+class GatedStore(RecordingStore):
+    """Holds every commit until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def commit(self, shard_id: int, changes: list[Any]) -> None:
+        await self.gate.wait()
+        await super().commit(shard_id, changes)
+
+
+async def test_a_reply_without_events_waits_for_the_commit_it_read_from() -> None:
+    # Pipelined shards apply batch N+1 while batch N commits. An ``exists`` answer writes
+    # nothing, yet it describes batch N's state: it must not leave before N is durable.
+    store = GatedStore()
+    core = AccountShardCore(0, store)
+    router = ShardRouter([DirectHandle(core)], batch_max_items=1)
+    opened = asyncio.ensure_future(router.submit(OpenAccount(account_id="a", currency="USD")))
+    await asyncio.sleep(0.05)
+    replayed = asyncio.ensure_future(router.submit(OpenAccount(account_id="a", currency="USD")))
+    await asyncio.sleep(0.05)
+    assert not opened.done()
+    assert not replayed.done()
+    store.gate.set()
+    first, second = await asyncio.gather(opened, replayed)
+    assert first.outcome.result is Result.ok
+    assert second.outcome.result is Result.exists
+    assert len(store.commits) == 1
