@@ -99,7 +99,13 @@ async def _serve(
         processor = SandboxProcessor(f"http://{settings.host}:{settings.sandbox_port}")
         started.append(f"sandbox      http://{settings.host}:{settings.sandbox_port}")
 
-    runners.insert(0, await _front_door(settings, router, store, processor, worker=0))
+    from payportal.live import StatusPublisher, open_status_streams
+
+    # Live status: the publisher turns committed journal rows into per-account streams.
+    streams = open_status_streams(settings.redis_url)
+    publisher = StatusPublisher(store, streams, shard_ids=range(settings.shards))
+    publisher_task = asyncio.create_task(publisher.run_forever())
+    runners.insert(0, await _front_door(settings, router, store, processor, streams, worker=0))
     children = _start_workers(settings, workers, sandbox=sandbox)
     started.append(f"front door   {base}  (API docs {base}/docs)")
     if workers > 1:
@@ -134,6 +140,7 @@ async def _serve(
         _stop_workers(children)
         if janitor_task is not None:
             janitor_task.cancel()
+        publisher_task.cancel()
         for each in runners:
             await each.cleanup()
         await router.drain()
@@ -141,19 +148,22 @@ async def _serve(
         await asyncio.gather(*(h.flush_checkpoints.remote() for h in handles))
         if processor is not None:
             await processor.close()
+        await streams.close()
         await store.close()
         print("payportal stopped", file=sys.stderr)
 
 
 async def _front_door(
-    settings: Settings, router: Any, store: Any, processor: Any, *, worker: int
+    settings: Settings, router: Any, store: Any, processor: Any, streams: Any, *, worker: int
 ) -> web.AppRunner:
     """The API and the processor callbacks on the shared port; several processes may each
     run one (SO_REUSEPORT), all sending to the same named shards."""
     from payportal.http.app import create_app
     from payportal.http.callbacks import add_callback_routes
+    from payportal.http.events import STATUS_STREAMS
 
     app = create_app(router=router, store=store, settings=settings, processor=processor)
+    app[STATUS_STREAMS] = streams
     add_callback_routes(
         app, store=store, router=router, secrets={"sandbox": [sandbox_webhook_secret(settings)]}
     )
@@ -224,7 +234,11 @@ async def _worker(settings: Settings, address: str, worker: int, sandbox: bool) 
         from payportal.processors.sandbox_client import SandboxProcessor
 
         processor = SandboxProcessor(f"http://{settings.host}:{settings.sandbox_port}")
-    runner = await _front_door(settings, router, store, processor, worker=worker)
+    from payportal.live import open_status_streams
+
+    # On Redis every stream is shared; the in-process stand-in is fed only in worker 0.
+    streams = open_status_streams(settings.redis_url)
+    runner = await _front_door(settings, router, store, processor, streams, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -236,6 +250,7 @@ async def _worker(settings: Settings, address: str, worker: int, sandbox: bool) 
         await router.drain()
         if processor is not None:
             await processor.close()
+        await streams.close()
         await store.close()
 
 

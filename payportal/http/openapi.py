@@ -76,8 +76,9 @@ def openapi_document(routes: list[Any], *, version: str = "0.1.0") -> dict[str, 
             operation["requestBody"] = {"required": True, "content": body}
         if route.response is not None:
             ok = {"description": "OK", "content": _json_content(by_type[route.response])}
-        elif route.response_content_type == "text/html":
-            ok = {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}
+        elif route.response_content_type != "application/json":
+            content = {route.response_content_type: {"schema": {"type": "string"}}}
+            ok = {"description": "OK", "content": content}
         else:
             ok = {"description": "OK"}
         responses: dict[str, Any] = {"200": ok}

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import msgspec
 from aiohttp import web
 
+from . import events
 from . import handlers_accounts as accounts
 from . import handlers_meta as meta
 from . import handlers_payments as payments
@@ -96,6 +97,12 @@ ROUTE_TABLE: list[RouteSpec] = [
     _r("POST", "/v1/payments/{id}/refunds", payments.create_refund, "createRefund",
        "Refund a payment", "payments", auth="merchant", body=s.RefundCreate,
        response=s.Refund, idempotency="required"),
+    _r("GET", "/v1/accounts/{id}/events", events.account_events, "streamAccountEvents",
+       "Server-Sent Events of the account's payment status changes (resume with "
+       "Last-Event-ID)", "events", response_content_type="text/event-stream"),
+    _r("GET", "/v1/payments/{id}/events", events.payment_events, "streamPaymentEvents",
+       "Server-Sent Events of the payment's status changes (resume with Last-Event-ID)",
+       "events", response_content_type="text/event-stream"),
     _r("GET", "/healthz", meta.healthz, "healthz", "Liveness", "operations", auth="none",
        response=s.Health),
     _r("GET", "/readyz", meta.readyz, "readyz", "Readiness: shards and database answer",

@@ -1,0 +1,135 @@
+"""Live status over Server-Sent Events: ``GET /v1/accounts/{id}/events`` and
+``GET /v1/payments/{id}/events``.
+
+The model: each event is one payment status change, ``data:`` a ``StatusEvent`` and
+``id:`` its journal id, read from the account's status stream (``payportal.live``),
+which the publisher fills only from committed journal rows. Ids grow per account, so
+resuming is "everything above ``Last-Event-ID``". Rules:
+
+- A connection sends only ids above the last it sent (or the client's
+  ``Last-Event-ID``): no duplicates, even if a stream held a re-published entry.
+- No gaps: when the stream no longer holds everything after the resume point (trimmed,
+  expired, or an in-process stream after a restart), the missing part is read from the
+  journal itself before the stream takes over.
+- Without ``Last-Event-ID``, the account endpoint starts at "now" and the payment
+  endpoint at the payment's creation, so a client that subscribes after ``POST
+  /v1/payments`` still sees ``processing`` and whatever followed.
+- The payment endpoint is the account stream filtered to one payment. Authorization is
+  the other routes': a payer sees only their accounts; anything else is 404.
+- Keep-alive: aiohttp-sse's ``: ping`` comment every ``PING_INTERVAL_S``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+from aiohttp_sse import sse_response
+
+from payportal.live import (
+    StatusStreams,
+    journal_last_id,
+    journal_payment_start,
+    journal_status_after,
+)
+
+from . import ids
+from .auth import authenticate, authorize_account
+from .errors import ApiError, not_found, parameter_invalid
+from .typedefs import STORE
+
+__all__ = ["LIVE_WAIT_S", "STATUS_STREAMS", "account_events", "payment_events"]
+
+# Set by whoever runs the status publisher (``payportal serve``, tests): the same
+# streams the publisher appends to.
+STATUS_STREAMS: web.AppKey[StatusStreams] = web.AppKey("status_streams")
+# How long one wait for new entries lasts before the connection is checked again; a
+# client that went away is noticed within this time. Tests shorten it.
+LIVE_WAIT_S: web.AppKey[float] = web.AppKey("live_wait_s")
+LIVE_WAIT_S_DEFAULT: Final = 5.0
+# Proxies and mobile networks drop connections idle for 30-60 s; 15 s keeps them open.
+PING_INTERVAL_S: Final = 15.0
+LAST_EVENT_ID: Final = "Last-Event-ID"
+
+
+def _last_event_id(request: web.Request) -> int | None:
+    raw = request.headers.get(LAST_EVENT_ID)
+    if raw is None or not raw.strip():
+        return None
+    value = raw.strip()
+    if not value.isdigit() or len(value) > 19:
+        raise parameter_invalid(LAST_EVENT_ID, "Last-Event-ID must be an event id we sent.")
+    return int(value)
+
+
+def _streams(request: web.Request) -> StatusStreams:
+    streams = request.app.get(STATUS_STREAMS)
+    if streams is None:
+        raise ApiError(503, "api_error", "api_error", "Live status is not running here.")
+    return streams
+
+
+async def account_events(request: web.Request) -> web.StreamResponse:
+    principal = await authenticate(request)
+    account_id = request.match_info["id"]
+    await authorize_account(request, principal, account_id)
+    streams = _streams(request)
+    newest = await journal_last_id(request.app[STORE].engine, account_id)
+    if newest == 0:
+        raise not_found("id", "account")
+    after = _last_event_id(request)
+    return await _serve(request, streams, account_id, None, newest if after is None else after)
+
+
+async def payment_events(request: web.Request) -> web.StreamResponse:
+    principal = await authenticate(request)
+    payment_id = request.match_info["id"]
+    account_id = ids.account_of(payment_id, "pay")
+    if account_id is None:
+        raise not_found("id", "payment")
+    await authorize_account(request, principal, account_id)
+    streams = _streams(request)
+    created = await journal_payment_start(request.app[STORE].engine, account_id, payment_id)
+    if created is None:
+        raise not_found("id", "payment")
+    after = max(created - 1, _last_event_id(request) or 0)
+    return await _serve(request, streams, account_id, payment_id, after)
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _serve(
+    request: web.Request, streams: StatusStreams, account_id: str, payment_id: str | None,
+    after: int,
+) -> web.StreamResponse:  # fmt: skip
+    engine = request.app[STORE].engine
+    wait_s = request.app.get(LIVE_WAIT_S, LIVE_WAIT_S_DEFAULT)
+    position = after  # the last journal id this connection has passed (sent or not)
+    async with sse_response(request, ping_interval=PING_INTERVAL_S) as sse:
+        try:
+            first = await streams.first_id(account_id)
+            if first is None or first > position:
+                # The stream may have lost entries after ``position``: the journal has them.
+                while True:
+                    entries, scanned = await journal_status_after(
+                        engine, account_id, position, before_id=first
+                    )
+                    for entry in entries:
+                        if payment_id is None or entry.payment == payment_id:
+                            await sse.send(entry.data.decode(), id=str(entry.id))
+                    if scanned == position:
+                        break
+                    position = scanned
+            while not _gone(request):
+                for entry in await streams.wait_after(account_id, position, wait_s):
+                    if entry.id <= position:
+                        continue
+                    position = entry.id
+                    if payment_id is None or entry.payment == payment_id:
+                        await sse.send(entry.data.decode(), id=str(entry.id))
+        except ConnectionResetError:
+            pass  # the client went away; it resumes with Last-Event-ID
+    return sse
