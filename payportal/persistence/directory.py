@@ -286,16 +286,49 @@ async def idempotency_begin(
     r = idempotency_records.c
     row = await _first(
         engine,
-        sa.select(r.request_hash, r.status_code, r.response_body).where(
+        sa.select(r.request_hash, r.status_code, r.response_body, r.created_at).where(
             _record_key(principal, account_id, key)
         ),
     )
+    if (
+        row is not None
+        and row.status_code is None
+        and row.request_hash == request_hash
+        and await _idempotency_take_over(engine, principal, account_id, key)
+    ):
+        return None
     if row is None:
         # The winner abandoned its record (a 5xx) between our insert and our read.
         return IdempotencyRecord(request_hash=request_hash, status_code=None, response_body=None)
     return IdempotencyRecord(
         request_hash=row.request_hash, status_code=row.status_code, response_body=row.response_body
     )
+
+
+# A request holds its key at most this long. One whose process died mid-way would
+# otherwise answer 409 forever; after this the same request may run again, which is safe:
+# the engine answers a repeated payment with the original, and the processor dedupes the
+# charge by the attempt id.
+IDEMPOTENCY_LOCK_TIMEOUT = dt.timedelta(seconds=60)
+
+
+async def _idempotency_take_over(
+    engine: AsyncEngine, principal: str, account_id: str, key: str
+) -> bool:
+    """Claim an in-flight record older than the lock timeout; True for exactly one of
+    several claimants (the claim renews it, so the next one finds it fresh)."""
+    now = dt.datetime.now(dt.UTC)
+    async with engine.begin() as connection:
+        result = await connection.execute(
+            sa.update(idempotency_records)
+            .where(
+                _record_key(principal, account_id, key),
+                idempotency_records.c.status_code.is_(None),
+                idempotency_records.c.created_at < now - IDEMPOTENCY_LOCK_TIMEOUT,
+            )
+            .values(created_at=now)
+        )
+    return bool(result.rowcount == 1)
 
 
 async def idempotency_finish(

@@ -8,7 +8,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import sqlalchemy as sa
+
 from payportal.engine import PaymentCreated
+from payportal.persistence.directory import IDEMPOTENCY_LOCK_TIMEOUT
+from payportal.persistence.tables import idempotency_records
 
 from .api_harness import Api
 
@@ -102,3 +106,33 @@ async def test_a_validation_error_is_not_stored_so_the_key_can_be_used_again(api
 
     assert bad == 400
     assert good == 200, body
+
+
+async def test_a_key_left_in_flight_by_a_dead_process_is_taken_over_after_the_lock_timeout(
+    api: Api,
+) -> None:
+    account_id = await api.account()
+    method = await api.payment_method(account_id)
+    status, first, _ = await api.pay(account_id, 1_000, method, key="stuck")
+    assert status == 200
+    # Make the finished record look like one a crashed process left in flight long ago.
+    stale = dt.datetime.now(dt.UTC) - IDEMPOTENCY_LOCK_TIMEOUT - dt.timedelta(seconds=5)
+    async with api.store.engine.begin() as connection:
+        await connection.execute(
+            sa.update(idempotency_records)
+            .where(idempotency_records.c.key == "stuck")
+            .values(status_code=None, response_body=None, created_at=stale)
+        )
+    status, again, _ = await api.pay(account_id, 1_000, method, key="stuck")
+    assert status == 200, again
+    assert again["id"] == first["id"]  # the engine answered with the original payment
+    assert len(api.charges()) == 1  # and the processor was not charged twice
+    # A record that is only freshly in flight still answers 409.
+    async with api.store.engine.begin() as connection:
+        await connection.execute(
+            sa.update(idempotency_records)
+            .where(idempotency_records.c.key == "stuck")
+            .values(status_code=None, response_body=None, created_at=dt.datetime.now(dt.UTC))
+        )
+    status, busy, _ = await api.pay(account_id, 1_000, method, key="stuck")
+    assert status == 409, busy
