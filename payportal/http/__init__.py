@@ -4,8 +4,9 @@
 (``payportal serve``) runs it on uvloop. Modules: ``app`` (assembly and middleware),
 ``routes`` (the route table that also generates the OpenAPI document), ``handlers_*``
 (thin handlers), ``schemas`` (every request and response type), ``errors``,
-``auth``, ``idempotency``, ``gateway`` (the processor call outside the critical
-section), ``reads`` (single objects read through their shard), ``openapi``.
+``auth``, ``ratelimit`` (rate limits and the login lockout), ``idempotency``,
+``gateway`` (the processor call outside the critical section), ``reads`` (single objects
+read through their shard), ``openapi``.
 """
 
 from .app import create_app

@@ -7,6 +7,9 @@ response headers; and it turns every failure into the contract's error shape
 (``errors.ApiError``; ``Overloaded`` → 429 with Retry-After; anything unexpected → 500
 ``api_error``, logged with its traceback and never with a request body).
 
+Inside it, ``ratelimit.rate_limit_middleware`` applies the per-address and per-principal
+limits and the login lockout, so its 429s take the same shape.
+
 Resources live in ``cleanup_ctx``: a processor adapter the app created itself is closed,
 and charges still in flight when the server stops are awaited.
 """
@@ -32,6 +35,7 @@ from payportal.processors import ProcessorAdapter
 from .auth import Authenticator
 from .errors import ApiError, not_found
 from .gateway import Gateway
+from .ratelimit import RateLimits, install_rate_limits, rate_limit_middleware
 from .routes import ROUTE_TABLE
 from .typedefs import (
     AUTHENTICATOR,
@@ -120,14 +124,17 @@ def create_app(
     processor: ProcessorAdapter | None = None,
     clock_ms: Callable[[], int] | None = None,
     charge_timeout_ms: int | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> web.Application:
     """The API as an aiohttp application around a shard router and a store.
 
     ``processor`` is the adapter the gateway charges through (the caller owns it); when
     None and ``settings`` name the sandbox, the app opens one to the local sandbox port
     and closes it on cleanup. ``clock_ms`` is for tests and future time-based features.
+    ``rate_limits`` (the caller closes it) replaces the limiter built from ``settings``.
     """
-    app = web.Application(middlewares=[request_middleware])
+    # The limiter sits inside the error middleware, so its 429s get the contract's shape.
+    app = web.Application(middlewares=[request_middleware, rate_limit_middleware])
     app[ROUTER] = router
     app[STORE] = store
     app[SETTINGS] = settings
@@ -135,6 +142,7 @@ def create_app(
     app[AUTHENTICATOR] = Authenticator(store)
     app[ROUTES] = ROUTE_TABLE
     app[TASKS] = set()
+    install_rate_limits(app, settings, rate_limits)
     owned: ProcessorAdapter | None = None
     if processor is None and settings is not None and settings.processor == "sandbox":
         from payportal.processors.sandbox_client import SandboxProcessor

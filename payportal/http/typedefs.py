@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from .auth import Authenticator, Principal
     from .gateway import Gateway
+    from .ratelimit import RateLimits
     from .routes import RouteSpec
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "GATEWAY",
     "PRINCIPAL",
     "PROCESSOR",
+    "RATE_LIMITS",
     "ROUTER",
     "ROUTES",
     "SETTINGS",
@@ -37,6 +39,7 @@ PROCESSOR: web.AppKey[ProcessorAdapter | None] = web.AppKey("processor")
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
 CLOCK_MS: web.AppKey[Callable[[], int]] = web.AppKey("clock_ms")
+RATE_LIMITS: web.AppKey[RateLimits] = web.AppKey("rate_limits")
 ROUTES: web.AppKey[list[RouteSpec]] = web.AppKey("routes")
 # Work that must finish even if its client goes away (a charge and its outcome).
 TASKS: web.AppKey[set[Any]] = web.AppKey("tasks")
