@@ -17,6 +17,7 @@ resuming is "everything above ``Last-Event-ID``". Rules:
 - The payment endpoint is the account stream filtered to one payment. Authorization is
   the other routes': a payer sees only their accounts; anything else is 404.
 - Keep-alive: aiohttp-sse's ``: ping`` comment every ``PING_INTERVAL_S``.
+- An app without ``STATUS_STREAMS`` (no publisher runs for it) answers these routes 404.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from payportal.live import (
 
 from . import ids
 from .auth import authenticate, authorize_account
-from .errors import ApiError, not_found, parameter_invalid
+from .errors import not_found, parameter_invalid
 from .typedefs import STORE
 
 __all__ = ["LIVE_WAIT_S", "STATUS_STREAMS", "account_events", "payment_events"]
@@ -65,7 +66,9 @@ def _last_event_id(request: web.Request) -> int | None:
 def _streams(request: web.Request) -> StatusStreams:
     streams = request.app.get(STATUS_STREAMS)
     if streams is None:
-        raise ApiError(503, "api_error", "api_error", "Live status is not running here.")
+        # An app assembled without a publisher (some tests, tools) has no live status:
+        # answered like a route it does not serve, never as a server error.
+        raise not_found(None, "route")
     return streams
 
 
