@@ -26,6 +26,8 @@ __all__ = ["run", "sandbox_webhook_secret"]
 # Retries are due on a scale of minutes to days, inquiries from one minute on: a second's
 # delay is invisible to payers and costs one indexed query.
 JANITOR_INTERVAL_MS = 1_000
+# How long `serve` waits for each extra front-door process to listen before giving up.
+WORKER_START_S_MAX = 120
 
 
 def sandbox_webhook_secret(settings: Settings) -> str:
@@ -106,7 +108,7 @@ async def _serve(
     publisher = StatusPublisher(store, streams, shard_ids=range(settings.shards))
     publisher_task = asyncio.create_task(publisher.run_forever())
     runners.insert(0, await _front_door(settings, router, store, processor, streams, worker=0))
-    children = _start_workers(settings, workers, sandbox=sandbox)
+    children = await asyncio.to_thread(_start_workers, settings, workers, sandbox=sandbox)
     started.append(f"front door   {base}  (API docs {base}/docs)")
     if workers > 1:
         started.append(f"             {workers} processes sharing the port (SO_REUSEPORT)")
@@ -179,8 +181,9 @@ async def _front_door(
 
 
 def _start_workers(settings: Settings, workers: int, *, sandbox: bool) -> list[Any]:
-    """Front-door processes 1..workers-1; this process is worker 0 and also runs the
-    sandbox, the janitor and the demo seed, which must exist once."""
+    """Front-door processes 1..workers-1, started and listening when this returns; this
+    process is worker 0 and also runs the sandbox, the janitor and the demo seed, which
+    must exist once."""
     if workers <= 1:
         return []
     import multiprocessing
@@ -191,12 +194,20 @@ def _start_workers(settings: Settings, workers: int, *, sandbox: bool) -> list[A
     context = multiprocessing.get_context("spawn")
     children = []
     for worker in range(1, workers):
+        ready = context.Event()
         child = context.Process(
-            target=_worker_main, args=(settings, address, worker, sandbox), daemon=True
+            target=_worker_main, args=(settings, address, worker, sandbox, ready), daemon=True
         )
         child.start()
-        children.append(child)
-    return children
+        children.append((child, ready))
+    for child, ready in children:
+        # A worker joins Ray and opens its pool before it listens: seconds, not minutes.
+        waited_s = 0.0
+        while not ready.wait(0.5):
+            waited_s += 0.5
+            if not child.is_alive() or waited_s > WORKER_START_S_MAX:
+                raise RuntimeError(f"front-door worker {child.pid} did not start")
+    return [child for child, _ in children]
 
 
 def _stop_workers(children: list[Any]) -> None:
@@ -206,17 +217,21 @@ def _stop_workers(children: list[Any]) -> None:
         child.join(timeout=30)
 
 
-def _worker_main(settings: Settings, address: str, worker: int, sandbox: bool) -> None:
+def _worker_main(
+    settings: Settings, address: str, worker: int, sandbox: bool, ready: Any
+) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    asyncio.run(_worker(settings, address, worker, sandbox))
+    asyncio.run(_worker(settings, address, worker, sandbox, ready))
 
 
-async def _worker(settings: Settings, address: str, worker: int, sandbox: bool) -> None:
+async def _worker(
+    settings: Settings, address: str, worker: int, sandbox: bool, ready: Any
+) -> None:
     from payportal.actors import ShardRouter
     from payportal.actors.cluster import connect_ray, get_shards
     from payportal.persistence import Store
@@ -239,6 +254,7 @@ async def _worker(settings: Settings, address: str, worker: int, sandbox: bool) 
     # On Redis every stream is shared; the in-process stand-in is fed only in worker 0.
     streams = open_status_streams(settings.redis_url)
     runner = await _front_door(settings, router, store, processor, streams, worker=worker)
+    ready.set()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
