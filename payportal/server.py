@@ -70,8 +70,20 @@ async def _serve(
     started.append(f"database     {_redacted(settings.database_url)} (migrated)")
 
     connect_ray(settings.ray_address)
+    janitor = None
+    if sandbox:
+        from payportal.actors.cluster import ShardJanitor
+
+        janitor = ShardJanitor(
+            processor_url=f"http://{settings.host}:{settings.sandbox_port}",
+            shards=settings.shards,
+            interval_ms=JANITOR_INTERVAL_MS,
+        )
     handles = ensure_shards(
-        settings.shards, settings.database_url, detached=settings.ray_address is not None
+        settings.shards,
+        settings.database_url,
+        detached=settings.ray_address is not None,
+        janitor=janitor,
     )
     router = ShardRouter(
         handles,
@@ -115,14 +127,10 @@ async def _serve(
     if mail:
         started.append("mail catcher not built yet (confirmation emails arrive with the portal)")
 
-    janitor_task = None
-    if processor is not None:
-        from payportal.actors.janitor import RetryJanitor
-
-        janitor = RetryJanitor(router, store, processor)
-        janitor_task = asyncio.create_task(janitor.run_forever(JANITOR_INTERVAL_MS))
+    if janitor is not None:
         started.append(
-            f"retry janitor due retries and unknown outcomes, every {JANITOR_INTERVAL_MS} ms"
+            f"retries      each shard retries its due payments and asks about unknown "
+            f"outcomes, every {JANITOR_INTERVAL_MS} ms"
         )
 
     demo = None
@@ -140,8 +148,6 @@ async def _serve(
         await stop.wait()
     finally:
         _stop_workers(children)
-        if janitor_task is not None:
-            janitor_task.cancel()
         publisher_task.cancel()
         for each in runners:
             await each.cleanup()
@@ -182,7 +188,7 @@ async def _front_door(
 
 def _start_workers(settings: Settings, workers: int, *, sandbox: bool) -> list[Any]:
     """Front-door processes 1..workers-1, started and listening when this returns; this
-    process is worker 0 and also runs the sandbox, the janitor and the demo seed, which
+    process is worker 0 and also runs the sandbox, the status publisher and the demo seed, which
     must exist once."""
     if workers <= 1:
         return []

@@ -11,9 +11,12 @@ idempotency makes safe.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any
+
+import msgspec
 
 # Ray binds an embedded instance to every interface and advertises the host's public
 # address unless told otherwise before it is imported; this flag is Ray's own switch to
@@ -27,29 +30,87 @@ import ray  # after the flag above, deliberately
 from .protocol import NAMESPACE, shard_name
 from .shard import AccountShardCore, ShardOptions
 
-__all__ = ["AccountShard", "connect_ray", "ensure_shards", "get_shards"]
+__all__ = ["AccountShard", "ShardJanitor", "connect_ray", "ensure_shards", "get_shards"]
+
+
+class ShardJanitor(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a shard's retry janitor charges and how it finds the shards (its own too)."""
+
+    processor_url: str
+    shards: int
+    deployment: str = "default"
+    interval_ms: int = 1_000
+
+
+# A janitor that fails waits this long before it starts again, so a database outage is
+# not turned into a busy loop.
+JANITOR_RESTART_MS = 5_000
 
 
 @ray.remote
 class AccountShard:
-    """The Ray actor around ``AccountShardCore``; it connects its store on first use."""
+    """The Ray actor around ``AccountShardCore``; it connects its store on first use.
 
-    def __init__(self, shard_id: int, database_url: str, options: ShardOptions) -> None:
+    With a ``ShardJanitor`` each shard also runs the retry janitor for its own accounts:
+    due retries and unknown outcomes, read from the durable schedule. It lives and
+    restarts with the shard, so a restarted shard resumes its retries by itself."""
+
+    def __init__(
+        self,
+        shard_id: int,
+        database_url: str,
+        options: ShardOptions,
+        janitor: ShardJanitor | None = None,
+    ) -> None:
         logging.basicConfig(level=logging.INFO)
         self._shard_id = shard_id
         self._database_url = database_url
         self._options = options
         self._core: AccountShardCore | None = None
+        self._ready_lock = asyncio.Lock()
         self._clock_offset_ms = 0
+        self._janitor_task: asyncio.Task[None] | None = None
+        if janitor is not None:
+            # An async actor's constructor runs on its event loop.
+            self._janitor_task = asyncio.get_running_loop().create_task(
+                self._run_janitor(janitor)
+            )
+
+    async def _run_janitor(self, janitor: ShardJanitor) -> None:
+        from payportal.processors.sandbox_client import SandboxProcessor
+
+        from .janitor import RetryJanitor
+        from .router import ShardRouter
+
+        log = logging.getLogger(__name__)
+        while True:
+            try:
+                core = await self._ready()
+                router = ShardRouter(get_shards(janitor.shards, janitor.deployment))
+                processor = SandboxProcessor(janitor.processor_url)
+                try:
+                    await RetryJanitor(
+                        router, core.store, processor, clock_ms=self._now_ms,
+                        shard_ids=[self._shard_id],
+                    ).run_forever(janitor.interval_ms)  # fmt: skip
+                finally:
+                    await processor.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("shard %s: retry janitor failed; restarting", self._shard_id)
+                await asyncio.sleep(JANITOR_RESTART_MS / 1000)
 
     async def _ready(self) -> AccountShardCore:
-        if self._core is None:
-            from payportal.persistence import Store
+        # Locked: the janitor and the first batch may both arrive before the store is open.
+        async with self._ready_lock:
+            if self._core is None:
+                from payportal.persistence import Store
 
-            store = await Store.connect(self._database_url)
-            self._core = AccountShardCore(
-                self._shard_id, store, options=self._options, clock_ms=self._now_ms
-            )
+                store = await Store.connect(self._database_url)
+                self._core = AccountShardCore(
+                    self._shard_id, store, options=self._options, clock_ms=self._now_ms
+                )
         return self._core
 
     def _now_ms(self) -> int:
@@ -104,6 +165,7 @@ def ensure_shards(
     options: ShardOptions | None = None,
     detached: bool = False,
     deployment: str = "default",
+    janitor: ShardJanitor | None = None,
     **actor_options: Any,
 ) -> list[Any]:
     """Get or create shards ``0..count-1``; all front doors must agree on ``count``."""
@@ -121,7 +183,7 @@ def ensure_shards(
             num_cpus=0,
             max_concurrency=64,
             **actor_options,
-        ).remote(shard_id, database_url, options or ShardOptions())
+        ).remote(shard_id, database_url, options or ShardOptions(), janitor)
         handles.append(handle)
     return handles
 

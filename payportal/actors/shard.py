@@ -118,6 +118,10 @@ class AccountShardCore:
         self.stats: dict[str, int] = {"batches": 0, "commands": 0, "events": 0, "loads": 0}
 
     @property
+    def store(self) -> Any:
+        return self._store
+
+    @property
     def accounts_in_memory(self) -> int:
         return len(self._accounts)
 
