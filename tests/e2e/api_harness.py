@@ -4,12 +4,10 @@ test server, and an aiohttp test client for the front door. Imported by test_api
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,11 +15,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from payportal.actors import AccountShardCore, ShardRouter
 from payportal.http import create_app
-from payportal.persistence import Store, migrate
+from payportal.persistence import Store
 from payportal.persistence.keys import create_api_key_async
 from payportal.processors.sandbox import SANDBOX, Faults, SandboxState, create_sandbox_app
 from payportal.processors.sandbox_client import SandboxProcessor
-from tests.integration.shard_support import create_postgres_database, drop_postgres_database
 
 SECRET = "whsec_" + base64.b64encode(b"api-test-webhook-secret-32-bytes").decode()
 SHARDS = 2
@@ -126,22 +123,6 @@ class Api:
         session = await self.ok("POST", "/v1/payer/sessions", headers={},
                                 json={"email": email, "password": password})  # fmt: skip
         return {"Authorization": f"Bearer {session['token']}"}
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/payportal.db"
-        await asyncio.to_thread(migrate, url)
-        yield url
-        return
-    postgres_url: str = request.getfixturevalue("postgres_url")
-    url, name = await create_postgres_database(postgres_url)
-    try:
-        await asyncio.to_thread(migrate, url)
-        yield url
-    finally:
-        await drop_postgres_database(postgres_url, name)
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
-"""Fixtures of the API tests (``api``, ``database_url``), from ``api_harness``."""
+"""Fixtures of the API tests: ``api`` from ``api_harness``, ``database_url`` from
+``tests.databases``."""
 
-from .api_harness import api, database_url
+from tests.databases import database_url
+
+from .api_harness import api
 
 __all__ = ["api", "database_url"]

@@ -8,7 +8,6 @@ import asyncio
 import datetime as dt
 import itertools
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,7 +34,7 @@ from payportal.engine import (
 )
 from payportal.engine.retry_policy import DAY_MS, HOUR_MS, MINUTE_MS
 from payportal.http.callbacks import callback_routes
-from payportal.persistence import Store, migrate, tables
+from payportal.persistence import Store, tables
 from payportal.persistence.tables_janitor import attempt_inquiries
 from payportal.processors import ChargeResult, InquiryStatus
 from payportal.processors.sandbox import SANDBOX, Faults, create_sandbox_app
@@ -50,6 +49,11 @@ SHARDS = 2
 SUCCEEDS = "4242424242424242"
 SOFT_DECLINE = "4000000000009995"
 CAPTURED_THEN_TIMES_OUT = "4000000000003063"
+
+# tests.databases' scratch database, on both kinds (PostgreSQL not marked "postgres" here).
+pytestmark = pytest.mark.parametrize(
+    "database_url", ["sqlite", pytest.param("postgres", id="postgresql")], indirect=True
+)
 
 
 class Clock:
@@ -194,24 +198,6 @@ def charges_by_key(sandbox: web.Application) -> dict[str, list[Any]]:
 
 
 # -- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/payportal.db"
-        await asyncio.to_thread(migrate, url)
-        yield url
-        return
-    from tests.integration.shard_support import create_postgres_database, drop_postgres_database
-
-    postgres_url = request.getfixturevalue("postgres_url")
-    url, name = await create_postgres_database(postgres_url)
-    try:
-        await asyncio.to_thread(migrate, url)
-        yield url
-    finally:
-        await drop_postgres_database(postgres_url, name)
 
 
 @pytest.fixture

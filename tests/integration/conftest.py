@@ -1,5 +1,6 @@
-"""Fixtures for the integration tests: a fresh database per test on SQLite and PostgreSQL,
-and a driver that produces real account events through the engine."""
+"""Fixtures for the integration tests: a fresh database per test on SQLite and PostgreSQL
+(``database_url`` from ``tests.databases``), and a driver that produces real account events
+through the engine."""
 
 from __future__ import annotations
 
@@ -7,12 +8,9 @@ import asyncio
 import datetime as dt
 import itertools
 import random
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from payportal.engine import (
@@ -33,47 +31,19 @@ from payportal.engine import (
 )
 from payportal.engine.messages import Command
 from payportal.persistence import AccountChange, Store, migrate
+from tests.databases import database_url as database_url  # the fixture, for this directory
+from tests.databases import scratch_database
 
 VISA = PaymentMethodRef(id="pm_visa", brand="visa")
-
-
-def _asyncpg_dsn(url: str, database: str | None = None) -> str:
-    parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://"))
-    path = f"/{database}" if database is not None else parts.path
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
-
-
-async def _create_postgres_database(postgres_url: str) -> tuple[str, str]:
-    name = f"pp_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(_asyncpg_dsn(postgres_url))
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    parts = urlsplit(postgres_url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", "")), name
-
-
-async def _drop_postgres_database(postgres_url: str, name: str) -> None:
-    connection = await asyncpg.connect(_asyncpg_dsn(postgres_url))
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A URL of a database with nothing in it (SQLite: its directory does not exist yet)."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path}/var/payportal.db"
-        return
-    postgres_url: str = request.getfixturevalue("postgres_url")
-    url, name = await _create_postgres_database(postgres_url)
-    try:
+    async with scratch_database(
+        request.param, tmp_path, request, sqlite_file="var/payportal.db"
+    ) as url:
         yield url
-    finally:
-        await _drop_postgres_database(postgres_url, name)
 
 
 @pytest.fixture

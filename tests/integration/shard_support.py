@@ -1,16 +1,13 @@
-"""Helpers for the actor tests: fresh databases, seeded accounts, and an independent check
-of what the journal says against what the read models and shards say."""
+"""Helpers for the actor tests: seeded accounts, and an independent check of what the journal
+says against what the read models and shards say. (Fresh databases: ``tests.databases``.)"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import uuid
 from collections import Counter
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import msgspec
 
 from payportal.engine import (
@@ -24,31 +21,9 @@ from payportal.engine import (
     evolve,
 )
 
-
-def _asyncpg_dsn(url: str, database: str | None = None) -> str:
-    parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://"))
-    path = f"/{database}" if database is not None else parts.path
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
-
-
-async def create_postgres_database(postgres_url: str) -> tuple[str, str]:
-    """A new empty database beside the test one; returns (its SQLAlchemy URL, its name)."""
-    name = f"pp_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(_asyncpg_dsn(postgres_url))
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    parts = urlsplit(postgres_url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", "")), name
-
-
-async def drop_postgres_database(postgres_url: str, name: str) -> None:
-    connection = await asyncpg.connect(_asyncpg_dsn(postgres_url))
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+# Re-exported for benchmarks/shards.py, which imports them from here.
+from tests.databases import create_postgres_database as create_postgres_database
+from tests.databases import drop_postgres_database as drop_postgres_database
 
 
 async def seed_accounts(

@@ -3,13 +3,11 @@ database, then the shard is killed and the recovered account must equal the one 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -40,11 +38,13 @@ from payportal.engine import (
     evolve,
 )
 from payportal.engine.messages import Command
-from payportal.persistence import Store, migrate
+from payportal.persistence import Store
 
-from .shard_support import create_postgres_database, drop_postgres_database
-
-pytestmark = [pytest.mark.ray]
+pytestmark = [
+    pytest.mark.ray,
+    # tests.databases' scratch database, on both kinds (PostgreSQL not marked "postgres" here).
+    pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True),
+]
 
 ACCOUNT = "acct_paths"
 VISA = PaymentMethodRef(id="pm_visa", brand="visa")
@@ -56,22 +56,6 @@ def local_ray() -> Iterator[None]:
     connect_ray(None)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/payportal.db"
-        await asyncio.to_thread(migrate, url)
-        yield url
-        return
-    postgres_url = request.getfixturevalue("postgres_url")
-    url, name = await create_postgres_database(postgres_url)
-    try:
-        await asyncio.to_thread(migrate, url)
-        yield url
-    finally:
-        await drop_postgres_database(postgres_url, name)
 
 
 def _pay(n: int, amount_minor: int, **kw: object) -> CreatePayment:

@@ -10,8 +10,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -30,16 +29,16 @@ from payportal.engine import (
     Result,
 )
 from payportal.engine.messages import Command
-from payportal.persistence import Store, migrate
+from payportal.persistence import Store
 
-from .shard_support import (
-    audit_journal,
-    create_postgres_database,
-    drop_postgres_database,
-    seed_accounts,
-)
+from .shard_support import audit_journal, seed_accounts
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.slow,
+    # tests.databases' scratch database, on both kinds (PostgreSQL not marked "postgres" here).
+    pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True),
+]
 
 PAYMENTS = 5_000
 ACCOUNTS = 100
@@ -55,22 +54,6 @@ def local_ray() -> Iterator[None]:
     connect_ray(None)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/payportal.db"
-        await asyncio.to_thread(migrate, url)
-        yield url
-        return
-    postgres_url = request.getfixturevalue("postgres_url")
-    url, name = await create_postgres_database(postgres_url)
-    try:
-        await asyncio.to_thread(migrate, url)
-        yield url
-    finally:
-        await drop_postgres_database(postgres_url, name)
 
 
 async def _submit_until_answered(router: ShardRouter, command: Command) -> Reply:
