@@ -50,6 +50,8 @@ BATCH_MAX_ITEMS_LIMIT = 65_536
 BATCH_MAX_WAIT_MS_LIMIT = 1_000
 # Shards are fixed when a deployment is created; beyond this a typo is likelier than intent.
 SHARDS_LIMIT = 4_096
+# Enough to lift every request limit out of a loopback load test's way.
+RATE_LIMITS_SCALE_LIMIT = 1_000_000
 
 # Names in these families belong to the test suite and benchmarks, not to the server.
 NON_SETTING_PREFIXES = ("PAYPORTAL_TEST_", "PAYPORTAL_BENCH_")
@@ -89,6 +91,9 @@ class Settings:
     # Peers whose X-Forwarded-For is believed (a load balancer in front of the front
     # door). Empty: the TCP peer is the client, and the header is ignored.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Multiplies every request-rate limit (never the login lockout): a load test on
+    # loopback sends far more than one client would.
+    rate_limits_scale: int = 1
 
     def resolve_secret_key(self) -> str:
         """Return the configured key, or the persisted one, creating it on first use.
@@ -149,6 +154,7 @@ def load_settings(
         queue_max=queue_max,
         var_dir=var_dir,
         trusted_proxies=_trusted_proxies(raw),
+        rate_limits_scale=_int(raw, "RATE_LIMITS_SCALE", 1, 1, RATE_LIMITS_SCALE_LIMIT),
     )
 
 
@@ -205,6 +211,7 @@ SETTING_NAMES = frozenset(
         "BATCH_MAX_WAIT_MS",
         "QUEUE_MAX",
         "TRUSTED_PROXIES",
+        "RATE_LIMITS_SCALE",
     )
 )
 

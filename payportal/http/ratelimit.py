@@ -138,9 +138,12 @@ class RateLimits:
         trusted_proxies: Sequence[Network] = (),
         clock: Callable[[], float] = time.time,
         close: Callable[[], Awaitable[None]] | None = None,
+        scale: int = 1,
     ) -> None:
+        assert scale >= 1
         self.storage = storage
         self.trusted_proxies = tuple(trusted_proxies)
+        self.scale = scale
         self._limiter = MovingWindowRateLimiter(storage)
         self._clock = clock
         self._close = close
@@ -172,8 +175,18 @@ class RateLimits:
     def from_settings(cls, settings: Settings | None) -> RateLimits:
         trusted = settings.trusted_proxies if settings is not None else ()
         if settings is not None and settings.redis_url is not None:
-            return cls.on_redis(settings.redis_url, trusted_proxies=trusted)
-        return cls.in_memory(trusted_proxies=trusted)
+            limits = cls.on_redis(settings.redis_url, trusted_proxies=trusted)
+        else:
+            limits = cls.in_memory(trusted_proxies=trusted)
+        limits.scale = settings.rate_limits_scale if settings is not None else 1
+        return limits
+
+    def scaled(self, item: RateLimitItem) -> RateLimitItem:
+        """A request-rate limit times ``PAYPORTAL_RATE_LIMITS_SCALE`` (load tests on
+        loopback raise it). The login lockout is never scaled."""
+        if self.scale == 1:
+            return item
+        return type(item)(item.amount * self.scale, item.multiples, item.namespace)
 
     async def close(self) -> None:
         if self._close is not None:
@@ -389,19 +402,19 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     # Narrowest first: a request refused by a strict limit has not used the broad ones.
     if principal is not None and principal.is_merchant:
         if money:
-            await limits.hit(MERCHANT_MONEY_POSTS, "merchant-money")
-        await limits.hit(MERCHANT_REQUESTS, "merchant")
+            await limits.hit(limits.scaled(MERCHANT_MONEY_POSTS), "merchant-money")
+        await limits.hit(limits.scaled(MERCHANT_REQUESTS), "merchant")
     else:
         if money:
             if principal is not None:
                 account = await _payment_account(request, principal)
                 if account is not None:
-                    await limits.hit(ACCOUNT_PAYMENTS, "account-payments", account)
-                await limits.hit(PAYER_MONEY_POSTS, "payer-money", principal.id)
-            await limits.hit(ADDRESS_MONEY_POSTS, "address-money", address)
+                    await limits.hit(limits.scaled(ACCOUNT_PAYMENTS), "account-payments", account)
+                await limits.hit(limits.scaled(PAYER_MONEY_POSTS), "payer-money", principal.id)
+            await limits.hit(limits.scaled(ADDRESS_MONEY_POSTS), "address-money", address)
         if principal is not None:
-            await limits.hit(PAYER_REQUESTS, "payer", principal.id)
-        await limits.hit(ADDRESS_REQUESTS, "address", address)
+            await limits.hit(limits.scaled(PAYER_REQUESTS), "payer", principal.id)
+        await limits.hit(limits.scaled(ADDRESS_REQUESTS), "address", address)
     if request.method == "POST" and path == LOGIN_PATH:
         return await limits.guard_login(request, handler, address)
     return await handler(request)

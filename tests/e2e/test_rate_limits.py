@@ -28,6 +28,7 @@ from payportal.config import load_settings
 from payportal.http import create_app
 from payportal.http import ratelimit as rl
 from payportal.http.callbacks import add_callback_routes
+from payportal.http.errors import ApiError
 from payportal.http.ratelimit import RateLimits, client_address
 from payportal.http.typedefs import RATE_LIMITS
 from payportal.persistence import Store, migrate
@@ -432,3 +433,21 @@ async def test_create_app_counts_in_memory_without_redis(portal: Portal, tmp_pat
     api = await portal.front_door(settings=load_settings({}, cwd=tmp_path))
 
     assert isinstance(api.client.app[RATE_LIMITS].storage, limits.aio.storage.MemoryStorage)
+
+
+async def test_the_scale_setting_lifts_request_limits_but_never_the_login_lockout(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings({"PAYPORTAL_RATE_LIMITS_SCALE": "50"}, cwd=tmp_path)
+    limits = rl.RateLimits.from_settings(settings)
+    try:
+        assert limits.scaled(rl.ADDRESS_REQUESTS).amount == 50 * rl.ADDRESS_REQUESTS.amount
+        assert limits.scaled(rl.MERCHANT_MONEY_POSTS).amount == 50 * rl.MERCHANT_MONEY_POSTS.amount
+        # The lockout's items are used as they are: 10 failures still lock an email.
+        for _ in range(rl.LOGIN_FAILURES_PER_EMAIL.amount):
+            await limits.hit(rl.LOGIN_FAILURES_PER_EMAIL, "login-email", "someone")
+        with pytest.raises(ApiError) as refused:
+            await limits.hit(rl.LOGIN_FAILURES_PER_EMAIL, "login-email", "someone")
+        assert refused.value.status == 429
+    finally:
+        await limits.close()

@@ -263,3 +263,11 @@ def test_secret_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(SettingsError, match=r"^PAYPORTAL_SECRET_KEY: .*chmod 600"):
         settings.resolve_secret_key()
+
+
+def test_rate_limits_scale_defaults_to_one_and_rejects_zero(tmp_path: Path) -> None:
+    assert load_settings({}, cwd=tmp_path).rate_limits_scale == 1
+    scaled = load_settings({"PAYPORTAL_RATE_LIMITS_SCALE": "100"}, cwd=tmp_path)
+    assert scaled.rate_limits_scale == 100
+    with pytest.raises(SettingsError, match="PAYPORTAL_RATE_LIMITS_SCALE"):
+        load_settings({"PAYPORTAL_RATE_LIMITS_SCALE": "0"}, cwd=tmp_path)
