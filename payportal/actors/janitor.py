@@ -51,7 +51,8 @@ from payportal.engine.retry_policy import inquiry_delay_ms
 from payportal.persistence import tables
 from payportal.persistence._engine import READ
 from payportal.persistence.tables_janitor import attempt_inquiries
-from payportal.processors import ChargeResult, ProcessorAdapter, ProcessorRequestError
+from payportal.processors import ChargeResult, ProcessorAdapter
+from payportal.processors.charging import charge_attempt
 
 from .protocol import Reply, shard_for
 from .router import ShardRouter
@@ -74,9 +75,7 @@ PROCESSING_STALE_MS_DEFAULT: Final = 10 * 60_000
 # A single processor call never holds a janitor run for longer than this; the outcome
 # is then unknown and resolved by inquiry.
 CALL_TIMEOUT_MS_DEFAULT: Final = 15_000
-# A payment method whose token cannot be found: the engine classifies an unknown code as
-# a hard decline, so the payer is asked for another method (as the gateway does).
-DECLINE_CODE_METHOD_UNAVAILABLE: Final = "payment_method_unavailable"
+
 # How long ``run_forever`` waits after a run that raised, so a broken database is not
 # hammered in a tight loop.
 ERROR_BACKOFF_MS: Final = 1_000
@@ -249,22 +248,9 @@ class RetryJanitor:
 
     async def _charge(self, payment: Payment, attempt_id: str) -> ChargeResult:
         token = await self._token_for(payment.payment_method.id)
-        if token is None:
-            return ChargeResult(
-                outcome=OutcomeKind.declined, decline_code=DECLINE_CODE_METHOD_UNAVAILABLE
-            )
-        try:
-            async with asyncio.timeout(self._call_timeout_s):
-                return await self._processor.charge(
-                    token, payment.amount_minor, payment.currency, idempotency_key=attempt_id
-                )
-        except TimeoutError:
-            return ChargeResult(outcome=OutcomeKind.unknown)
-        except ProcessorRequestError:
-            # The processor refused the request as such (our bug): whether an earlier send
-            # under this key captured is not known, so it is resolved by inquiry.
-            log.exception("processor refused the charge for attempt %s", attempt_id)
-            return ChargeResult(outcome=OutcomeKind.unknown)
+        return await charge_attempt(
+            self._processor, token, payment, attempt_id, timeout_s=self._call_timeout_s
+        )
 
     async def _token_from_payment_methods(self, payment_method_id: str) -> str | None:
         # Imported here: the front door's directory is only needed when no lookup is given.

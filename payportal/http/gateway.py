@@ -14,7 +14,6 @@ Seams for what comes next: the retry timer calls ``charge_attempt`` for a due re
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -22,7 +21,8 @@ import structlog
 
 from payportal.actors import Reply, ShardRouter
 from payportal.engine import AttemptStatus, OutcomeKind, Payment, RecordOutcome
-from payportal.processors import ChargeResult, ProcessorAdapter, ProcessorRequestError
+from payportal.processors import ChargeResult, ProcessorAdapter
+from payportal.processors.charging import charge_attempt
 
 __all__ = ["CHARGE_TIMEOUT_MS_DEFAULT", "Gateway", "TokenLookup"]
 
@@ -31,9 +31,6 @@ log = structlog.get_logger("payportal.http.gateway")
 # Longer than the adapter's own timeout would be pointless; shorter keeps a payer's
 # request from hanging on a stuck processor. The outcome is then unknown, not failed.
 CHARGE_TIMEOUT_MS_DEFAULT: Final = 15_000
-# A payment method whose token cannot be found: the engine classifies an unknown code as
-# a hard decline, so the payer is asked for another method.
-DECLINE_CODE_METHOD_UNAVAILABLE: Final = "payment_method_unavailable"
 
 # The processor token of a payment method id, or None when there is none.
 TokenLookup = Callable[[str], Awaitable[str | None]]
@@ -85,22 +82,9 @@ class Gateway:
             # No processor configured: nothing was sent, so sending later is safe.
             return ChargeResult(outcome=OutcomeKind.errored, decline_code="processor_unavailable")
         token = await self._token_for(payment.payment_method.id)
-        if token is None:
-            return ChargeResult(
-                outcome=OutcomeKind.declined, decline_code=DECLINE_CODE_METHOD_UNAVAILABLE
-            )
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await self._processor.charge(
-                    token, payment.amount_minor, payment.currency, idempotency_key=attempt_id
-                )
-        except TimeoutError:
-            return ChargeResult(outcome=OutcomeKind.unknown)
-        except ProcessorRequestError:
-            # The processor refused the request as such (our bug): whether an earlier send
-            # under this key captured is not known, so it is never charged again here.
-            log.exception("processor_refused_request", attempt_id=attempt_id)
-            return ChargeResult(outcome=OutcomeKind.unknown)
+        return await charge_attempt(
+            self._processor, token, payment, attempt_id, timeout_s=self._timeout_s
+        )
 
     async def inquire_attempt(self, account_id: str, payment_id: str, attempt_id: str) -> Reply:
         """Ask the processor what became of an attempt and record it (the janitor's seam)."""
