@@ -55,7 +55,8 @@ _Minor = sa.BigInteger
 _Ms = sa.BigInteger
 
 
-def _created_at() -> sa.Column[object]:
+def created_at_column() -> sa.Column[object]:
+    """When the row was written, by the database's clock; every table's same column."""
     return sa.Column(
         "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     )
@@ -73,7 +74,7 @@ journal = sa.Table(
     sa.Column("event_type", sa.String(64), nullable=False),
     sa.Column("at_ms", _Ms, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
-    _created_at(),
+    created_at_column(),
     # Arbiter columns, copied out of the payload only for the events the partial unique
     # indexes below guard (NULL otherwise): the journal alone decides exactly-once, in the
     # group commit itself, while the read models are projected later.
@@ -240,7 +241,7 @@ idempotency_records = sa.Table(
     # NULL while the first request is in flight (a second one is answered 409).
     sa.Column("status_code", sa.Integer, nullable=True),
     sa.Column("response_body", sa.LargeBinary, nullable=True),
-    _created_at(),
+    created_at_column(),
     sa.UniqueConstraint("principal", "account_id", "key"),
     # Records expire after 24 h at the earliest; the sweeper scans by age.
     sa.Index(None, "created_at"),
@@ -266,7 +267,7 @@ outbox = sa.Table(
     # Stable per effect, so a receiver (and a second write of the same effect) dedupes.
     sa.Column("dedupe_key", sa.String(255), nullable=False, unique=True),
     sa.Column("payload", sa.LargeBinary, nullable=False),
-    _created_at(),
+    created_at_column(),
     sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Index(None, "sent_at", "id"),
@@ -279,6 +280,6 @@ api_keys = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     # Hex SHA-256 of the key; the key itself is shown once and never stored.
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
-    _created_at(),
+    created_at_column(),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
 )

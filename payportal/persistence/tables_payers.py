@@ -14,15 +14,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from .tables import metadata
+from .tables import created_at_column, metadata
 
 __all__ = ["account_profiles", "payer_accounts", "payer_sessions", "payers", "payment_methods"]
-
-
-def _created_at() -> sa.Column[object]:
-    return sa.Column(
-        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-    )
 
 
 payers = sa.Table(
@@ -33,7 +27,7 @@ payers = sa.Table(
     sa.Column("email", sa.String(320), nullable=False, unique=True),
     # NULL until the payer sets a password through an invitation.
     sa.Column("password_hash", sa.String(255), nullable=True),
-    _created_at(),
+    created_at_column(),
 )
 
 payer_accounts = sa.Table(
@@ -51,7 +45,7 @@ payer_sessions = sa.Table(
     sa.Column("token_hash", sa.String(64), primary_key=True),
     sa.Column("payer_id", sa.String(32), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-    _created_at(),
+    created_at_column(),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index(None, "payer_id"),
 )
@@ -69,7 +63,7 @@ payment_methods = sa.Table(
     sa.Column("exp_month", sa.Integer, nullable=True),
     sa.Column("exp_year", sa.Integer, nullable=True),
     sa.Column("wallet", sa.String(32), nullable=True),
-    _created_at(),
+    created_at_column(),
     sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index(None, "account_id", "id"),
 )
@@ -84,5 +78,5 @@ account_profiles = sa.Table(
     sa.Column("email", sa.String(320), nullable=False),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("external_ref", sa.String(200), nullable=True),
-    _created_at(),
+    created_at_column(),
 )
