@@ -48,6 +48,7 @@ from .messages import (
     PaymentMethodRef,
     PaymentMethodReplaced,
     PaymentRefunded,
+    ReadAccount,
     RecordOutcome,
     RefundPayment,
     ReplacePaymentMethod,
@@ -268,6 +269,10 @@ def decide(
         return _decide_cancel_payment(state, command, now_ms)
     if isinstance(command, RefundPayment):
         return _decide_refund_payment(state, command, now_ms)
+    if isinstance(command, ReadAccount):
+        ids = {k: v for k, v in (("payment_id", command.payment_id),
+                                  ("invoice_id", command.invoice_id)) if v is not None}  # fmt: skip
+        return _exists(**ids)
     assert isinstance(command, DisputePayment), command
     return _decide_dispute_payment(state, command, now_ms)
 

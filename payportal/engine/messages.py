@@ -43,6 +43,7 @@ __all__ = [
     "PaymentMethodRef",
     "PaymentMethodReplaced",
     "PaymentRefunded",
+    "ReadAccount",
     "RecordOutcome",
     "RefundPayment",
     "ReplacePaymentMethod",
@@ -165,9 +166,19 @@ class DisputePayment(_Message, tag="dispute_payment", frozen=True, kw_only=True)
     payment_id: str
 
 
+class ReadAccount(_Message, tag="read_account", frozen=True, kw_only=True):
+    """A read through the account's serial order: changes nothing, answers ``exists`` with
+    the ids it names, so the reply carries their snapshots and the balance as of every
+    command before it (``account_not_found`` when there is no account)."""
+
+    account_id: str
+    payment_id: str | None = None
+    invoice_id: str | None = None
+
+
 Command = (
     OpenAccount | IssueInvoice | VoidInvoice | CreatePayment | RecordOutcome | StartRetry
-    | ReplacePaymentMethod | CancelPayment | RefundPayment | DisputePayment
+    | ReplacePaymentMethod | CancelPayment | RefundPayment | DisputePayment | ReadAccount
 )  # fmt: skip
 
 # -- events (journaled; replayed by ``evolve``) -------------------------------------------

@@ -26,8 +26,8 @@ from payportal.engine import (
     OutcomeKind,
     PaymentMethodRef,
     PaymentStatus,
+    ReadAccount,
     RecordOutcome,
-    RefundPayment,
     Result,
 )
 from payportal.persistence import Store, directory, migrate
@@ -50,11 +50,7 @@ def local_ray() -> Iterator[None]:
 
 
 async def _status(router: ShardRouter, payment_id: str) -> PaymentStatus:
-    # A refund of 0 is always refused before it touches anything; its reply carries the
-    # payment as the shard holds it.
-    reply = await router.submit(
-        RefundPayment(account_id=ACCOUNT, payment_id=payment_id, refund_id="probe", amount_minor=0)
-    )
+    reply = await router.submit(ReadAccount(account_id=ACCOUNT, payment_id=payment_id))
     assert reply.payment is not None
     return reply.payment.status
 

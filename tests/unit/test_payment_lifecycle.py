@@ -19,6 +19,7 @@ from payportal.engine import (
     OutcomeKind,
     PaymentMethodRef,
     PaymentStatus,
+    ReadAccount,
     RefundPayment,
     Rejection,
     ReplacePaymentMethod,
@@ -323,3 +324,15 @@ def test_journal_replay_rebuilds_the_exact_state() -> None:
     for event in events:
         replayed, _ = evolve(replayed, event)
     assert msgspec.msgpack.encode(replayed) == msgspec.msgpack.encode(book.account)
+
+
+def test_a_read_changes_nothing_and_names_what_it_read() -> None:
+    book = Ledgerbook()
+    invoice_id = book.invoice(700)
+    payment_id = book.pay(200)
+    read = book.run(ReadAccount(account_id=book.account_id, payment_id=payment_id,
+                                invoice_id=invoice_id))  # fmt: skip
+    assert read.outcome.result is Result.exists
+    assert (read.outcome.payment_id, read.outcome.invoice_id) == (payment_id, invoice_id)
+    missing = decide(None, ReadAccount(account_id="acct_nobody"), book.now_ms, book.rng)
+    assert missing.outcome.rejection is Rejection.account_not_found
