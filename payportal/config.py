@@ -94,6 +94,22 @@ class Settings:
     # Multiplies every request-rate limit (never the login lockout): a load test on
     # loopback sends far more than one client would.
     rate_limits_scale: int = 1
+    # Where payers reach the portal, for links in emails; None: http://{host}:{port}.
+    public_url_configured: str | None = None
+    # The built-in mail catcher (used when smtp_url is None): SMTP, and its inbox page.
+    mail_catcher_port: int = 8025
+    mail_ui_port: int = 8026
+
+    @property
+    def public_url(self) -> str:
+        """The portal's base URL for links in emails, without a trailing slash."""
+        if self.public_url_configured is not None:
+            return self.public_url_configured.rstrip("/")
+        # A wildcard listen address is no address to send a payer to.
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
 
     def resolve_secret_key(self) -> str:
         """Return the configured key, or the persisted one, creating it on first use.
@@ -155,6 +171,9 @@ def load_settings(
         var_dir=var_dir,
         trusted_proxies=_trusted_proxies(raw),
         rate_limits_scale=_int(raw, "RATE_LIMITS_SCALE", 1, 1, RATE_LIMITS_SCALE_LIMIT),
+        public_url_configured=_url(raw, "PUBLIC_URL", ("http", "https"), host_required=True),
+        mail_catcher_port=_int(raw, "MAIL_CATCHER_PORT", 8025, 1, 65_535),
+        mail_ui_port=_int(raw, "MAIL_UI_PORT", 8026, 1, 65_535),
     )
 
 
@@ -212,6 +231,9 @@ SETTING_NAMES = frozenset(
         "QUEUE_MAX",
         "TRUSTED_PROXIES",
         "RATE_LIMITS_SCALE",
+        "PUBLIC_URL",
+        "MAIL_CATCHER_PORT",
+        "MAIL_UI_PORT",
     )
 )
 

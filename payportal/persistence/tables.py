@@ -259,6 +259,12 @@ processor_callbacks = sa.Table(
     sa.UniqueConstraint("processor", "event_id"),
 )
 
+# Emails on their way out (payportal/mail). ``kind`` says what ``payload`` holds: a
+# rendered message (``email``, written by ``enqueue_email`` in its caller's transaction)
+# or a payment event's facts (``payment_succeeded`` / ``payment_declined``, written by the
+# journal's group commit itself), rendered when sent. A row is pending until ``sent_at``
+# or ``failed_at`` (given up) is set; ``due_at_ms`` and the lease columns let any number
+# of senders share the queue without sending a row twice at once.
 outbox = sa.Table(
     "outbox",
     metadata,
@@ -270,8 +276,21 @@ outbox = sa.Table(
     created_at_column(),
     sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # Not before this time (unix ms): the first send, then each retry's backoff.
+    sa.Column("due_at_ms", _Ms, nullable=False, server_default="0"),
+    # A sender holds the row until ``lease_until_ms``; after that another may take it.
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_until_ms", _Ms, nullable=True),
+    sa.Column("last_error", sa.String(500), nullable=True),
+    sa.Column("failed_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index(None, "sent_at", "id"),
-)
+    # The sender's scan: pending rows by due time.
+    sa.Index(
+        "ix_outbox_pending_due_at_ms", "due_at_ms",
+        postgresql_where=sa.text("sent_at IS NULL AND failed_at IS NULL"),
+        sqlite_where=sa.text("sent_at IS NULL AND failed_at IS NULL"),
+    ),
+)  # fmt: skip
 
 api_keys = sa.Table(
     "api_keys",

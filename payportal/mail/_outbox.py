@@ -1,0 +1,102 @@
+"""Putting an email in the outbox, in the caller's own transaction.
+
+The model: a caller that changes something a person should hear about calls
+``enqueue_email`` inside the transaction that makes the change. The message is rendered
+now and stored as one ``outbox`` row (kind ``email``); if the transaction rolls back, the
+email never existed. ``dedupe_key`` names the effect ("password_reset:{token_id}"): a
+second call with the same key inserts nothing and returns False, so a retried request
+cannot send a second email. The sender worker (``payportal.mail.sender``) delivers rows
+at least once, with a ``Message-ID`` derived from the key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgspec
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from payportal.persistence import tables
+
+from ._render import render_email
+
+__all__ = [
+    "KIND_EMAIL",
+    "OutboxEmail",
+    "configure_public_url",
+    "enqueue_email",
+    "public_url",
+]
+
+KIND_EMAIL: Final = "email"
+
+_encoder: Final = msgspec.msgpack.Encoder()
+
+
+class OutboxEmail(msgspec.Struct, frozen=True, kw_only=True):
+    """A rendered email as stored in ``outbox.payload`` (msgpack)."""
+
+    to: tuple[str, ...]
+    subject: str
+    text: str
+    html: str
+    cc: tuple[str, ...] = ()
+
+
+_public_url: str | None = None
+
+
+def configure_public_url(url: str) -> None:
+    """Set the base URL for links in emails (``payportal serve`` does, from settings)."""
+    global _public_url  # one value per process, set at start-up
+    _public_url = url.rstrip("/")
+
+
+def public_url() -> str:
+    """The configured base URL, else the one the process environment's settings give."""
+    global _public_url
+    if _public_url is None:
+        from payportal.config import load_settings
+
+        _public_url = load_settings().public_url
+    return _public_url
+
+
+async def enqueue_email(
+    connection: AsyncConnection,
+    *,
+    dedupe_key: str,
+    to: str,
+    template: str,
+    context: Mapping[str, Any],
+) -> bool:
+    """Render ``template`` and insert it into the outbox in ``connection``'s transaction.
+
+    Returns True when a row was inserted, False when ``dedupe_key`` was already there
+    (nothing is written then). The caller commits; the sender worker delivers.
+    """
+    assert dedupe_key, "an email needs a dedupe key"
+    assert "@" in to, "an email needs an address"
+    rendered = render_email(template, context, public_url=public_url())
+    payload = _encoder.encode(
+        OutboxEmail(to=(to,), subject=rendered.subject, text=rendered.text, html=rendered.html)
+    )
+    values = {
+        "kind": KIND_EMAIL,
+        "dedupe_key": dedupe_key,
+        "payload": payload,
+        "due_at_ms": time.time_ns() // 1_000_000,
+    }
+    dialect = connection.dialect.name
+    insert: Any
+    if dialect == "postgresql":
+        insert = postgresql.insert(tables.outbox)
+    else:
+        assert dialect == "sqlite", dialect
+        insert = sqlite.insert(tables.outbox)
+    statement = insert.values(values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    result = await connection.execute(statement.returning(tables.outbox.c.id))
+    return result.first() is not None
