@@ -1,7 +1,8 @@
 """The engine of money: pure, synchronous and deterministic.
 
 Everything that decides what happens to an account's money lives here and nowhere else:
-money, invoices, payments and their attempts, allocation, the ledger, the retry policy.
+money, invoices, payments and their attempts, allocation, the ledger, the retry policy,
+revenue recognition and settlement.
 No I/O, no clock, no random source of its own: time and randomness are arguments, so
 the same inputs always give the same outputs, in a test, a simulation or a shard.
 """
@@ -18,6 +19,7 @@ from .account import (
     evolve,
     execute,
     preview_allocation,
+    utc_date,
 )
 from .allocation import Allocation, AllocationResult, OpenInvoice, allocate
 from .ledger import Entry, LedgerAccount, Line, Side
@@ -72,5 +74,6 @@ __all__ = [
     "format_minor",
     "next_delay_ms",
     "preview_allocation",
+    "utc_date",
     *_messages_all,
 ]

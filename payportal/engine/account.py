@@ -9,6 +9,18 @@ The model is event sourcing in two pure halves:
   posts. It makes no decisions, so replaying the journal after a checkpoint rebuilds the
   exact state, whatever the clock or random source did the first time.
 
+Revenue (``revenue`` holds the arithmetic): every invoice posts its whole amount to
+deferred revenue when issued. ``RecognizeRevenue(through)`` moves to revenue what each
+invoice has earned by the end of that day — ratably per day of its service period, or all
+of it on the invoice date when it has none — per month of service, so the ledger says
+what is recognized and what is still deferred, by month. A day is a UTC calendar date
+(the invoice date is the UTC date of its issue). Only past days are recognized, so
+nothing issued later can fall on a day already recognized. A void takes back at once
+what the invoice recognized (per month) and what it still defers. A refund changes no
+invoice: it posts to ``refunds``, the contra-revenue account, on the day it happens.
+``SettleCharge`` posts the processor's payout of a captured charge: its fee to ``fees``
+and the rest to ``cash``, out of ``processor_clearing``.
+
 ``execute`` does both, which is what an account shard calls per command. Every change
 of a payment's status goes through the tables in ``payment_state``.
 """
@@ -31,6 +43,7 @@ from .messages import (
     AttemptOutcomeUnknown,
     AttemptSucceeded,
     CancelPayment,
+    ChargeSettled,
     Command,
     CreatePayment,
     CreditApplied,
@@ -49,6 +62,7 @@ from .messages import (
     PaymentMethodReplaced,
     PaymentRefunded,
     ReadAccount,
+    RecognizeRevenue,
     RecordOutcome,
     RefundPayment,
     ReplacePaymentMethod,
@@ -56,7 +70,10 @@ from .messages import (
     RetriesExhausted,
     RetryDeferred,
     RetryStarted,
+    RevenuePart,
+    RevenueRecognized,
     ServicePeriod,
+    SettleCharge,
     StartRetry,
     VoidInvoice,
 )
@@ -85,6 +102,7 @@ from .retry_policy import (
     next_delay_ms,
     policy_for,
 )
+from .revenue import RevenueInvoice, recognized_by_month
 
 __all__ = [
     "AccountState",
@@ -98,11 +116,19 @@ __all__ = [
     "evolve",
     "execute",
     "preview_allocation",
+    "utc_date",
 ]
 
 # Card reattempt history older than the longest network window is never consulted again.
 REATTEMPT_HISTORY_MS: Final = 30 * 24 * 3600 * 1000
 IDEMPOTENCY_KEY_LENGTH_MAX: Final = 255
+_DAY_MS: Final = 86_400_000
+_EPOCH: Final = dt.date(1970, 1, 1)
+
+
+def utc_date(at_ms: int) -> dt.date:
+    """The UTC calendar date of an instant, in integers (the revenue reporting day)."""
+    return _EPOCH + dt.timedelta(days=at_ms // _DAY_MS)
 
 
 class InvoiceStatus(StrEnum):
@@ -120,12 +146,28 @@ class Invoice(msgspec.Struct, kw_only=True):
     service_period: ServicePeriod | None = None
     amount_paid_minor: int = 0
     status: InvoiceStatus = InvoiceStatus.open
+    # Revenue recognized so far per month of service (YYYY-MM); emptied by a void.
+    recognized_by_month: dict[str, int] = msgspec.field(default_factory=dict)
 
     @property
     def amount_remaining_minor(self) -> int:
         if self.status is InvoiceStatus.void:
             return 0
         return self.amount_due_minor - self.amount_paid_minor
+
+    @property
+    def amount_recognized_minor(self) -> int:
+        return sum(self.recognized_by_month.values())
+
+    @property
+    def issued_on(self) -> dt.date:
+        return utc_date(self.issued_at_ms)
+
+    def revenue(self) -> RevenueInvoice:
+        return RevenueInvoice(
+            invoice_id=self.invoice_id, amount_minor=self.amount_due_minor,
+            invoice_date=self.issued_on, service_period=self.service_period,
+        )  # fmt: skip
 
 
 class Attempt(msgspec.Struct, kw_only=True):
@@ -164,6 +206,20 @@ class Payment(msgspec.Struct, kw_only=True):
     # The current series of attempts on one payment method, for the retry policy's caps.
     series_started_at_ms: int = 0
     series_attempts: int = 1
+    # Set once the processor paid the charge out (``SettleCharge``).
+    payout_id: str | None = None
+    fee_minor: int = 0
+
+    @property
+    def captured_charge_id(self) -> str | None:
+        for attempt in self.attempts:
+            if attempt.status is AttemptStatus.succeeded:
+                return attempt.charge_id
+        return None
+
+    @property
+    def captured(self) -> bool:
+        return any(a.status is AttemptStatus.succeeded for a in self.attempts)
 
     @property
     def amount_applied_minor(self) -> int:
@@ -191,6 +247,8 @@ class AccountState(msgspec.Struct, kw_only=True):
     refunds: dict[str, str] = msgspec.field(default_factory=dict)
     ledger: dict[LedgerAccount, int] = msgspec.field(default_factory=dict)
     reattempts: dict[str, list[Reattempt]] = msgspec.field(default_factory=dict)
+    # The latest day revenue was recognized through (None: never).
+    recognized_through: dt.date | None = None
 
     @property
     def outstanding_minor(self) -> int:
@@ -251,6 +309,10 @@ def decide(
                 return _rejected(rejection)
         if isinstance(command, RefundPayment) and command.amount_minor <= 0:
             return _rejected(Rejection.amount_must_be_positive)
+        if isinstance(command, SettleCharge):
+            rejection = _settlement_field_rejection(command)
+            if rejection is not None:
+                return _rejected(rejection)
         return _rejected(Rejection.account_not_found)
     assert state.account_id == command.account_id
     if isinstance(command, IssueInvoice):
@@ -269,6 +331,10 @@ def decide(
         return _decide_cancel_payment(state, command, now_ms)
     if isinstance(command, RefundPayment):
         return _decide_refund_payment(state, command, now_ms)
+    if isinstance(command, RecognizeRevenue):
+        return _decide_recognize_revenue(state, command, now_ms)
+    if isinstance(command, SettleCharge):
+        return _decide_settle_charge(state, command, now_ms)
     if isinstance(command, ReadAccount):
         ids = {k: v for k, v in (("payment_id", command.payment_id),
                                   ("invoice_id", command.invoice_id)) if v is not None}  # fmt: skip
@@ -345,11 +411,16 @@ def _decide_void_invoice(state: AccountState, command: VoidInvoice, now_ms: int)
         return _exists(**ids)
     if invoice.status is not InvoiceStatus.open:
         return _rejected(Rejection.invoice_must_be_open, **ids)
+    reversed_parts = tuple(
+        RevenuePart(invoice_id=invoice.invoice_id, month=month, amount_minor=-amount_minor)
+        for month, amount_minor in sorted(invoice.recognized_by_month.items())
+        if amount_minor
+    )
     events: list[Event] = [
         InvoiceVoided(
             at_ms=now_ms, invoice_id=invoice.invoice_id,
             amount_remaining_minor=invoice.amount_remaining_minor,
-            amount_paid_minor=invoice.amount_paid_minor,
+            amount_paid_minor=invoice.amount_paid_minor, revenue_reversed=reversed_parts,
         )
     ]  # fmt: skip
     # What was paid on a voided invoice returns to credit, and credit goes at once to the
@@ -691,6 +762,75 @@ def _decide_refund_payment(state: AccountState, command: RefundPayment, now_ms: 
     return _ok((event,), **ids)
 
 
+def _decide_recognize_revenue(
+    state: AccountState, command: RecognizeRevenue, now_ms: int
+) -> Decision:
+    if command.through >= utc_date(now_ms):
+        return _rejected(Rejection.recognition_date_must_be_past)
+    # Never backwards: an earlier day than one already done recognizes as of that one.
+    through = command.through
+    if state.recognized_through is not None and state.recognized_through > through:
+        through = state.recognized_through
+    parts: list[RevenuePart] = []
+    for invoice in state.invoices.values():
+        if invoice.status is InvoiceStatus.void:
+            continue
+        if invoice.amount_recognized_minor == invoice.amount_due_minor:
+            continue  # all of it earned already
+        earned = recognized_by_month(invoice.revenue(), through)
+        for month in sorted(earned):
+            delta_minor = earned[month] - invoice.recognized_by_month.get(month, 0)
+            # Earned-by-a-day only grows with the day, and days only move forward.
+            assert delta_minor >= 0, (invoice.invoice_id, month, delta_minor)
+            if delta_minor:
+                parts.append(RevenuePart(invoice_id=invoice.invoice_id, month=month,
+                                         amount_minor=delta_minor))  # fmt: skip
+    if not parts:
+        return _exists()
+    return _ok((RevenueRecognized(at_ms=now_ms, through=through, parts=tuple(parts)),))
+
+
+def _settlement_field_rejection(command: SettleCharge) -> Rejection | None:
+    if command.amount_minor <= 0:
+        return Rejection.amount_must_be_positive
+    if not currency_is_valid(command.currency):
+        return Rejection.currency_must_be_valid
+    if not 0 <= command.fee_minor <= command.amount_minor:
+        return Rejection.fee_must_be_within_amount
+    return None
+
+
+def _decide_settle_charge(state: AccountState, command: SettleCharge, now_ms: int) -> Decision:
+    ids = {"payment_id": command.payment_id}
+    rejection = _settlement_field_rejection(command)
+    if rejection is not None:
+        return _rejected(rejection, **ids)
+    payment = state.payments.get(command.payment_id)
+    if payment is None:
+        return _rejected(Rejection.payment_not_found, **ids)
+    if payment.payout_id is not None:
+        if payment.payout_id != command.payout_id:
+            return _rejected(Rejection.exists_with_different_payout, **ids)
+        if payment.fee_minor != command.fee_minor:
+            return _rejected(Rejection.exists_with_different_fee, **ids)
+        if payment.amount_minor != command.amount_minor:
+            return _rejected(Rejection.exists_with_different_amount, **ids)
+        return _exists(**ids)
+    if command.currency != payment.currency:
+        return _rejected(Rejection.currency_must_match_account, **ids)
+    charge_id = payment.captured_charge_id
+    if charge_id is None or charge_id != command.charge_id:
+        return _rejected(Rejection.charge_must_match_payment, **ids)
+    if command.amount_minor != payment.amount_minor:
+        return _rejected(Rejection.amount_must_match_payment, **ids)
+    event = ChargeSettled(
+        at_ms=now_ms, payment_id=payment.payment_id, charge_id=charge_id,
+        payout_id=command.payout_id, amount_minor=command.amount_minor,
+        fee_minor=command.fee_minor,
+    )  # fmt: skip
+    return _ok((event,), **ids)
+
+
 def _decide_dispute_payment(state: AccountState, command: DisputePayment, now_ms: int) -> Decision:
     ids = {"payment_id": command.payment_id}
     payment = state.payments.get(command.payment_id)
@@ -734,12 +874,6 @@ def _set_attempt_status(attempt: Attempt, attempt_event: AttemptEvent) -> None:
     attempt.status = after
 
 
-def _revenue_account(invoice: Invoice) -> LedgerAccount:
-    if invoice.service_period is None:
-        return LedgerAccount.revenue
-    return LedgerAccount.deferred_revenue
-
-
 def _evolve(state: AccountState, event: Event) -> Entry | None:
     ar = LedgerAccount.accounts_receivable
     credit = LedgerAccount.customer_credit
@@ -750,8 +884,9 @@ def _evolve(state: AccountState, event: Event) -> Entry | None:
             due_date=event.due_date, issued_at_ms=event.at_ms, service_period=event.service_period,
         )  # fmt: skip
         state.invoices[invoice.invoice_id] = invoice
+        # Earned only as recognition runs, even a one-off purchase (on its invoice date).
         return entry(f"invoice {invoice.invoice_id}", {ar: event.amount_minor},
-                     {_revenue_account(invoice): event.amount_minor})  # fmt: skip
+                     {LedgerAccount.deferred_revenue: event.amount_minor})  # fmt: skip
     if isinstance(event, CreditApplied):
         invoice = state.invoices[event.invoice_id]
         assert 0 < event.amount_minor <= state.credit_minor
@@ -765,13 +900,19 @@ def _evolve(state: AccountState, event: Event) -> Entry | None:
         assert invoice.status is InvoiceStatus.open
         assert event.amount_remaining_minor == invoice.amount_remaining_minor
         assert event.amount_paid_minor == invoice.amount_paid_minor
+        recognized_minor = invoice.amount_recognized_minor
+        assert {p.month: -p.amount_minor for p in event.revenue_reversed} == {
+            m: v for m, v in invoice.recognized_by_month.items() if v
+        }, (event, invoice.recognized_by_month)
         invoice.status = InvoiceStatus.void
+        invoice.recognized_by_month = {}
         state.credit_minor += event.amount_paid_minor
         return entry(
             f"void {invoice.invoice_id}",
-            {_revenue_account(invoice): invoice.amount_due_minor},
+            {LedgerAccount.deferred_revenue: invoice.amount_due_minor - recognized_minor,
+             LedgerAccount.revenue: recognized_minor},
             {ar: event.amount_remaining_minor, credit: event.amount_paid_minor},
-        )
+        )  # fmt: skip
     if isinstance(event, PaymentCreated):
         assert event.payment_id not in state.payments
         state.payments[event.payment_id] = Payment(
@@ -896,6 +1037,32 @@ def _evolve(state: AccountState, event: Event) -> Entry | None:
                      {credit: event.from_credit_minor,
                       LedgerAccount.refunds: event.amount_minor - event.from_credit_minor},
                      {LedgerAccount.processor_clearing: event.amount_minor})  # fmt: skip
+    if isinstance(event, RevenueRecognized):
+        recognized_minor = 0
+        for part in event.parts:
+            invoice = state.invoices[part.invoice_id]
+            assert invoice.status is not InvoiceStatus.void, invoice
+            assert part.amount_minor > 0, part
+            month_minor = invoice.recognized_by_month.get(part.month, 0) + part.amount_minor
+            invoice.recognized_by_month[part.month] = month_minor
+            assert invoice.amount_recognized_minor <= invoice.amount_due_minor, invoice
+            recognized_minor += part.amount_minor
+        if state.recognized_through is None or event.through > state.recognized_through:
+            state.recognized_through = event.through
+        return entry(f"recognize through {event.through.isoformat()}",
+                     {LedgerAccount.deferred_revenue: recognized_minor},
+                     {LedgerAccount.revenue: recognized_minor})  # fmt: skip
+    if isinstance(event, ChargeSettled):
+        payment = state.payments[event.payment_id]
+        assert payment.payout_id is None, payment
+        assert payment.captured_charge_id == event.charge_id, (payment, event)
+        assert 0 <= event.fee_minor <= event.amount_minor == payment.amount_minor, event
+        payment.payout_id = event.payout_id
+        payment.fee_minor = event.fee_minor
+        return entry(f"settle {event.charge_id} in {event.payout_id}",
+                     {LedgerAccount.cash: event.amount_minor - event.fee_minor,
+                      LedgerAccount.fees: event.fee_minor},
+                     {LedgerAccount.processor_clearing: event.amount_minor})  # fmt: skip
     assert isinstance(event, PaymentDisputed), event
     _set_payment_status(state.payments[event.payment_id], PaymentEvent.disputed, event.at_ms)
     return None
@@ -954,12 +1121,23 @@ def check_invariants(state: AccountState) -> None:
     if state.credit_minor > 0:
         assert open_remaining_minor == 0, "credit stands beside an open balance"
     captured_minor = 0
+    deferred_minor = 0
+    recognized_minor = 0
     for invoice in state.invoices.values():
         assert 0 <= invoice.amount_paid_minor <= invoice.amount_due_minor, invoice
         paid_in_full = invoice.amount_paid_minor == invoice.amount_due_minor
         assert (invoice.status is InvoiceStatus.paid) == (
             paid_in_full and invoice.status is not InvoiceStatus.void
         ), invoice
+        assert all(v > 0 for v in invoice.recognized_by_month.values()), invoice
+        assert 0 <= invoice.amount_recognized_minor <= invoice.amount_due_minor, invoice
+        if invoice.status is not InvoiceStatus.void:
+            recognized_minor += invoice.amount_recognized_minor
+            deferred_minor += invoice.amount_due_minor - invoice.amount_recognized_minor
+    assert -state.ledger.get(LedgerAccount.revenue, 0) == recognized_minor, state.ledger
+    assert -state.ledger.get(LedgerAccount.deferred_revenue, 0) == deferred_minor, state.ledger
+    settled_minor = 0
+    fees_minor = 0
     for payment in state.payments.values():
         captured = any(a.status is AttemptStatus.succeeded for a in payment.attempts)
         assert sum(a.status is AttemptStatus.succeeded for a in payment.attempts) <= 1
@@ -971,7 +1149,14 @@ def check_invariants(state: AccountState) -> None:
         else:
             assert not payment.allocations, payment
             assert payment.amount_refunded_minor == 0, payment
+            assert payment.payout_id is None, payment
+        if payment.payout_id is not None:
+            settled_minor += payment.amount_minor
+            fees_minor += payment.fee_minor
         assert (payment.status is PaymentStatus.retry_scheduled) == (
             payment.next_retry_at_ms is not None
         ), payment
-    assert state.ledger.get(LedgerAccount.processor_clearing, 0) == captured_minor
+    clearing_minor = captured_minor - settled_minor
+    assert state.ledger.get(LedgerAccount.processor_clearing, 0) == clearing_minor, state.ledger
+    assert state.ledger.get(LedgerAccount.fees, 0) == fees_minor, state.ledger
+    assert state.ledger.get(LedgerAccount.cash, 0) == settled_minor - fees_minor, state.ledger

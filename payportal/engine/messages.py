@@ -26,6 +26,7 @@ __all__ = [
     "AttemptOutcomeUnknown",
     "AttemptSucceeded",
     "CancelPayment",
+    "ChargeSettled",
     "Command",
     "CreatePayment",
     "CreditApplied",
@@ -44,6 +45,7 @@ __all__ = [
     "PaymentMethodReplaced",
     "PaymentRefunded",
     "ReadAccount",
+    "RecognizeRevenue",
     "RecordOutcome",
     "RefundPayment",
     "ReplacePaymentMethod",
@@ -51,7 +53,10 @@ __all__ = [
     "RetriesExhausted",
     "RetryDeferred",
     "RetryStarted",
+    "RevenuePart",
+    "RevenueRecognized",
     "ServicePeriod",
+    "SettleCharge",
     "StartRetry",
     "VoidInvoice",
 ]
@@ -64,6 +69,15 @@ class _Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class ServicePeriod(_Message, frozen=True, kw_only=True):
     start: dt.date
     end: dt.date  # inclusive
+
+
+class RevenuePart(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """Revenue of one invoice for one calendar month of service (``YYYY-MM``), in minor
+    units: positive when recognized, negative when a void takes it back."""
+
+    invoice_id: str
+    month: str
+    amount_minor: int
 
 
 class PaymentMethodRef(_Message, frozen=True, kw_only=True):
@@ -176,9 +190,32 @@ class ReadAccount(_Message, tag="read_account", frozen=True, kw_only=True):
     invoice_id: str | None = None
 
 
+class RecognizeRevenue(_Message, tag="recognize_revenue", frozen=True, kw_only=True):
+    """Recognize what the account's invoices have earned by the end of ``through`` (a past
+    day). Recognizing through a day already done posts nothing; an earlier day than one
+    already done changes nothing (recognition never goes backwards)."""
+
+    account_id: str
+    through: dt.date
+
+
+class SettleCharge(_Message, tag="settle_charge", frozen=True, kw_only=True):
+    """The processor paid a captured charge out: ``amount_minor`` less its fee reached the
+    bank in payout ``payout_id``. Once per payment; a replay answers ``exists``."""
+
+    account_id: str
+    payment_id: str
+    charge_id: str
+    payout_id: str
+    amount_minor: int
+    fee_minor: int
+    currency: str
+
+
 Command = (
     OpenAccount | IssueInvoice | VoidInvoice | CreatePayment | RecordOutcome | StartRetry
     | ReplacePaymentMethod | CancelPayment | RefundPayment | DisputePayment | ReadAccount
+    | RecognizeRevenue | SettleCharge
 )  # fmt: skip
 
 # -- events (journaled; replayed by ``evolve``) -------------------------------------------
@@ -211,6 +248,8 @@ class InvoiceVoided(_Event, tag="invoice_voided", frozen=True, kw_only=True):
     # What the invoice still owed leaves receivables; what was paid on it returns to credit.
     amount_remaining_minor: int
     amount_paid_minor: int
+    # The revenue already recognized for it, taken back per month of service (negative).
+    revenue_reversed: tuple[RevenuePart, ...] = ()
 
 
 class PaymentCreated(_Event, tag="payment_created", frozen=True, kw_only=True):
@@ -301,11 +340,26 @@ class PaymentDisputed(_Event, tag="payment_disputed", frozen=True, kw_only=True)
     payment_id: str
 
 
+class RevenueRecognized(_Event, tag="revenue_recognized", frozen=True, kw_only=True):
+    """Deferred revenue earned by the end of ``through``, per invoice and month of service."""
+
+    through: dt.date
+    parts: tuple[RevenuePart, ...]
+
+
+class ChargeSettled(_Event, tag="charge_settled", frozen=True, kw_only=True):
+    payment_id: str
+    charge_id: str
+    payout_id: str
+    amount_minor: int
+    fee_minor: int
+
+
 Event = (
     AccountOpened | InvoiceIssued | CreditApplied | InvoiceVoided | PaymentCreated
     | AttemptSucceeded | AttemptDeclined | AttemptErrored | AttemptOutcomeUnknown
     | RetryStarted | RetryDeferred | RetriesExhausted | PaymentMethodReplaced | PaymentCanceled
-    | PaymentRefunded | PaymentDisputed
+    | PaymentRefunded | PaymentDisputed | RevenueRecognized | ChargeSettled
 )  # fmt: skip
 
 # -- outcomes -------------------------------------------------------------------------------

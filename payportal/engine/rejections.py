@@ -23,6 +23,7 @@ class Rejection(StrEnum):
     allocation_amount_must_be_positive = auto()
     allocation_invoice_must_be_unique = auto()
     allocations_must_not_exceed_amount = auto()
+    fee_must_be_within_amount = auto()
     # -- identity and idempotency: the same id seen before with other fields ------------
     account_not_found = auto()
     exists_with_different_currency = auto()
@@ -37,11 +38,14 @@ class Rejection(StrEnum):
     exists_with_different_idempotency_key = auto()
     exists_with_different_payment = auto()
     exists_with_different_outcome = auto()
+    exists_with_different_payout = auto()
+    exists_with_different_fee = auto()
     # -- references ---------------------------------------------------------------------
     currency_must_match_account = auto()
     invoice_not_found = auto()
     payment_not_found = auto()
     attempt_not_found = auto()
+    charge_must_match_payment = auto()
     # -- the state the account is in ----------------------------------------------------
     invoice_must_be_open = auto()
     allocation_must_not_exceed_invoice_remaining = auto()
@@ -51,6 +55,7 @@ class Rejection(StrEnum):
     payment_status_must_allow_transition = auto()
     retry_must_be_due = auto()
     refund_must_not_exceed_refundable = auto()
+    recognition_date_must_be_past = auto()
 
     @property
     def param(self) -> str | None:
@@ -81,4 +86,9 @@ _PARAMS: dict[Rejection, str] = {
     Rejection.allocation_must_not_exceed_invoice_remaining: "allocations",
     Rejection.amount_must_match_payment: "amount",
     Rejection.refund_must_not_exceed_refundable: "amount",
+    Rejection.fee_must_be_within_amount: "fee",
+    Rejection.exists_with_different_payout: "payout",
+    Rejection.exists_with_different_fee: "fee",
+    Rejection.charge_must_match_payment: "charge",
+    Rejection.recognition_date_must_be_past: "through",
 }

@@ -35,6 +35,7 @@ __all__ = [
     "period_days",
     "recognition_accuracy",
     "recognition_schedule",
+    "recognized_by_month",
     "recognized_through",
     "recognized_through_days",
     "revenue_by_month",
@@ -114,6 +115,24 @@ def _invoice_months(invoice: RevenueInvoice) -> list[tuple[str, dt.date, dt.date
         months.append((month_key(first), first, last))
         first = last + _ONE_DAY
     return months
+
+
+def recognized_by_month(invoice: RevenueInvoice, as_of: dt.date) -> dict[str, int]:
+    """What ``invoice`` has earned by the end of ``as_of``, per calendar month of service;
+    months with nothing earned are left out. Nothing before the invoice date."""
+    if invoice.invoice_date > as_of:
+        return {}
+    earned: dict[str, int] = {}
+    for key, first, last in _invoice_months(invoice):
+        if first > as_of:
+            break
+        month_minor = _invoice_recognized_through(invoice, min(last, as_of)) - (
+            _invoice_recognized_through(invoice, first - _ONE_DAY)
+        )
+        if month_minor:
+            earned[key] = month_minor
+    assert sum(earned.values()) == _invoice_recognized_through(invoice, as_of)
+    return earned
 
 
 def revenue_by_month(
