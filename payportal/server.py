@@ -169,9 +169,12 @@ async def _front_door(
     from payportal.http.app import create_app
     from payportal.http.callbacks import add_callback_routes
     from payportal.http.events import STATUS_STREAMS
+    from payportal.metrics.http import METRICS
 
     app = create_app(router=router, store=store, settings=settings, processor=processor)
     app[STATUS_STREAMS] = streams
+    # Each process's own counters are told apart by this label (payportal.metrics).
+    app[METRICS].worker = str(worker)
     add_callback_routes(
         app, store=store, router=router, secrets={"sandbox": [sandbox_webhook_secret(settings)]}
     )

@@ -141,6 +141,12 @@ class AccountShard:
         core = await self._ready()
         return await core.flush_checkpoints()
 
+    async def metrics_snapshot(self) -> dict[str, Any]:
+        """The shard's counters for ``/metrics``; never opens the store to answer."""
+        if self._core is None:
+            return {"shard_id": self._shard_id}
+        return self._core.metrics_snapshot()
+
 
 def connect_ray(address: str | None = None, **init_kwargs: Any) -> None:
     """Join the Ray at ``address`` (a cluster), or start a local one when None."""

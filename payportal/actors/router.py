@@ -106,6 +106,18 @@ class ShardRouter:
     def outstanding(self) -> int:
         return self._outstanding
 
+    @property
+    def handles(self) -> list[Any]:
+        return [queue._handle for queue in self._queues]
+
+    @property
+    def batches_in_flight(self) -> int:
+        return len(self._tasks)
+
+    def queue_depths(self) -> list[int]:
+        """Commands waiting to be batched, per shard (sent ones count in ``outstanding``)."""
+        return [len(queue._pending) for queue in self._queues]
+
     def submit_nowait(self, command: Command) -> asyncio.Future[Reply]:
         if self._outstanding >= self.queue_max:
             # A full queue drains in about one batch round trip per shard.

@@ -45,6 +45,7 @@ from payportal.engine import (
     decide,
     evolve,
 )
+from payportal.metrics._shard import ShardMetrics
 
 from .protocol import BATCH_DECODER, REPLIES_ENCODER, Balance, Reply
 
@@ -116,6 +117,7 @@ class AccountShardCore:
         self._started = False
         self._batches = 0
         self.stats: dict[str, int] = {"batches": 0, "commands": 0, "events": 0, "loads": 0}
+        self.metrics = ShardMetrics()
 
     @property
     def store(self) -> Any:
@@ -156,6 +158,8 @@ class AccountShardCore:
         replies: list[msgspec.Raw] = []
         rng = self._rng
         accounts = self._accounts
+        metrics = self.metrics
+        metrics.batch_commands.observe(len(commands))
         # From here to queuing the commit nothing awaits: each account's commands apply in
         # order, and the commit's rows are built from the states as this batch left them.
         for command in commands:
@@ -172,7 +176,10 @@ class AccountShardCore:
                     )
                 # The engine's ``execute``, unrolled to learn which event posted each entry.
                 for event in decision.events:
+                    watched = metrics.unfinished_payment(after, event)
                     after, posted = evolve(after, event)
+                    if watched is not None:
+                        metrics.after_event(after, watched)
                     if posted is not None:
                         change.entries.append(posted)
                         change.entry_versions.append(after.version)
@@ -265,6 +272,7 @@ class AccountShardCore:
             raise CommitAborted(f"shard {self.shard_id}: an earlier commit failed")
         if write is None:
             return
+        started = time.perf_counter()
         try:
             await write()
         except BaseException as error:
@@ -276,6 +284,7 @@ class AccountShardCore:
             self._tracked.clear()
             self._on_commit_failure(error)
             raise
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.stats["events"] += events
 
     async def _drain(self) -> None:
@@ -334,6 +343,12 @@ class AccountShardCore:
 
     def account(self, account_id: str) -> AccountState | None:
         return self._accounts.get(account_id)
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Counters and histograms for the front door's ``/metrics`` (plain data)."""
+        return self.metrics.snapshot(
+            shard_id=self.shard_id, accounts_in_memory=len(self._accounts), **self.stats
+        )
 
 
 def _reply(state: AccountState | None, command: Command, decision: Decision) -> Reply:

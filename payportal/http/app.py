@@ -29,6 +29,7 @@ from aiohttp import web
 
 from payportal.actors import Overloaded, ShardRouter
 from payportal.config import Settings
+from payportal.metrics.http import install_metrics
 from payportal.persistence import Store, directory
 from payportal.processors import ProcessorAdapter
 
@@ -143,6 +144,7 @@ def create_app(
     app[ROUTES] = ROUTE_TABLE
     app[TASKS] = set()
     install_rate_limits(app, settings, rate_limits)
+    install_metrics(app)
     owned: ProcessorAdapter | None = None
     if processor is None and settings is not None and settings.processor == "sandbox":
         from payportal.processors.sandbox_client import SandboxProcessor

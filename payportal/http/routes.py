@@ -10,6 +10,8 @@ from typing import Any, Literal
 import msgspec
 from aiohttp import web
 
+from payportal.metrics import http as metrics
+
 from . import events
 from . import handlers_accounts as accounts
 from . import handlers_meta as meta
@@ -103,6 +105,14 @@ ROUTE_TABLE: list[RouteSpec] = [
     _r("GET", "/v1/payments/{id}/events", events.payment_events, "streamPaymentEvents",
        "Server-Sent Events of the payment's status changes (resume with Last-Event-ID)",
        "events", response_content_type="text/event-stream"),
+    # --- metrics ---
+    _r("GET", "/v1/metrics/summary", metrics.metrics_summary, "getMetricsSummary",
+       "The headline figures (average processing time, success rate, revenue recognition "
+       "accuracy) for a time window", "metrics", auth="merchant",
+       query=metrics.MetricsSummaryQuery, response=metrics.MetricsSummary),
+    _r("GET", "/metrics", metrics.prometheus_metrics, "getPrometheusMetrics",
+       "Prometheus metrics (text exposition or OpenMetrics by Accept)", "metrics",
+       auth="merchant", response_content_type="text/plain"),
     _r("GET", "/healthz", meta.healthz, "healthz", "Liveness", "operations", auth="none",
        response=s.Health),
     _r("GET", "/readyz", meta.readyz, "readyz", "Readiness: shards and database answer",
