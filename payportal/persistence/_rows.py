@@ -19,6 +19,8 @@ import msgspec
 
 from payportal.engine import (
     AccountState,
+    AttemptDeclined,
+    AttemptErrored,
     AttemptSucceeded,
     CreditApplied,
     Entry,
@@ -27,6 +29,8 @@ from payportal.engine import (
     InvoiceVoided,
     PaymentCreated,
     PaymentRefunded,
+    PaymentStatus,
+    RetriesExhausted,
 )
 
 from .tables import PROCESSOR_DEFAULT
@@ -71,6 +75,7 @@ COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "ledger_entries": (
         "account_id", "version", "line", "memo", "ledger_account", "side", "amount_minor",
     ),
+    "outbox": ("kind", "dedupe_key", "payload", "due_at_ms"),
 }  # fmt: skip
 
 # The events whose ``evolve`` posts a ledger entry — always, as each moves a positive
@@ -128,6 +133,8 @@ class CommitRows(msgspec.Struct, kw_only=True):
     journal: list[Row] = msgspec.field(default_factory=list)
     checkpoints: dict[str, Row] = msgspec.field(default_factory=dict)
     projection: Projection = msgspec.field(default_factory=Projection)
+    # Payment emails, written in the same transaction as the events that cause them.
+    outbox: list[Row] = msgspec.field(default_factory=list)
 
 
 def event_tag(event: Event) -> str:
@@ -170,6 +177,8 @@ def _add_change(rows: CommitRows, shard_id: int, change: AccountChange) -> None:
     for event in change.events:
         version += 1
         rows.journal.append(_journal_row(shard_id, change.account_id, version, event))
+        if isinstance(event, _NOTIFIED):
+            _add_outbox(rows, state, version, event)
     if change.events:
         project_change(rows.projection, change)
     if change.checkpoint:
@@ -288,3 +297,58 @@ def _add_payment(projection: Projection, state: AccountState, payment_id: str) -
             allocation.amount_minor,
             version,
         )
+
+
+# -- payment emails (rendered and sent by payportal.mail) ------------------------------------
+#
+# A payer hears of a payment's success once, and of each terminal decline: the payment
+# failed, or waits for another payment method. A soft decline that will be retried is not
+# announced; its retry's outcome is. The payload holds the facts as of this commit (the
+# state after the change's events), so the email needs nothing the projection may lag on.
+
+_NOTIFIED: Final = (AttemptSucceeded, AttemptDeclined, AttemptErrored, RetriesExhausted)
+_DECLINE_TERMINAL: Final = frozenset({PaymentStatus.failed, PaymentStatus.requires_payment_method})
+
+
+def _add_outbox(rows: CommitRows, state: AccountState, version: int, event: Event) -> None:
+    assert isinstance(event, _NOTIFIED), event
+    payment = state.payments.get(event.payment_id)
+    if payment is None:
+        return
+    notice: dict[str, Any] = {
+        "account_id": state.account_id, "payment_id": event.payment_id, "version": version,
+        "at_ms": event.at_ms, "amount_minor": payment.amount_minor,
+        "currency": payment.currency, "method_id": payment.payment_method.id,
+        "method_brand": payment.payment_method.brand,
+        "outstanding_minor": state.outstanding_minor, "credit_minor": state.credit_minor,
+    }  # fmt: skip
+    if isinstance(event, AttemptSucceeded):
+        kind = "payment_succeeded"
+        dedupe_key = f"payment_succeeded:{event.payment_id}"
+        invoices = state.invoices
+        notice["allocations"] = [
+            (a.invoice_id, invoices[a.invoice_id].number if a.invoice_id in invoices else "",
+             a.amount_minor)
+            for a in event.allocations
+        ]  # fmt: skip
+        notice["unapplied_minor"] = event.unapplied_minor
+    else:
+        status = getattr(event, "status", PaymentStatus.failed)
+        if status not in _DECLINE_TERMINAL:
+            return
+        kind = "payment_declined"
+        # A payment may be declined for good more than once (a new method, declined again).
+        dedupe_key = f"payment_declined:{event.payment_id}:{version}"
+        attempt_id = getattr(event, "attempt_id", None)
+        attempt = next(
+            (a for a in payment.attempts if a.attempt_id == attempt_id),
+            payment.attempts[-1] if payment.attempts else None,
+        )
+        notice["status"] = status.value
+        notice["exhausted"] = isinstance(event, RetriesExhausted)
+        if attempt is not None:
+            decline_class = attempt.decline_class
+            notice["decline_code"] = attempt.decline_code
+            notice["decline_class"] = decline_class.value if decline_class is not None else None
+            notice["advice_code"] = attempt.advice_code
+    rows.outbox.append((kind, dedupe_key, _encoder.encode(notice), event.at_ms))

@@ -171,8 +171,21 @@ class Store:
             self._sql_checkpoints = _insert_sql(
                 dialect, tables.account_checkpoints, checkpoints, checkpoint_upsert
             )
+            # The same with the commit's payment emails (payportal/mail) in the statement.
+            outbox_sql = [
+                _insert_sql(dialect, tables.outbox, COLUMNS["outbox"],
+                            "ON CONFLICT (dedupe_key) DO NOTHING", first_param=first)
+                for first in (len(journal) + 1, len(journal) + len(checkpoints) + 1)
+            ]  # fmt: skip
+            self._sql_journal_outbox = (f"WITH j AS ({insert_journal}), o AS ({outbox_sql[0]}) "
+                                        "SELECT max(id) FROM j")  # fmt: skip
+            self._sql_both_outbox = (f"WITH j AS ({insert_journal}), c AS ({upsert_checkpoints}), "
+                                     f"o AS ({outbox_sql[1]}) SELECT max(id) FROM j")  # fmt: skip
         else:
             self._sql_journal = _insert_sql(dialect, tables.journal, journal)
+            self._sql_outbox = _insert_sql(
+                dialect, tables.outbox, COLUMNS["outbox"], "ON CONFLICT (dedupe_key) DO NOTHING"
+            )
             self._sql_checkpoints = _insert_sql(
                 dialect, tables.account_checkpoints, checkpoints, checkpoint_upsert
             )
@@ -278,8 +291,17 @@ class Store:
             list(column)
             for column in zip(*(rows.checkpoints[k] for k in sorted(rows.checkpoints)), strict=True)
         ]
+        outbox = [list(column) for column in zip(*rows.outbox, strict=True)]
         async with self._pool.acquire() as connection:
             try:
+                if journal and checkpoints and outbox:
+                    return int(await connection.fetchval(
+                        self._sql_both_outbox, *journal, *checkpoints, *outbox
+                    ))  # fmt: skip
+                if journal and outbox:
+                    return int(
+                        await connection.fetchval(self._sql_journal_outbox, *journal, *outbox)
+                    )
                 if journal and checkpoints:
                     return int(await connection.fetchval(self._sql_both, *journal, *checkpoints))
                 if journal:
@@ -300,6 +322,8 @@ class Store:
                         "SELECT max(id) FROM journal WHERE shard_id = ?", (rows.shard_id,)
                     )
                 ).scalar_one()
+                if rows.outbox:
+                    await connection.exec_driver_sql(self._sql_outbox, rows.outbox)
             if rows.checkpoints:
                 await connection.exec_driver_sql(
                     self._sql_checkpoints, [rows.checkpoints[k] for k in sorted(rows.checkpoints)]

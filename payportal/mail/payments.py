@@ -1,0 +1,252 @@
+"""Payment emails: the confirmation of a succeeded payment and the notice of a decline.
+
+The model: the journal's group commit writes one outbox row per succeeded payment
+(``payment_succeeded:{payment_id}``) and one per terminal decline
+(``payment_declined:{payment_id}:{version}``) in the same transaction as the event
+(``payportal.persistence._rows``). The row holds the facts as of that commit: amount,
+what went to which invoice, the balance after it, the decline code and class. The sender
+renders it here, when it sends, adding what the front door's own tables say: the account
+name, the recipients and the card's brand and last 4.
+
+Who receives it: the account's contact address (``account_profiles.email``, set by the
+merchant) in To, and every payer who signs in for the account (``payer_accounts`` →
+``payers.email``) in Cc, each address once. An account with neither gets no email (the
+row is given up with the reason recorded).
+
+Rules: no card number or secret reaches a template — only brand and last 4, which the
+front door stores for display anyway. An email is not sent before the account's read
+models show its event (``accounts.version``), so the receipt link it carries shows the
+same payment; after ``PROJECTION_WAIT_MS_MAX`` it is sent regardless, since everything it
+says came with the row. Intermediate soft declines that will be retried are not
+announced: the payer hears the retry's outcome instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Final
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from payportal.persistence import tables
+from payportal.persistence.tables_payers import (
+    account_profiles,
+    payer_accounts,
+    payers,
+    payment_methods,
+)
+
+from ._outbox import OutboxEmail
+from ._render import render_email
+
+__all__ = [
+    "KIND_PAYMENT_DECLINED",
+    "KIND_PAYMENT_SUCCEEDED",
+    "PAYMENT_KINDS",
+    "NotReady",
+    "PaymentNotice",
+    "decline_wording",
+    "render_payment_email",
+]
+
+KIND_PAYMENT_SUCCEEDED: Final = "payment_succeeded"
+KIND_PAYMENT_DECLINED: Final = "payment_declined"
+PAYMENT_KINDS: Final = frozenset({KIND_PAYMENT_SUCCEEDED, KIND_PAYMENT_DECLINED})
+
+# The projection writes every 50 ms; a read model still behind after a minute is stuck,
+# and the email (which needs nothing from it) should not wait on its repair.
+PROJECTION_WAIT_MS_MAX: Final = 60_000
+
+
+class NotReady(Exception):
+    """The account's read models do not show the event yet: try again shortly."""
+
+
+class PaymentNotice(msgspec.Struct, frozen=True, kw_only=True):
+    """The outbox payload the group commit writes (a msgpack map; see ``_rows.py``)."""
+
+    account_id: str
+    payment_id: str
+    version: int
+    at_ms: int
+    amount_minor: int
+    currency: str
+    method_id: str
+    method_brand: str = ""
+    outstanding_minor: int = 0
+    credit_minor: int = 0
+    # Succeeded: (invoice_id, invoice number, amount applied) and what was left as credit.
+    allocations: list[tuple[str, str, int]] = msgspec.field(default_factory=list)
+    unapplied_minor: int = 0
+    # Declined.
+    status: str | None = None
+    exhausted: bool = False
+    decline_code: str | None = None
+    decline_class: str | None = None
+    advice_code: str | None = None
+
+
+_decoder: Final = msgspec.msgpack.Decoder(PaymentNotice)
+
+_BRANDS: Final = {
+    "visa": "Visa", "mastercard": "Mastercard", "amex": "American Express",
+    "discover": "Discover", "jcb": "JCB", "diners": "Diners Club", "unionpay": "UnionPay",
+}  # fmt: skip
+_WALLETS: Final = {"apple_pay": "Apple Pay", "google_pay": "Google Pay"}
+
+# Plain words for the decline codes a payer can act on; the rest fall back to the class.
+_REASONS: Final = {
+    "insufficient_funds": "your bank declined it because there were not enough funds "
+    "available on the card.",
+    "expired_card": "the card has expired.",
+    "incorrect_cvc": "the card's security code did not match.",
+    "invalid_cvc": "the card's security code did not match.",
+    "incorrect_number": "the card number was not accepted.",
+    "invalid_number": "the card number was not accepted.",
+    "invalid_account": "the card's account is no longer valid.",
+    "account_closed": "the card's account is closed.",
+    "authentication_required": "your bank asked for extra verification that could not be "
+    "completed.",
+    "card_velocity_exceeded": "the card has reached its spending or transaction limit.",
+    "withdrawal_count_limit_exceeded": "the card has reached its spending or transaction limit.",
+    "transaction_not_allowed": "your bank does not allow this kind of payment on the card.",
+}
+# Codes whose real meaning (lost, stolen, suspected fraud) a notice should not spell out.
+_REASON_BANK_REFUSED: Final = "your bank declined the card and did not give a reason."
+
+
+def decline_wording(notice: PaymentNotice) -> tuple[bool, str, str]:
+    """(hard, why, what to do) for a decline, in plain words."""
+    hard = notice.status == "requires_payment_method" or notice.decline_class == "hard"
+    code = notice.decline_code or ""
+    if code in _REASONS:
+        reason = _REASONS[code]
+    elif notice.decline_class == "technical":
+        reason = "we could not reach the card network to complete the payment."
+    elif notice.decline_class == "soft":
+        reason = "your bank could not approve the payment at this time."
+    else:
+        reason = _REASON_BANK_REFUSED
+    if notice.exhausted:
+        reason = f"we tried the payment several times, and each time {reason}"
+    reason = reason[0].upper() + reason[1:]
+    if notice.decline_class == "technical":
+        advice = "Nothing is wrong with your card: please try the payment again."
+    elif code == "insufficient_funds":
+        advice = "Please make sure funds are available, or use another card."
+    else:
+        advice = "Please contact your bank, or use another card."
+    return hard, reason, advice
+
+
+def _brand(brand: str) -> str:
+    return _BRANDS.get(brand.lower(), brand.replace("_", " ").title())
+
+
+def _date(at_ms: int) -> str:
+    day = dt.datetime.fromtimestamp(at_ms / 1000, tz=dt.UTC).date()
+    return f"{day.day} {day:%B %Y}"
+
+
+async def _recipients(
+    connection: AsyncConnection, account_id: str
+) -> tuple[str, list[str], list[str]]:
+    """(account name, To, Cc)."""
+    profile = (
+        await connection.execute(
+            sa.select(account_profiles.c.name, account_profiles.c.email).where(
+                account_profiles.c.account_id == account_id
+            )
+        )
+    ).first()
+    payer_emails = (
+        (
+            await connection.execute(
+                sa.select(payers.c.email)
+                .select_from(payer_accounts.join(payers, payers.c.id == payer_accounts.c.payer_id))
+                .where(payer_accounts.c.account_id == account_id)
+                .order_by(payers.c.email)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    seen: set[str] = set()
+    to: list[str] = []
+    cc: list[str] = []
+    if profile is not None and profile.email:
+        to.append(profile.email)
+        seen.add(profile.email.lower())
+    for email in payer_emails:
+        if email.lower() not in seen:
+            seen.add(email.lower())
+            (cc if to else to).append(email)
+    name = profile.name if profile is not None else "customer"
+    return name, to, cc
+
+
+async def _method(connection: AsyncConnection, notice: PaymentNotice) -> dict[str, str] | None:
+    m = payment_methods.c
+    query = sa.select(m.brand, m.last4, m.wallet).where(
+        m.id == notice.method_id, m.account_id == notice.account_id
+    )
+    found = (await connection.execute(query)).first()
+    if found is None:
+        return {"brand": _brand(notice.method_brand), "last4": ""} if notice.method_brand else None
+    brand = _brand(found.brand)
+    if found.wallet:
+        brand = f"{_WALLETS.get(found.wallet, found.wallet)} ({brand})"
+    # Only ever the last four digits: a longer value here would be a bug upstream.
+    last4 = found.last4 if found.last4 and len(found.last4) == 4 else ""
+    return {"brand": brand, "last4": last4}
+
+
+async def _projected(connection: AsyncConnection, notice: PaymentNotice) -> bool:
+    version = (
+        await connection.execute(
+            sa.select(tables.accounts.c.version).where(
+                tables.accounts.c.account_id == notice.account_id
+            )
+        )
+    ).scalar()
+    return version is not None and version >= notice.version
+
+
+async def render_payment_email(
+    connection: AsyncConnection, *, kind: str, payload: bytes, public_url: str, now_ms: int
+) -> OutboxEmail:
+    """The email for a payment outbox row. Raises ``NotReady`` while the read models lag,
+    ``LookupError`` when the account has nobody to write to."""
+    assert kind in PAYMENT_KINDS, kind
+    notice = _decoder.decode(payload)
+    if now_ms - notice.at_ms < PROJECTION_WAIT_MS_MAX and not await _projected(connection, notice):
+        raise NotReady(notice.payment_id)
+    name, to, cc = await _recipients(connection, notice.account_id)
+    if not to:
+        raise LookupError(f"account {notice.account_id} has no contact email and no payers")
+    context: dict[str, object] = {
+        "account_name": name, "payment_id": notice.payment_id,
+        "amount_minor": notice.amount_minor, "currency": notice.currency,
+        "method": await _method(connection, notice),
+        "outstanding_minor": notice.outstanding_minor, "credit_minor": notice.credit_minor,
+    }  # fmt: skip
+    if kind == KIND_PAYMENT_SUCCEEDED:
+        context["paid_on"] = _date(notice.at_ms)
+        context["allocations"] = [
+            {"invoice_id": invoice_id, "invoice_number": number or invoice_id,
+             "amount_minor": amount_minor}
+            for invoice_id, number, amount_minor in notice.allocations
+        ]  # fmt: skip
+        context["unapplied_minor"] = notice.unapplied_minor
+        template = "payment_succeeded"
+    else:
+        hard, reason, advice = decline_wording(notice)
+        context.update(hard=hard, reason=reason, advice=advice)
+        template = "payment_declined"
+    rendered = render_email(template, context, public_url=public_url)
+    return OutboxEmail(
+        to=tuple(to), cc=tuple(cc), subject=rendered.subject, text=rendered.text,
+        html=rendered.html,
+    )  # fmt: skip
