@@ -7,6 +7,7 @@ one transaction, ``load_account`` to recover an account, ``journal`` to audit. S
 
 # Registers the front door's tables on the shared metadata, so migrations and their test
 # see one schema whichever module is imported first.
+from . import tables_accounting as _tables_accounting  # noqa: F401
 from . import tables_billing as _tables_billing  # noqa: F401
 from . import tables_payers as _tables_payers  # noqa: F401
 from . import tables_portal as _tables_portal  # noqa: F401
