@@ -81,6 +81,8 @@ def openapi_document(routes: list[Any], *, version: str = "0.1.0") -> dict[str, 
             ok = {"description": "OK", "content": content}
         else:
             ok = {"description": "OK"}
+        for content_type in getattr(route, "response_alternatives", ()):
+            ok.setdefault("content", {})[content_type] = {"schema": {"type": "string"}}
         responses: dict[str, Any] = {"200": ok}
         errors = dict(_ERROR_STATUSES)
         if route.idempotency is not None:

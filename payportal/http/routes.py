@@ -16,6 +16,7 @@ from . import events
 from . import handlers_accounts as accounts
 from . import handlers_meta as meta
 from . import handlers_payments as payments
+from . import handlers_statements as statements
 from . import schemas as s
 
 __all__ = ["ROUTE_TABLE", "RouteSpec"]
@@ -38,6 +39,8 @@ class RouteSpec(msgspec.Struct, frozen=True, kw_only=True):
     response_content_type: str = "application/json"
     idempotency: Literal["required", "optional"] | None = None
     in_openapi: bool = True
+    # Other content types the 200 may have (chosen by a query parameter), as strings.
+    response_alternatives: tuple[str, ...] = ()
 
 
 def _r(method: str, path: str, handler: Handler, operation_id: str, summary: str, tag: str,
@@ -99,6 +102,12 @@ ROUTE_TABLE: list[RouteSpec] = [
     _r("POST", "/v1/payments/{id}/refunds", payments.create_refund, "createRefund",
        "Refund a payment", "payments", auth="merchant", body=s.RefundCreate,
        response=s.Refund, idempotency="required"),
+    # --- statements ---
+    _r("GET", "/v1/accounts/{id}/statement", statements.get_statement, "getAccountStatement",
+       "An account's statement for a period: opening balance, invoices, payments and their "
+       "allocations, credit, refunds, voids, closing balance (format=pdf|csv|json)",
+       "statements", query=statements.StatementQuery, response=statements.StatementOut,
+       response_alternatives=("application/pdf", "text/csv")),
     _r("GET", "/v1/accounts/{id}/events", events.account_events, "streamAccountEvents",
        "Server-Sent Events of the account's payment status changes (resume with "
        "Last-Event-ID)", "events", response_content_type="text/event-stream"),

@@ -111,13 +111,14 @@ async def _read(
     query = sa.select(j.version, j.at_ms, j.payload).where(j.account_id == account_id)
     if end_ms is not None:
         # Events after the period are not needed; replay stops at the last one inside it
-        # (versions are in commit order, so everything before it is read too).
+        # (versions are in commit order, so everything before it is read too), and reads
+        # at least the opening event, so an account opened after the period still has one.
         last = (
             sa.select(sa.func.max(j.version))
             .where(j.account_id == account_id, j.at_ms < end_ms)
             .scalar_subquery()
         )
-        query = query.where(j.version <= last)
+        query = query.where(j.version <= sa.func.coalesce(last, 1))
     rows = list(await connection.execute(query.order_by(j.version)))
     return profile, rows
 
