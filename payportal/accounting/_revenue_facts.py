@@ -52,7 +52,7 @@ __all__ = [
     "AccountRevenueFacts",
     "DifferingInvoice",
     "RevenueMonth",
-    "RevenueReportData",
+    "RevenueReport",
     "build_revenue_report",
     "facts_from_events",
 ]
@@ -146,7 +146,7 @@ class DifferingInvoice(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @dataclass(frozen=True)
-class RevenueReportData:
+class RevenueReport:
     as_of: dt.date | None
     months: list[RevenueMonth]
     accuracy: Fraction
@@ -168,7 +168,7 @@ def build_revenue_report(
     as_of: dt.date | None,
     start: dt.date | None = None,
     end: dt.date | None = None,
-) -> RevenueReportData:
+) -> RevenueReport:
     """Months of service from ``start``'s month to ``end``'s (inclusive; None: open), as of
     the end of ``as_of`` (None: nothing recognized yet, everything issued is deferred)."""
     ledger: dict[tuple[str, str], int] = {}
@@ -224,7 +224,7 @@ def build_revenue_report(
         )
     accuracy_by_currency = {c: _ratio(e, b) for c, (e, b) in sorted(by_currency.items())}
     in_range = [d for d in differing if _in_range(d.month, start, end)]
-    return RevenueReportData(
+    return RevenueReport(
         as_of=as_of,
         months=months,
         accuracy=min(accuracy_by_currency.values(), default=Fraction(1)),

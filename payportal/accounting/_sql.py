@@ -1,0 +1,39 @@
+"""SQL the accounting jobs share: one insert-or-update on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+__all__ = ["insert_ignoring_conflicts", "upsert"]
+
+
+def _insert(connection: AsyncConnection, table: sa.Table) -> Any:
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+async def upsert(
+    connection: AsyncConnection,
+    table: sa.Table,
+    values: Mapping[str, Any],
+    *,
+    keys: Sequence[str],
+    update: Mapping[str, Any],
+) -> None:
+    statement = _insert(connection, table).values(**values)
+    await connection.execute(statement.on_conflict_do_update(index_elements=keys, set_=update))
+
+
+async def insert_ignoring_conflicts(
+    connection: AsyncConnection, table: sa.Table, values: Mapping[str, Any]
+) -> bool:
+    """Insert one row unless a unique key already holds it; True when inserted."""
+    statement = _insert(connection, table).values(**values).on_conflict_do_nothing()
+    result = await connection.execute(statement)
+    return bool(result.rowcount)
