@@ -28,6 +28,7 @@ import os
 import secrets
 import stat
 import tempfile
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
@@ -50,6 +51,8 @@ BATCH_MAX_ITEMS_LIMIT = 65_536
 BATCH_MAX_WAIT_MS_LIMIT = 1_000
 # Shards are fixed when a deployment is created; beyond this a typo is likelier than intent.
 SHARDS_LIMIT = 4_096
+# Billing runs at least daily: a longer interval would leave periods unbilled past their day.
+BILLING_INTERVAL_S_LIMIT = 86_400
 # Enough to lift every request limit out of a loopback load test's way.
 RATE_LIMITS_SCALE_LIMIT = 1_000_000
 
@@ -99,6 +102,10 @@ class Settings:
     # The built-in mail catcher (used when smtp_url is None): SMTP, and its inbox page.
     mail_catcher_port: int = 8025
     mail_ui_port: int = 8026
+    # How often `serve` runs billing (seconds; 0: never), and the IANA time zone whose
+    # calendar dates subscription periods follow.
+    billing_interval_s: int = 60
+    billing_timezone: str = "UTC"
 
     @property
     def public_url(self) -> str:
@@ -174,6 +181,8 @@ def load_settings(
         public_url_configured=_url(raw, "PUBLIC_URL", ("http", "https"), host_required=True),
         mail_catcher_port=_int(raw, "MAIL_CATCHER_PORT", 8025, 1, 65_535),
         mail_ui_port=_int(raw, "MAIL_UI_PORT", 8026, 1, 65_535),
+        billing_interval_s=_int(raw, "BILLING_INTERVAL_S", 60, 0, BILLING_INTERVAL_S_LIMIT),
+        billing_timezone=_billing_timezone(raw),
     )
 
 
@@ -234,6 +243,8 @@ SETTING_NAMES = frozenset(
         "PUBLIC_URL",
         "MAIL_CATCHER_PORT",
         "MAIL_UI_PORT",
+        "BILLING_INTERVAL_S",
+        "BILLING_TIMEZONE",
     )
 )
 
@@ -381,6 +392,18 @@ def _processor(raw: Mapping[str, str]) -> str:
             f"{PREFIX}PROCESSOR: must be one of {', '.join(sorted(PROCESSORS))}, "
             f"got {_shown(value)}"
         )
+    return value
+
+
+def _billing_timezone(raw: Mapping[str, str]) -> str:
+    value = raw.get(PREFIX + "BILLING_TIMEZONE", "UTC")
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise SettingsError(
+            f"{PREFIX}BILLING_TIMEZONE: must be an IANA time zone such as Europe/Berlin, "
+            f"got {_shown(value)}"
+        ) from None
     return value
 
 

@@ -314,6 +314,20 @@ class BillingRunner:
         await self._guarded(semaphore, self._remind_expiring_cards(today, report), report)
         return report
 
+    async def bill_subscription(self, subscription_id: str) -> BillingReport:
+        """Claim and work one subscription's due periods now (a new subscription's first
+        period, without waiting for the next scheduled run)."""
+        now_ms = self._clock_ms()
+        today = local_date(now_ms, self.zone)
+        report = BillingReport(today=today)
+        sub = await records.subscription(self._engine, subscription_id)
+        if sub is None or sub.status not in records.BILLABLE:
+            return report
+        report.subscriptions_due = 1
+        for row in await self._claim(sub, today, now_ms, report):
+            await self._work(row, now_ms, report, leased=True)
+        return report
+
     async def _guarded(
         self, semaphore: asyncio.Semaphore, work: Awaitable[None], report: BillingReport
     ) -> None:

@@ -14,6 +14,7 @@ from payportal.metrics import http as metrics
 
 from . import events
 from . import handlers_accounts as accounts
+from . import handlers_billing as billing
 from . import handlers_meta as meta
 from . import handlers_payments as payments
 from . import handlers_statements as statements
@@ -122,6 +123,35 @@ ROUTE_TABLE: list[RouteSpec] = [
     _r("GET", "/metrics", metrics.prometheus_metrics, "getPrometheusMetrics",
        "Prometheus metrics (text exposition or OpenMetrics by Accept)", "metrics",
        auth="merchant", response_content_type="text/plain"),
+    # --- billing ---
+    _r("POST", "/v1/plans", billing.create_plan, "createPlan", "Create a plan", "billing",
+       auth="merchant", body=billing.PlanCreate, response=billing.Plan,
+       idempotency="optional"),
+    _r("GET", "/v1/plans", billing.list_plans, "listPlans", "List plans", "billing",
+       query=s.ListQuery, response=billing.PlanList),
+    _r("POST", "/v1/accounts/{id}/subscriptions", billing.create_subscription,
+       "createSubscription", "Subscribe an account to a plan (its first period is billed "
+       "at once)", "billing", auth="merchant", body=billing.SubscriptionCreate,
+       response=billing.Subscription, idempotency="optional"),
+    _r("GET", "/v1/accounts/{id}/subscriptions", billing.list_account_subscriptions,
+       "listSubscriptions", "List an account's subscriptions", "billing", query=s.ListQuery,
+       response=billing.SubscriptionList),
+    _r("GET", "/v1/subscriptions/{id}", billing.get_subscription, "getSubscription",
+       "Retrieve a subscription", "billing", response=billing.Subscription),
+    _r("POST", "/v1/subscriptions/{id}/cancel", billing.cancel_subscription,
+       "cancelSubscription", "Cancel a subscription at its period's end or at once",
+       "billing", body=billing.SubscriptionCancel, response=billing.Subscription),
+    _r("POST", "/v1/subscriptions/{id}/change_plan", billing.change_plan, "changePlan",
+       "Move a subscription to another plan, prorated (an upgrade is invoiced at once, a "
+       "downgrade credited to the next invoices)", "billing", auth="merchant",
+       body=billing.PlanChange, response=billing.PlanChangeResult, idempotency="required"),
+    _r("POST", "/v1/accounts/{id}/invoice_items", billing.create_invoice_item,
+       "createInvoiceItem", "A one-off purchase: invoiced now, and charged now when a "
+       "payment method is given", "billing", auth="merchant", body=billing.InvoiceItemCreate,
+       response=billing.BillingInvoice, idempotency="required"),
+    _r("GET", "/v1/accounts/{id}/billing_invoices", billing.list_billing_invoices,
+       "listBillingInvoices", "The invoices billing issued for an account, with their "
+       "charges' outcome", "billing", query=s.ListQuery, response=billing.BillingInvoiceList),
     _r("GET", "/healthz", meta.healthz, "healthz", "Liveness", "operations", auth="none",
        response=s.Health),
     _r("GET", "/readyz", meta.readyz, "readyz", "Readiness: shards and database answer",
