@@ -170,9 +170,11 @@ async def _front_door(
     from payportal.http.callbacks import add_callback_routes
     from payportal.http.events import STATUS_STREAMS
     from payportal.metrics.http import METRICS
+    from payportal.web import install_web
 
     app = create_app(router=router, store=store, settings=settings, processor=processor)
     app[STATUS_STREAMS] = streams
+    install_web(app, settings=settings)
     # Each process's own counters are told apart by this label (payportal.metrics).
     app[METRICS].worker = str(worker)
     add_callback_routes(

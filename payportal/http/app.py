@@ -50,7 +50,7 @@ from .typedefs import (
     TASKS,
 )
 
-__all__ = ["create_app"]
+__all__ = ["PAGE_ERRORS", "create_app"]
 
 log = structlog.get_logger("payportal.http")
 
@@ -61,6 +61,11 @@ _REQUEST_ID_OK: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 SHUTDOWN_GRACE_S: Final = 20.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Set by ``payportal.web``: turns an error answered to a browser page into an HTML page
+# (it returns API responses unchanged), so pages never show the API's JSON.
+PAGE_ERRORS: web.AppKey[Callable[[web.Request, web.Response], web.Response]] = web.AppKey(
+    "page_errors"
+)
 
 
 def _error_response(error: ApiError) -> web.Response:
@@ -109,6 +114,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
                 500, "api_error", "api_error",
                 "Something went wrong on our side; retry with the same Idempotency-Key.",
             ))  # fmt: skip
+        page_errors = request.app.get(PAGE_ERRORS)
+        if page_errors is not None and response.status >= 400:
+            response = page_errors(request, response)  # type: ignore[arg-type]
         response.headers[REQUEST_ID_HEADER] = request_id
         log.info(
             "request", method=request.method, path=request.path, status=response.status,

@@ -261,8 +261,17 @@ async def create_payer(request: web.Request) -> web.Response:
     )  # fmt: skip
     login = await directory.payer_by_email(engine, email)
     assert login is not None
-    # Without a password the payer is to be invited by email with a set-password link;
-    # the invitation is the mail sender's (not built yet): has_password says it is due.
+    if login.password_hash is None:
+        # No password yet: an email with a one-time link to choose one (once per payer
+        # and account, however often this is called).
+        from payportal.mail import public_url
+        from payportal.web.invitations import invite_payer
+
+        profile = await _profile(request, account_id)
+        await invite_payer(
+            engine, payer_id=payer_id, email=email, account_id=account_id,
+            account_name=profile.name, public_url=public_url(),
+        )  # fmt: skip
     accounts = await directory.payer_account_ids(engine, payer_id)
     return respond(
         Payer(id=payer_id, email=email, accounts=accounts,
