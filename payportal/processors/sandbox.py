@@ -21,9 +21,14 @@ Endpoints (JSON, integer minor units, Stripe's error shape
   ``{data: [charge], has_more}``, empty when the processor never received ``K``);
   ``GET /v1/charges`` lists every charge, for settlement reports.
 - ``POST /v1/refunds`` ``{charge, amount?, idempotency_key}`` → ``re_…``.
+- Settlement reports (``_settlement``): ``GET /v1/settlements[?payout=ID]`` (one line per
+  settled charge: amount, fee, net, payout) and ``GET /v1/payouts`` (per payout: date,
+  currency, total), ``{data, has_more}``, or CSV with ``?format=csv``.
 - ``GET /v1/hosted/card-fields``: the card form the portal embeds in an iframe.
 - Sandbox controls: ``GET``/``POST /v1/_faults`` (below), ``POST
-  /v1/_charges/{id}/dispute`` (sends ``charge.disputed``), ``GET /healthz``.
+  /v1/_charges/{id}/dispute`` (sends ``charge.disputed``), ``POST``/``DELETE
+  /v1/_settlements/discrepancies`` (seed a wrong settlement report, or clear them all;
+  kinds in ``_settlement``), ``GET /healthz``.
 
 Charges keep amount, currency, status (``processing`` → ``succeeded`` | ``failed``),
 ``fee`` (2.9 % + 30 minor units, rounded half up, in integers) and ``net``.
@@ -77,6 +82,14 @@ from . import _cards
 from ._callbacks import STANDARD_RETRY_DELAYS_MS, CallbackSender
 from ._faults import Faults, FaultsPatch, apply_patch
 from ._hosted_fields import render_card_fields
+from ._settlement import (
+    Discrepancy,
+    SettledCharge,
+    SettlementKnobs,
+    build_settlement,
+    payouts_csv,
+    settlements_csv,
+)
 
 __all__ = [
     "SANDBOX",
@@ -299,6 +312,7 @@ class SandboxState:
         self.charge_keys: dict[str, _KeyEntry] = {}
         self.refunds: dict[str, Refund] = {}
         self.refund_keys: dict[str, _KeyEntry] = {}
+        self.settlement = SettlementKnobs()
         self.callbacks = CallbackSender(
             url=callback_url,
             secret=webhook_secret,
@@ -620,6 +634,58 @@ async def _list_charges(request: web.Request) -> web.Response:
     return _json(200, {"data": data, "has_more": False})
 
 
+# -- settlement reports ---------------------------------------------------------------------
+
+
+def _settlement(state: SandboxState) -> tuple[list[Any], list[Any]]:
+    charges = [
+        SettledCharge(id=c.id, amount=c.amount, currency=c.currency, created=c.created)
+        for c in state.charges.values()
+        if c.status == "succeeded"
+    ]
+    today = dt.datetime.fromtimestamp(state.now_s(), dt.UTC).date()
+    return build_settlement(charges, state.settlement, today=today, fee_of=fee_minor)
+
+
+def _report(request: web.Request, data: list[Any], render: Callable[[Any], str]) -> web.Response:
+    report_format = request.query.get("format", "json")
+    if report_format == "csv":
+        return web.Response(text=render(data), content_type="text/csv")
+    if report_format != "json":
+        raise ApiError(400, "invalid_request_error", "parameter_invalid",
+                       "format must be json or csv.", param="format")  # fmt: skip
+    return _json(200, {"data": data, "has_more": False})
+
+
+async def _list_settlements(request: web.Request) -> web.Response:
+    lines, _ = _settlement(request.app[SANDBOX])
+    payout = request.query.get("payout")
+    if payout is not None:
+        lines = [line for line in lines if line.payout == payout]
+    return _report(request, lines, settlements_csv)
+
+
+async def _list_payouts(request: web.Request) -> web.Response:
+    _, payouts = _settlement(request.app[SANDBOX])
+    return _report(request, payouts, payouts_csv)
+
+
+async def _post_discrepancy(request: web.Request) -> web.Response:
+    state = request.app[SANDBOX]
+    discrepancy = _decode(await request.read(), Discrepancy)
+    if discrepancy.kind != "unknown_charge" and discrepancy.charge is None:
+        raise ApiError(400, "invalid_request_error", "parameter_missing",
+                       "This kind of discrepancy names a charge.", param="charge")  # fmt: skip
+    state.settlement.discrepancies.append(discrepancy)
+    return _json(200, {"data": state.settlement.discrepancies, "has_more": False})
+
+
+async def _delete_discrepancies(request: web.Request) -> web.Response:
+    state = request.app[SANDBOX]
+    state.settlement.discrepancies.clear()
+    return _json(200, {"data": [], "has_more": False})
+
+
 # -- refunds and disputes -------------------------------------------------------------------
 
 
@@ -834,6 +900,10 @@ def create_sandbox_app(
     app.router.add_get("/v1/_faults", _get_faults)
     app.router.add_post("/v1/_faults", _post_faults)
     app.router.add_post("/v1/_charges/{charge_id}/dispute", _post_dispute)
+    app.router.add_get("/v1/settlements", _list_settlements)
+    app.router.add_get("/v1/payouts", _list_payouts)
+    app.router.add_post("/v1/_settlements/discrepancies", _post_discrepancy)
+    app.router.add_delete("/v1/_settlements/discrepancies", _delete_discrepancies)
     app.router.add_get("/healthz", _healthz)
     return app
 

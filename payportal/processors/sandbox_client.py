@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, TypeVar
 
 import aiohttp
 import msgspec
@@ -29,6 +29,7 @@ import msgspec
 from payportal.engine import OutcomeKind
 from payportal.engine.retry_policy import TECHNICAL_CODES
 
+from ._settlement import Payout, SettlementLine
 from .adapter import ChargeResult, InquiryStatus, ProcessorRequestError, RefundResult
 
 __all__ = ["SandboxProcessor"]
@@ -78,8 +79,19 @@ class _ErrorWire(msgspec.Struct, kw_only=True):
     advice_code: str | None = None
 
 
+class _SettlementList(msgspec.Struct, kw_only=True):
+    data: list[SettlementLine]
+
+
+class _PayoutList(msgspec.Struct, kw_only=True):
+    data: list[Payout]
+
+
 class _ErrorEnvelope(msgspec.Struct):
     error: _ErrorWire
+
+
+_R = TypeVar("_R")
 
 
 class _Timeout(Exception):
@@ -222,6 +234,29 @@ class SandboxProcessor:
             OutcomeKind.declined: InquiryStatus.declined,
         }.get(result.outcome, InquiryStatus.processing)
         return msgspec.structs.replace(result, inquiry=inquiry)
+
+    # -- settlement reports (for reconciliation) ----------------------------------------------
+
+    async def settlement_report(self) -> tuple[list[SettlementLine], list[Payout]]:
+        """Every settlement line and payout the processor reports. Raises
+        ``ProcessorRequestError`` when it cannot answer (reconciliation then waits for its
+        next run: nothing is matched against a partial report)."""
+        lines = await self._report("/v1/settlements", _SettlementList)
+        payouts = await self._report("/v1/payouts", _PayoutList)
+        return lines.data, payouts.data
+
+    async def _report(self, path: str, type_: type[_R]) -> _R:
+        try:
+            status, raw = await self._request("GET", path)
+        except _Timeout:
+            raise ProcessorRequestError(0, None, f"no answer for {path}") from None
+        if status != 200:
+            error = _error_of(raw)
+            raise ProcessorRequestError(status, error.code, error.message)
+        try:
+            return msgspec.json.decode(raw, type=type_)
+        except msgspec.MsgspecError as error:
+            raise ProcessorRequestError(status, None, f"unreadable {path}: {error}") from None
 
     # -- sandbox only -----------------------------------------------------------------------
 

@@ -1,0 +1,179 @@
+"""The sandbox's settlement reports: what it paid out for which captured charges.
+
+The model: every succeeded charge is settled in the payout of its currency and of the UTC
+day it was created; the payout is paid ``payout_delay_days`` later (its ``date``). A
+settlement line gives the charge's amount, fee (2.9 % + 30 minor units, rounded half up:
+``sandbox.fee_minor``), net (amount less fee) and payout id; a payout gives its date,
+currency, line count and total (the sum of its lines' nets). Payout ids are derived from
+currency and day (``po_20250114_usd``), so every report names the same payouts. Refunds
+and disputes are not settled here (a real processor nets them from later payouts).
+
+Discrepancies, for tests of reconciliation (``POST /v1/_settlements/discrepancies``, each
+one changes the reports until ``DELETE`` clears them all):
+
+| kind | the reports then… |
+|---|---|
+| ``drop_charge`` | leave the charge out (a charge our books have and the processor lacks) |
+| ``unknown_charge`` | carry a line for a charge that never happened (``amount``, ``currency``) |
+| ``amount`` | report the charge's amount changed by ``amount`` (fee and net follow) |
+| ``currency`` | report the charge in ``currency`` |
+| ``duplicate`` | list the charge twice |
+| ``payout_total`` | report the charge's payout total off by ``amount`` |
+
+Pure: the lines and payouts are built from the charges, the knobs and the day given.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import Callable, Iterable
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+__all__ = [
+    "Discrepancy",
+    "Payout",
+    "SettledCharge",
+    "SettlementKnobs",
+    "SettlementLine",
+    "build_settlement",
+    "payouts_csv",
+    "settlements_csv",
+]
+
+_DAY_S: Final = 86_400
+
+DiscrepancyKind = Literal[
+    "drop_charge", "unknown_charge", "amount", "currency", "duplicate", "payout_total"
+]
+
+
+class Discrepancy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    kind: DiscrepancyKind
+    charge: str | None = None  # every kind but unknown_charge names a charge
+    amount: int = 0
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
+
+
+class SettlementKnobs(msgspec.Struct, kw_only=True):
+    payout_delay_days: int = 1
+    discrepancies: list[Discrepancy] = msgspec.field(default_factory=list)
+
+
+class SettledCharge(msgspec.Struct, frozen=True, kw_only=True):
+    """What settlement needs of a charge."""
+
+    id: str
+    amount: int
+    currency: str
+    created: int  # unix seconds
+
+
+class SettlementLine(msgspec.Struct, frozen=True, kw_only=True):
+    object: str = "settlement_line"
+    charge: str
+    payout: str
+    amount: int
+    currency: str
+    fee: int
+    net: int
+    created: int
+
+
+class Payout(msgspec.Struct, frozen=True, kw_only=True):
+    object: str = "payout"
+    id: str
+    date: dt.date
+    currency: str
+    amount: int  # the total paid, the sum of its lines' nets (as the processor reports it)
+    charges: int
+    status: str  # pending | paid
+
+
+def _day(created_s: int) -> dt.date:
+    return dt.date(1970, 1, 1) + dt.timedelta(days=created_s // _DAY_S)
+
+
+def _payout_id(day: dt.date, currency: str) -> str:
+    return f"po_{day:%Y%m%d}_{currency.lower()}"
+
+
+def build_settlement(
+    charges: Iterable[SettledCharge],
+    knobs: SettlementKnobs,
+    *,
+    today: dt.date,
+    fee_of: Callable[[int], int],
+) -> tuple[list[SettlementLine], list[Payout]]:
+    """The settlement lines (in charge order) and payouts (by date, then currency)."""
+    dropped = {d.charge for d in knobs.discrepancies if d.kind == "drop_charge"}
+    duplicated = [d.charge for d in knobs.discrepancies if d.kind == "duplicate"]
+    amount_delta: dict[str | None, int] = {}
+    for d in knobs.discrepancies:
+        if d.kind == "amount":
+            amount_delta[d.charge] = amount_delta.get(d.charge, 0) + d.amount
+    currency_of = {d.charge: d.currency for d in knobs.discrepancies if d.kind == "currency"}
+    lines: list[SettlementLine] = []
+
+    def add(charge_id: str, amount: int, currency: str, created: int) -> None:
+        fee = fee_of(amount) if amount > 0 else 0
+        payout = _payout_id(_day(created), currency)
+        lines.append(SettlementLine(charge=charge_id, payout=payout, amount=amount,
+                                    currency=currency, fee=fee, net=amount - fee,
+                                    created=created))  # fmt: skip
+
+    settled: dict[str, SettledCharge] = {}
+    for charge in charges:
+        settled[charge.id] = charge
+        if charge.id in dropped:
+            continue
+        amount = charge.amount + amount_delta.get(charge.id, 0)
+        add(charge.id, amount, currency_of.get(charge.id) or charge.currency, charge.created)
+    for charge_id in duplicated:
+        original = next((line for line in lines if line.charge == charge_id), None)
+        if original is not None:
+            lines.append(original)
+    for n, d in enumerate(knobs.discrepancies):
+        if d.kind == "unknown_charge":
+            created = (today - dt.date(1970, 1, 1)).days * _DAY_S
+            add(d.charge or f"ch_unknown_{n}", d.amount, d.currency or "USD", created)
+    totals: dict[str, tuple[dt.date, str, int, int]] = {}
+    for line in lines:
+        day, currency, net, count = totals.get(line.payout, (_day(line.created), line.currency,
+                                                             0, 0))  # fmt: skip
+        totals[line.payout] = (day, currency, net + line.net, count + 1)
+    for d in knobs.discrepancies:
+        if d.kind == "payout_total":
+            line = next((x for x in lines if x.charge == d.charge), None)
+            if line is not None:
+                day, currency, net, count = totals[line.payout]
+                totals[line.payout] = (day, currency, net + d.amount, count)
+    delay = dt.timedelta(days=knobs.payout_delay_days)
+    payouts = [
+        Payout(id=payout_id, date=day + delay, currency=currency, amount=net, charges=count,
+               status="paid" if day + delay <= today else "pending")
+        for payout_id, (day, currency, net, count) in totals.items()
+    ]  # fmt: skip
+    payouts.sort(key=lambda p: (p.date, p.currency, p.id))
+    return lines, payouts
+
+
+def settlements_csv(lines: Iterable[SettlementLine]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("charge", "payout", "amount", "currency", "fee", "net", "created"))
+    for x in lines:
+        writer.writerow((x.charge, x.payout, x.amount, x.currency, x.fee, x.net, x.created))
+    return buffer.getvalue()
+
+
+def payouts_csv(payouts: Iterable[Payout]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("payout", "date", "currency", "amount", "charges", "status"))
+    for p in payouts:
+        writer.writerow((p.id, p.date.isoformat(), p.currency, p.amount, p.charges, p.status))
+    return buffer.getvalue()
