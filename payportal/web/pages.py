@@ -431,7 +431,7 @@ async def pay(request: web.Request) -> web.Response:
 
         response = await run_idempotent(
             request, principal=principal, account_id=account.account_id, key=portal_key,
-            hashed=request_hash(request, msgspec.json.encode(body)), operation=operation,
+            hashed=request_hash(request, _submitted(body, chosen)), operation=operation,
         )  # fmt: skip
     except ApiError as error:
         return await _pay_page(request, session, account, choices, _refused(state, error),
@@ -443,6 +443,15 @@ async def pay(request: web.Request) -> web.Response:
         state.errors["form"] = message
         return await _pay_page(request, session, account, choices, state, status=response.status)
     return web.Response(status=303, headers={"Location": f"/payments/{payment['id']}"})
+
+
+def _submitted(body: PaymentCreate, chosen: list[str]) -> bytes:
+    """What "the same submission" means: what the payer chose, not the allocation derived
+    from it, which changes once the first submission is paid."""
+    return msgspec.json.encode({
+        "account": body.account, "amount": body.amount, "currency": body.currency,
+        "invoices": sorted(chosen), "payment_method": body.payment_method, "token": body.token,
+    })  # fmt: skip
 
 
 def _refused(state: PayForm, error: ApiError) -> PayForm:

@@ -1,0 +1,264 @@
+"""The payer portal's pages through aiohttp's test client on SQLite and PostgreSQL: the
+dashboard, paying part of the balance with a hosted-fields token (allocation, receipt,
+new balance), one charge for a double submit, declines in plain words, the allocation
+preview against the API's, live status over the cookie-authenticated stream, history
+filters, saved methods and statements. Harness: ``test_portal_security.portal``."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+import uuid
+from typing import Any
+
+import msgspec
+from aiohttp import ClientResponse
+
+from .test_portal_security import Portal, _email, portal
+
+__all__ = ["portal"]
+
+READ_TIMEOUT_S = 5.0
+
+
+async def _signed_in(portal: Portal, **options: Any) -> str:
+    email = _email()
+    account_id = await portal.payer(email, **options)
+    assert (await portal.sign_in(email)).status == 303
+    return account_id
+
+
+async def _pay(portal: Portal, account_id: str, amount: str, *, card: str = "visa",
+               key: str | None = None, **extra: str) -> ClientResponse:  # fmt: skip
+    token = await portal.token(f"/pay?account={account_id}")
+    fields = {"account": account_id, "amount": amount, "method": "card",
+              "idempotency_key": key or uuid.uuid4().hex, **extra}  # fmt: skip
+    if fields["method"] == "card":
+        fields.update(await portal.card_token(card))
+    return await portal.post("/pay", fields, token=token)
+
+
+def _text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+async def test_the_dashboard_shows_the_balance_open_invoices_and_marks_the_overdue_one(
+    portal: Portal,
+) -> None:
+    account_id = await _signed_in(portal)
+    response = await portal.client.get("/")
+    assert response.status == 200
+    text = _text(await response.text())
+    assert "You owe 1730.50 USD" in text
+    assert "INV-1 Overdue" in text
+    assert "INV-2 Overdue" not in text
+    assert "No payments yet" in text
+    assert account_id in await (await portal.client.get(f"/?account={account_id}")).text()
+
+
+async def test_paying_part_of_the_balance_with_a_new_card_shows_the_receipt_and_new_balance(
+    portal: Portal,
+) -> None:
+    account_id = await _signed_in(portal)
+    response = await _pay(portal, account_id, "1,300.00")
+    assert response.status == 303
+    location = response.headers["Location"]
+    assert location.startswith("/payments/pay_")
+    page = await portal.client.get(location)
+    text = _text(await page.text())
+    assert "Paid" in text
+    assert "Receipt" in text
+    # Oldest first: INV-1 (overdue) in full, the rest to INV-2.
+    assert "INV-1 1250.00 USD" in text
+    assert "INV-2 50.00 USD" in text
+    assert "Balance now: 430.50 USD" in text
+    assert "Visa ending in 4242" in text
+    charges = portal.api.charges()
+    assert [c.amount for c in charges] == [130_000]
+    # The card number never reached the portal: only the token and what may be printed.
+    methods = await portal.api.ok("GET", f"/v1/accounts/{account_id}/payment_methods",
+                                  params={"include_deleted": "true"})  # fmt: skip
+    assert [m["last4"] for m in methods["data"]] == ["4242"]
+
+
+async def test_chosen_invoices_are_paid_first_and_a_double_submit_charges_once(
+    portal: Portal,
+) -> None:
+    account_id = await _signed_in(portal)
+    invoices = await portal.api.ok("GET", f"/v1/accounts/{account_id}/invoices")
+    second = next(i["id"] for i in invoices["data"] if i["number"] == "INV-2")
+    key = uuid.uuid4().hex
+    token = await portal.token(f"/pay?account={account_id}")
+    fields = {"account": account_id, "amount": "480.50", "invoice": second, "method": "card",
+              "idempotency_key": key, **(await portal.card_token())}  # fmt: skip
+    first, again = await asyncio.gather(
+        portal.post("/pay", fields, token=token), portal.post("/pay", fields, token=token)
+    )
+    locations = {r.headers.get("Location") for r in (first, again) if r.status == 303}
+    # Both answered with the one payment, or the second was told it is still in flight.
+    assert len(locations) == 1
+    assert {first.status, again.status} <= {303, 409}
+    replay = await portal.post("/pay", fields, token=token)
+    assert replay.status == 303
+    assert replay.headers["Location"] in locations
+    assert len(portal.api.charges()) == 1
+    text = _text(await (await portal.client.get(replay.headers["Location"])).text())
+    assert "INV-2 480.50 USD" in text
+    assert "INV-1" not in text.split("What went to which invoice")[1]
+
+
+async def test_a_hard_decline_asks_for_another_payment_method_and_a_soft_one_says_retry(
+    portal: Portal,
+) -> None:
+    account_id = await _signed_in(portal)
+    hard = await _pay(portal, account_id, "10.00", card="do_not_honor")
+    assert hard.status == 303
+    text = _text(await (await portal.client.get(hard.headers["Location"])).text())
+    assert "Your card was declined" in text
+    assert "use another payment method" in text
+    assert "without giving a reason" in text
+    soft = await _pay(portal, account_id, "10.00", card="insufficient_funds")
+    text = _text(await (await portal.client.get(soft.headers["Location"])).text())
+    assert "Retry scheduled" in text
+    assert "not have enough funds" in text
+    dashboard = _text(await (await portal.client.get("/")).text())
+    assert "You owe 1730.50 USD" in dashboard
+
+
+async def test_the_preview_splits_an_amount_as_the_api_would(portal: Portal) -> None:
+    account_id = await _signed_in(portal)
+    for amount_minor in (1, 125_000, 130_000, 200_000):
+        amount = f"{amount_minor // 100}.{amount_minor % 100:02d}"
+        mine = await (await portal.client.get(
+            "/pay/preview.json", params={"account": account_id, "amount": amount}
+        )).json()  # fmt: skip
+        api = await portal.api.ok("GET", "/v1/payments/preview_allocation",
+                                  params={"account": account_id, "amount": amount_minor})
+        assert [(a["invoice"], a["amount"]) for a in mine["allocations"]] == [
+            (a["invoice"], a["amount"]) for a in api["allocations"]
+        ]
+        assert mine["unapplied"] == api["amount_unapplied"]
+    bad = await portal.client.get("/pay/preview.json", params={"account": account_id,
+                                                               "amount": "12.345"})  # fmt: skip
+    assert bad.status == 400
+    assert (await bad.json())["error"]["param"] == "amount"
+
+
+async def test_an_invalid_amount_is_shown_next_to_the_field_and_nothing_is_charged(
+    portal: Portal,
+) -> None:
+    account_id = await _signed_in(portal)
+    response = await _pay(portal, account_id, "ten dollars")
+    assert response.status == 400
+    html = await response.text()
+    assert 'aria-invalid="true" aria-describedby="amount-error"' in html
+    assert 'id="amount-error">Enter an amount' in html
+    assert portal.api.charges() == []
+
+
+async def _next_event(response: ClientResponse) -> dict[str, Any]:
+    fields: dict[str, str] = {}
+    async with asyncio.timeout(READ_TIMEOUT_S):
+        while True:
+            line = (await response.content.readline()).decode()
+            assert line, "the stream ended"
+            line = line.rstrip("\r\n")
+            if not line:
+                if "data" in fields:
+                    return dict(msgspec.json.decode(fields["data"]))
+                continue
+            if not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+
+
+async def test_the_status_page_streams_the_payments_changes_to_the_signed_in_payer(
+    portal: Portal,
+) -> None:
+    account_id = await _signed_in(portal)
+    paid = await _pay(portal, account_id, "20.00")
+    location = paid.headers["Location"]
+    await portal.publisher.run_once()
+    stream = await portal.client.get(location + "/events")
+    assert stream.status == 200
+    assert stream.content_type == "text/event-stream"
+    statuses = [(await _next_event(stream))["status"] for _ in range(2)]
+    assert statuses == ["processing", "succeeded"]
+    stream.close()
+    polled = await (await portal.client.get(location + "/status.json")).json()
+    assert polled["status"] == "succeeded"
+    assert polled["final"] is True
+    signed_out = await (await portal.browser()).get(location + "/events")
+    assert signed_out.status == 401
+
+
+async def test_history_filters_by_status_and_invoice_and_links_receipts(portal: Portal) -> None:
+    account_id = await _signed_in(portal)
+    await _pay(portal, account_id, "1250.00")  # INV-1
+    await _pay(portal, account_id, "5.00", card="do_not_honor")
+    await _pay(portal, account_id, "30.00")  # INV-2
+    everything = await (await portal.client.get("/payments")).text()
+    assert everything.count("data-payment=") == 3
+    paid = await (await portal.client.get("/payments", params={"status": "succeeded"})).text()
+    assert paid.count("data-payment=") == 2
+    inv2 = await (await portal.client.get("/payments", params={"invoice": "INV-2"})).text()
+    assert inv2.count("data-payment=") == 1
+    assert "30.00 USD" in inv2
+    bad = await portal.client.get("/payments", params={"from": "yesterday"})
+    assert 'id="from-error"' in await bad.text()
+    future = await (await portal.client.get("/payments", params={"from": "2999-01-01"})).text()
+    assert "No payments match" in future
+
+
+async def test_saved_methods_can_be_added_made_default_used_and_removed(portal: Portal) -> None:
+    account_id = await _signed_in(portal)
+    for card in ("visa", "mastercard"):
+        token = await portal.token(f"/methods?account={account_id}")
+        added = await portal.post("/methods", {"account": account_id,
+                                               **(await portal.card_token(card))}, token=token)
+        assert added.status == 303
+    page = await (await portal.client.get(f"/methods?account={account_id}")).text()
+    ids = re.findall(r'data-method="(pm_[^"]+)"', page)
+    assert len(ids) == 2
+    assert _text(page).count("Default") == 1  # the first card saved became the default
+    token = await portal.token(f"/methods?account={account_id}")
+    assert (await portal.post(f"/methods/{ids[1]}/default", {}, token=token)).status == 303
+    pay_page = await (await portal.client.get(f"/pay?account={account_id}")).text()
+    assert re.search(rf'value="{ids[1]}" checked', pay_page)
+    paid = await _pay(portal, account_id, "15.00", method=ids[1])
+    assert paid.status == 303
+    assert "Mastercard ending in 4444" in _text(await (await portal.client.get(
+        paid.headers["Location"])).text())  # fmt: skip
+    token = await portal.token(f"/methods?account={account_id}")
+    assert (await portal.post(f"/methods/{ids[1]}/remove", {}, token=token)).status == 303
+    page = await (await portal.client.get(f"/methods?account={account_id}")).text()
+    assert re.findall(r'data-method="(pm_[^"]+)"', page) == [ids[0]]
+    reuse = await _pay(portal, account_id, "15.00", method=ids[1])
+    assert reuse.status == 400
+    assert "Choose how to pay" in await reuse.text()
+
+
+async def test_statements_download_as_pdf_and_csv_with_the_ledgers_totals(portal: Portal) -> None:
+    account_id = await _signed_in(portal)
+    await _pay(portal, account_id, "100.00")
+    page = await portal.client.get(f"/statements?account={account_id}")
+    assert page.status == 200
+    text = _text(await page.text())
+    assert "Closing balance 1630.50 USD" in text
+    assert "Payments 100.00 USD" in text
+    pdf = await portal.client.get("/statements/download",
+                                  params={"account": account_id, "format": "pdf"})  # fmt: skip
+    assert pdf.status == 200
+    assert pdf.content_type == "application/pdf"
+    assert (await pdf.read()).startswith(b"%PDF")
+    assert "attachment" in pdf.headers["Content-Disposition"]
+    sheet = await portal.client.get("/statements/download",
+                                    params={"account": account_id, "format": "csv"})  # fmt: skip
+    assert sheet.status == 200
+    rows = list(csv.reader(io.StringIO(await sheet.text())))
+    assert any("100.00" in cell or "10000" in cell for row in rows for cell in row)
+    bad = await portal.client.get(f"/statements?account={account_id}&from=2026-02-01&to=2026-01-01")
+    assert bad.status == 400
+    assert 'id="to-error"' in await bad.text()
