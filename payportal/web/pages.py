@@ -19,12 +19,14 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import secrets
 from typing import Any, Final
 
 import msgspec
+import sqlalchemy as sa
 import structlog
 from aiohttp import web
 
@@ -365,17 +367,20 @@ async def _new_method(
     brand = _form_str(form, "brand", 32).lower() or "unknown"
     exp_month, exp_year = _form_str(form, "exp_month"), _form_str(form, "exp_year")
     method_id = ids.derived_id("pm", account_id, token)
-    await directory.insert_payment_method(
-        request.app[STORE].engine,
-        {"id": method_id, "account_id": account_id, "token": token,
-         "type": "wallet" if wallet else "card", "brand": brand,
-         "last4": last4 if len(last4) == 4 and last4.isdigit() else None,
-         "exp_month": int(exp_month) if exp_month.isdigit() and len(exp_month) <= 2 else None,
-         "exp_year": int(exp_year) if exp_year.isdigit() and len(exp_year) == 4 else None,
-         "wallet": wallet,
-         # Not kept for reuse unless asked: in the history, not in the list.
-         "deleted_at": None if keep else dt.datetime.now(dt.UTC)},
-    )  # fmt: skip
+    # A double submit inserts the same row twice at once; the loser finds it there.
+    with contextlib.suppress(sa.exc.IntegrityError):
+        await directory.insert_payment_method(
+            request.app[STORE].engine,
+            {"id": method_id, "account_id": account_id, "token": token,
+             "type": "wallet" if wallet else "card", "brand": brand,
+             "last4": last4 if len(last4) == 4 and last4.isdigit() else None,
+             "exp_month": int(exp_month) if exp_month.isdigit() and len(exp_month) <= 2
+             else None,
+             "exp_year": int(exp_year) if exp_year.isdigit() and len(exp_year) == 4 else None,
+             "wallet": wallet,
+             # Not kept for reuse unless asked: in the history, not in the list.
+             "deleted_at": None if keep else dt.datetime.now(dt.UTC)},
+        )  # fmt: skip
     return method_id, None
 
 
