@@ -13,6 +13,7 @@ from aiohttp import web
 from payportal.metrics import http as metrics
 
 from . import events
+from . import handlers_accounting as accounting
 from . import handlers_accounts as accounts
 from . import handlers_billing as billing
 from . import handlers_meta as meta
@@ -152,6 +153,21 @@ ROUTE_TABLE: list[RouteSpec] = [
     _r("GET", "/v1/accounts/{id}/billing_invoices", billing.list_billing_invoices,
        "listBillingInvoices", "The invoices billing issued for an account, with their "
        "charges' outcome", "billing", query=s.ListQuery, response=billing.BillingInvoiceList),
+    # --- accounting ---
+    _r("GET", "/v1/reports/revenue", accounting.get_revenue_report, "getRevenueReport",
+       "Recognized and deferred revenue by month of service, with its accuracy against a "
+       "recomputation from the invoices (format=json|csv)", "accounting", auth="merchant",
+       query=accounting.RevenueReportQuery, response=accounting.RevenueReportOut,
+       response_alternatives=("text/csv",)),
+    _r("GET", "/v1/reconciliation/exceptions", accounting.list_reconciliation_exceptions,
+       "listReconciliationExceptions", "Settlement mismatches found by reconciliation",
+       "accounting", auth="merchant", query=accounting.ExceptionListQuery,
+       response=accounting.ExceptionList),
+    _r("POST", "/v1/reconciliation/exceptions/{id}/resolve",
+       accounting.resolve_reconciliation_exception, "resolveReconciliationException",
+       "Resolve a reconciliation exception with a resolution and a note", "accounting",
+       auth="merchant", body=accounting.ExceptionResolve,
+       response=accounting.ReconciliationExceptionOut),
     _r("GET", "/healthz", meta.healthz, "healthz", "Liveness", "operations", auth="none",
        response=s.Health),
     _r("GET", "/readyz", meta.readyz, "readyz", "Readiness: shards and database answer",
