@@ -35,7 +35,7 @@ from payportal.engine import PaymentStatus
 from payportal.persistence._engine import READ
 from payportal.persistence.tables import payments
 
-from ._figures import headline_figures
+from ._figures import headline_figures, recognition_accuracy
 
 __all__ = [
     "DB_CACHE_S",
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 # Database figures change by the second but cost a scan; several scrapers (or workers)
 # within this time share one read.
 DB_CACHE_S: Final = 5.0
+# Revenue recognition accuracy may replay the ledger: recomputed at most this often.
+ACCURACY_CACHE_S: Final = 60.0
 # A shard busy for longer than this is reported down for the scrape rather than stalling
 # it: Prometheus's default scrape timeout is 10 s and the database read shares it.
 SHARD_TIMEOUT_S: Final = 1.0
@@ -82,6 +84,7 @@ class _Snapshot:
         self.success_ratio: float | None = None
         self.accuracy: float | None = None
         self.db_at: float | None = None
+        self.accuracy_at: float | None = None
 
 
 class FrontDoorMetrics:
@@ -97,6 +100,7 @@ class FrontDoorMetrics:
         self.engine = engine
         self.worker = worker
         self.db_cache_s = DB_CACHE_S
+        self.accuracy_cache_s = ACCURACY_CACHE_S
         self._now = now or (lambda: dt.datetime.now(dt.UTC))
         self.registry = CollectorRegistry(auto_describe=False)
         self.http_requests = Counter(
@@ -156,13 +160,17 @@ class FrontDoorMetrics:
         async with self.engine.execution_options(**READ).connect() as connection:
             statuses = {str(s): int(n) for s, n in await connection.execute(query)}
         until = self._now()
-        figures = await headline_figures(self.engine, since=until - SUCCESS_WINDOW, until=until)
+        since = until - SUCCESS_WINDOW
+        figures = await headline_figures(self.engine, since=since, until=until, accuracy=False)
         snapshot = self._snapshot
         snapshot.statuses = statuses
         rate = figures.payment_success_rate
         snapshot.success_ratio = None if rate is None else float(rate)
-        accuracy = figures.revenue_recognition_accuracy
-        snapshot.accuracy = None if accuracy is None else float(accuracy)
+        last = snapshot.accuracy_at
+        if last is None or time.monotonic() - last >= self.accuracy_cache_s:
+            accuracy = await recognition_accuracy(self.engine, since=since, until=until)
+            snapshot.accuracy = None if accuracy is None else float(accuracy)
+            snapshot.accuracy_at = time.monotonic()
 
 
 def _histogram(name: str, documentation: str, snapshots: list[tuple[str, dict[str, Any]]],

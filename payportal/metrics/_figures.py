@@ -75,10 +75,11 @@ def _ms(value: dt.datetime) -> int:
 
 
 async def headline_figures(
-    engine: AsyncEngine, *, since: dt.datetime, until: dt.datetime
+    engine: AsyncEngine, *, since: dt.datetime, until: dt.datetime, accuracy: bool = True
 ) -> HeadlineFigures:
     """Average processing time, success rate and recognition accuracy for payments that
-    finished processing in ``[since, until)`` (see the module docstring)."""
+    finished processing in ``[since, until)`` (see the module docstring). With
+    ``accuracy=False`` the accuracy (which may replay the ledger) is not computed: None."""
     assert since <= until, (since, until)
     p = payments.c
     query = (
@@ -114,7 +115,9 @@ async def headline_figures(
         payment_processing_ms_total=processing_ms_total,
         payment_processing_ms_avg=Fraction(processing_ms_total, counted) if counted else None,
         payment_success_rate=Fraction(counts["succeeded"], counted) if counted else None,
-        revenue_recognition_accuracy=await recognition_accuracy(engine, since=since, until=until),
+        revenue_recognition_accuracy=(
+            await recognition_accuracy(engine, since=since, until=until) if accuracy else None
+        ),
     )
 
 

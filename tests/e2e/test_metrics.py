@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from payportal.accounting import recognition_accuracy_report
 from payportal.http.typedefs import ROUTER
 from payportal.metrics.http import METRICS
 from payportal.persistence.tables import payments
@@ -134,6 +135,12 @@ async def test_exposition_parses_and_counters_move_after_real_payments(api: Api)
     assert _total(after, "payportal_payments", status="canceled") == 1
     assert _total(after, "payportal_payment_success_ratio") == 2 / 3
 
+    today = dt.datetime.now(dt.UTC)
+    report = await recognition_accuracy_report(
+        api.store.engine, start=(today - dt.timedelta(hours=24)).date(), end=today.date()
+    )
+    assert _total(after, "payportal_revenue_recognition_accuracy_ratio") == float(report.accuracy)
+
     # Router gauges exist for this process.
     assert ("payportal_router_outstanding_commands", (("worker", "0"),)) in after
 
@@ -173,9 +180,14 @@ async def test_summary_equals_a_recomputation_from_the_payments_table(api: Api) 
     assert body["payments_canceled"] == 1
     assert body["payment_success_rate"] == 2 / 3
     assert body["payment_processing_ms_avg"] == expected_avg
-    assert body["revenue_recognition_accuracy"] is None or 0 <= body[
-        "revenue_recognition_accuracy"] <= 1  # fmt: skip
     window = body["window"]
+    # The accounting module's accuracy for the months the window touches.
+    until = dt.datetime.fromtimestamp(window["end"], dt.UTC)
+    report = await recognition_accuracy_report(
+        api.store.engine, start=(until - dt.timedelta(hours=1)).date(),
+        end=(until - dt.timedelta(microseconds=1)).date(),
+    )  # fmt: skip
+    assert body["revenue_recognition_accuracy"] == float(report.accuracy)
     assert window["end"] - window["start"] == window["seconds"] == 3_600
 
     # The API's processing_ms on each payment is what the average was taken over.
