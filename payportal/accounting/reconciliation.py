@@ -26,9 +26,9 @@ note (``resolve_exception``; ``POST /v1/reconciliation/exceptions/{id}/resolve``
 resolved exception stays resolved. ``open_exceptions`` lists the queue for the console.
 
 The grace time covers the moment between the processor capturing a charge and our books
-recording it (and back): nothing younger is called missing or unknown yet. The sandbox
-keeps its charges in memory, so after it restarts every payment it forgot shows up as
-``missing_charge`` — which, for a real processor, is exactly what that would mean.
+recording it (and back): nothing younger is called missing or unknown yet. A report says
+from when it covers charges (``covers_from``; the sandbox keeps charges in memory and
+covers only its own lifetime); captures of ours before that are not expected in it.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from payportal.persistence.tables_accounting import (
     reconciliation_runs,
     settlement_matches,
 )
-from payportal.processors._settlement import Payout, SettlementLine
+from payportal.processors._settlement import Payout, SettlementLine, SettlementReport
 
 from ._sql import insert_ignoring_conflicts
 
@@ -88,7 +88,7 @@ _CAPTURED: Final = ("succeeded", "partially_refunded", "refunded", "disputed")
 
 
 class SettlementSource(Protocol):
-    async def settlement_report(self) -> tuple[list[SettlementLine], list[Payout]]: ...
+    async def settlement_report(self) -> SettlementReport: ...
 
 
 class Submitter(Protocol):
@@ -183,9 +183,9 @@ async def _payments_by_charge(
 
 
 async def _unsettled_captures(
-    engine: AsyncEngine, processor: str, captured_before_ms: int
+    engine: AsyncEngine, processor: str, captured_from_ms: int, captured_before_ms: int
 ) -> list[tuple[str, _Payment]]:
-    """Captured charges of ours not yet matched with a settlement, old enough to expect."""
+    """Captured charges of ours not yet matched with a settlement, in the report's time."""
     a, p, m = tables.attempts, tables.payments, settlement_matches
     query = (
         sa.select(a.c.charge_id, p.c.payment_id, p.c.account_id, p.c.amount_minor, p.c.currency,
@@ -194,6 +194,7 @@ async def _unsettled_captures(
         .outerjoin(m, sa.and_(m.c.processor == processor, m.c.charge_id == a.c.charge_id))
         .where(a.c.processor == processor, a.c.status == "succeeded",
                a.c.charge_id.is_not(None), p.c.status.in_(_CAPTURED),
+               p.c.finished_at_ms >= captured_from_ms,
                p.c.finished_at_ms <= captured_before_ms, m.c.charge_id.is_(None))
         .order_by(a.c.charge_id)
     )  # fmt: skip
@@ -306,13 +307,17 @@ async def reconcile(
     clock_ms: Callable[[], int] = _now_ms,
 ) -> ReconciliationRun:
     """Match the processor's report with our books, post what matches, queue the rest."""
-    lines, payouts = await source.settlement_report()
+    report = await source.settlement_report()
+    lines, payouts = report.lines, report.payouts
     now_ms = clock_ms()
     payments = await _payments_by_charge(engine, processor, [x.charge for x in lines])
     matched, found = _check_lines(lines, payouts, payments, processor=processor,
                                   young_after_s=(now_ms - grace_ms) // 1000)  # fmt: skip
     reported = {line.charge for line in lines}
-    for charge_id, payment in await _unsettled_captures(engine, processor, now_ms - grace_ms):
+    unsettled = await _unsettled_captures(
+        engine, processor, report.covers_from * 1000, now_ms - grace_ms
+    )
+    for charge_id, payment in unsettled:
         if charge_id not in reported:
             found.append(_Found(
                 kind="missing_charge", dedupe=f"missing_charge:{processor}::{charge_id}",

@@ -20,6 +20,9 @@ one changes the reports until ``DELETE`` clears them all):
 | ``duplicate`` | list the charge twice |
 | ``payout_total`` | report the charge's payout total off by ``amount`` |
 
+The sandbox keeps charges in memory only, so ``GET /v1/settlements`` also says from when
+it knows them (``covers_from``, unix seconds): a reconciliation expects no older charge.
+
 Pure: the lines and payouts are built from the charges, the knobs and the day given.
 """
 
@@ -39,6 +42,7 @@ __all__ = [
     "SettledCharge",
     "SettlementKnobs",
     "SettlementLine",
+    "SettlementReport",
     "build_settlement",
     "payouts_csv",
     "settlements_csv",
@@ -61,6 +65,8 @@ class Discrepancy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 class SettlementKnobs(msgspec.Struct, kw_only=True):
     payout_delay_days: int = 1
     discrepancies: list[Discrepancy] = msgspec.field(default_factory=list)
+    # The sandbox forgets everything when it stops: its reports cover charges from here on.
+    covers_from: int = 0
 
 
 class SettledCharge(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,6 +87,13 @@ class SettlementLine(msgspec.Struct, frozen=True, kw_only=True):
     fee: int
     net: int
     created: int
+
+
+class SettlementReport(msgspec.Struct, frozen=True, kw_only=True):
+    lines: list[SettlementLine]
+    payouts: list[Payout]
+    # Unix seconds: charges captured before this are not in the report, whatever they were.
+    covers_from: int = 0
 
 
 class Payout(msgspec.Struct, frozen=True, kw_only=True):

@@ -312,7 +312,7 @@ class SandboxState:
         self.charge_keys: dict[str, _KeyEntry] = {}
         self.refunds: dict[str, Refund] = {}
         self.refund_keys: dict[str, _KeyEntry] = {}
-        self.settlement = SettlementKnobs()
+        self.settlement = SettlementKnobs(covers_from=int(clock()))
         self.callbacks = CallbackSender(
             url=callback_url,
             secret=webhook_secret,
@@ -647,14 +647,16 @@ def _settlement(state: SandboxState) -> tuple[list[Any], list[Any]]:
     return build_settlement(charges, state.settlement, today=today, fee_of=fee_minor)
 
 
-def _report(request: web.Request, data: list[Any], render: Callable[[Any], str]) -> web.Response:
+def _report(
+    request: web.Request, data: list[Any], render: Callable[[Any], str], **extra: Any
+) -> web.Response:
     report_format = request.query.get("format", "json")
     if report_format == "csv":
         return web.Response(text=render(data), content_type="text/csv")
     if report_format != "json":
         raise ApiError(400, "invalid_request_error", "parameter_invalid",
                        "format must be json or csv.", param="format")  # fmt: skip
-    return _json(200, {"data": data, "has_more": False})
+    return _json(200, {"data": data, "has_more": False, **extra})
 
 
 async def _list_settlements(request: web.Request) -> web.Response:
@@ -662,7 +664,8 @@ async def _list_settlements(request: web.Request) -> web.Response:
     payout = request.query.get("payout")
     if payout is not None:
         lines = [line for line in lines if line.payout == payout]
-    return _report(request, lines, settlements_csv)
+    covers_from = request.app[SANDBOX].settlement.covers_from
+    return _report(request, lines, settlements_csv, covers_from=covers_from)
 
 
 async def _list_payouts(request: web.Request) -> web.Response:

@@ -29,7 +29,7 @@ import msgspec
 from payportal.engine import OutcomeKind
 from payportal.engine.retry_policy import TECHNICAL_CODES
 
-from ._settlement import Payout, SettlementLine
+from ._settlement import Payout, SettlementLine, SettlementReport
 from .adapter import ChargeResult, InquiryStatus, ProcessorRequestError, RefundResult
 
 __all__ = ["SandboxProcessor"]
@@ -81,6 +81,7 @@ class _ErrorWire(msgspec.Struct, kw_only=True):
 
 class _SettlementList(msgspec.Struct, kw_only=True):
     data: list[SettlementLine]
+    covers_from: int = 0
 
 
 class _PayoutList(msgspec.Struct, kw_only=True):
@@ -237,13 +238,14 @@ class SandboxProcessor:
 
     # -- settlement reports (for reconciliation) ----------------------------------------------
 
-    async def settlement_report(self) -> tuple[list[SettlementLine], list[Payout]]:
+    async def settlement_report(self) -> SettlementReport:
         """Every settlement line and payout the processor reports. Raises
         ``ProcessorRequestError`` when it cannot answer (reconciliation then waits for its
         next run: nothing is matched against a partial report)."""
         lines = await self._report("/v1/settlements", _SettlementList)
         payouts = await self._report("/v1/payouts", _PayoutList)
-        return lines.data, payouts.data
+        return SettlementReport(lines=lines.data, payouts=payouts.data,
+                                covers_from=lines.covers_from)  # fmt: skip
 
     async def _report(self, path: str, type_: type[_R]) -> _R:
         try:

@@ -203,7 +203,8 @@ async def test_every_seeded_discrepancy_is_found_exactly_once_and_nothing_matchi
 async def test_the_settlement_reports_carry_amount_fee_net_and_payout_and_read_as_csv(
     world: World,
 ) -> None:
-    lines, payouts = await world.processor.settlement_report()
+    report = await world.processor.settlement_report()
+    lines, payouts = report.lines, report.payouts
     assert [x.charge for x in lines] == world.charges
     for line in lines:
         assert line.fee == fee_minor(line.amount)
