@@ -1,0 +1,111 @@
+"""/metrics from `payportal serve --workers 2` (real Ray shards, two front-door processes
+on one port): whichever process answers, the shard families cover every shard after a
+real payment, and each process's own families carry its worker label."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .test_serve_smoke import STARTUP_S_MAX, _call, _free_port
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+WORKERS = 2
+SHARDS = 2
+# New connections are spread over the processes by the kernel; this many scrapes reach
+# both with overwhelming likelihood (the chance of missing one is 2 * 2**-40).
+SCRAPES = 40
+
+
+def _scrape(url: str, key: str) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        worker = str(response.headers["X-Payportal-Worker"])
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return worker, samples
+
+
+def test_any_worker_reports_every_shard_and_its_own_requests(tmp_path: Path) -> None:
+    port, sandbox_port = _free_port(), _free_port()
+    env = {**os.environ, "PAYPORTAL_PORT": str(port), "PAYPORTAL_SANDBOX_PORT": str(sandbox_port),
+           "PAYPORTAL_SHARDS": str(SHARDS)}  # fmt: skip
+    env.pop("PAYPORTAL_DATABASE_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "payportal", "serve", "--seed-demo", "--workers", str(WORKERS)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    banner: list[str] = []
+    try:
+        deadline = time.monotonic() + STARTUP_S_MAX
+        assert process.stdout is not None
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, "".join(banner)
+            banner.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        text = "".join(banner)
+        assert f"http://127.0.0.1:{port}/metrics" in text, text
+        api_key = re.search(r"API key\s+(sk_\S+)", text)
+        assert api_key is not None, text
+        key = api_key.group(1)
+        base = f"http://127.0.0.1:{port}"
+
+        card = _call("POST", f"http://127.0.0.1:{sandbox_port}/v1/tokens", {
+            "type": "card", "number": "4242424242424242", "exp_month": 12, "exp_year": 2035,
+            "cvc": "123",
+        })  # fmt: skip
+        method = _call("POST", f"{base}/v1/accounts/acct_demo_acme/payment_methods",
+                       {"token": card["token"], "brand": "visa", "last4": "4242"},
+                       Authorization=f"Bearer {key}")  # fmt: skip
+        payment = _call("POST", f"{base}/v1/payments", {
+            "account": "acct_demo_acme", "amount": 1_000, "currency": "USD",
+            "payment_method": method["id"],
+        }, Authorization=f"Bearer {key}", Idempotency_Key="metrics-serve-1")  # fmt: skip
+        assert payment["status"] == "succeeded"
+
+        by_worker: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for _ in range(SCRAPES):
+            worker, samples = _scrape(f"{base}/metrics", key)
+            by_worker[worker] = samples
+        assert set(by_worker) == {str(n) for n in range(WORKERS)}
+        for worker, samples in by_worker.items():
+            up = {dict(labels)["shard"]: v for (name, labels), v in samples.items()
+                  if name == "payportal_shard_up"}  # fmt: skip
+            assert up == {str(n): 1.0 for n in range(SHARDS)}, (worker, up)
+            finished = sum(v for (name, labels), v in samples.items()
+                           if name == "payportal_payments_finished_total"
+                           and ("status", "succeeded") in labels)  # fmt: skip
+            assert finished >= 1, worker
+            batches = sum(v for (name, _), v in samples.items()
+                          if name == "payportal_shard_batch_commands_count")  # fmt: skip
+            commits = sum(v for (name, _), v in samples.items()
+                          if name == "payportal_journal_commit_seconds_count")  # fmt: skip
+            assert batches >= 1
+            assert commits >= 1
+            workers_seen = {dict(labels).get("worker") for (name, labels) in samples
+                            if name == "payportal_http_requests_total"}  # fmt: skip
+            assert workers_seen == {worker}, (worker, workers_seen)
+            assert samples[("payportal_payments", (("status", "succeeded"),))] >= 1
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert process.returncode == 0, "".join(banner) + output
