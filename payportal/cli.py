@@ -38,6 +38,8 @@ keys_app = typer.Typer(help="Merchant API keys.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(demo_app, name="demo")
+revenue_app = typer.Typer(help="Revenue recognition and its report.", no_args_is_help=True)
+app.add_typer(revenue_app, name="revenue")
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -151,6 +153,58 @@ def demo_seed() -> None:
     settings = _settings()
     seed = _function("payportal.demo", "seed", "demo seed", "the demo data")
     seed(settings)
+
+
+def _day(value: str | None, option: str) -> Any:
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option}: must be a date YYYY-MM-DD, got {value!r}", EXIT_SETTINGS)
+
+
+@revenue_app.command("recognize")
+def revenue_recognize(
+    through: Annotated[
+        str | None, typer.Option(help="Recognize through this past UTC day [default: yesterday].")
+    ] = None,
+) -> None:
+    """Recognize every account's revenue through a past day (running it again posts nothing)."""
+    settings = _settings()
+    day = _day(through, "--through")
+    recognize = _function("payportal.accounting.cli", "recognize_once", "revenue recognize",
+                          "revenue recognition")  # fmt: skip
+    _sqlite_directory_ensure(settings)
+    try:
+        recognize(settings, day)
+    except ValueError as error:
+        _fail(f"payportal revenue recognize: {error}", EXIT_SETTINGS)
+
+
+@revenue_app.command("report")
+def revenue_report(
+    start: Annotated[str | None, typer.Option("--from", help="A day of the first month.")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="A day of the last month.")] = None,
+) -> None:
+    """Print recognized and deferred revenue by month of service as CSV, with its accuracy."""
+    settings = _settings()
+    first, last = _day(start, "--from"), _day(end, "--to")
+    report = _function("payportal.accounting.cli", "report", "revenue report", "revenue reports")
+    report(settings, first, last)
+
+
+@app.command()
+def reconcile() -> None:
+    """Match the processor's settlement reports with payments; post fees and cash; queue
+    every mismatch."""
+    settings = _settings()
+    run_once = _function("payportal.accounting.cli", "reconcile_once", "reconcile",
+                         "reconciliation")  # fmt: skip
+    _sqlite_directory_ensure(settings)
+    run_once(settings)
 
 
 @app.command()
