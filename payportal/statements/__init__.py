@@ -11,6 +11,7 @@ on the PDF, written to the CSV and sent as the ``Statement-Version`` header.
 """
 
 from ._build import (
+    DAY_MS,
     StatementAccountNotFound,
     build_statement,
     date_of_ms,
@@ -31,6 +32,7 @@ from ._pdf import render_pdf
 
 __all__ = [
     "COLUMNS",
+    "DAY_MS",
     "Balances",
     "LineKind",
     "OpenInvoiceLine",
