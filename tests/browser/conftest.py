@@ -1,0 +1,151 @@
+"""Fixtures of the browser tests: a real ``payportal serve --seed-demo`` (front door,
+sandbox, shards on a local Ray, mail catcher) in a scratch directory on free ports, and
+Debian's Chromium driven by Playwright.
+
+Without Chromium the tests are skipped with the reason, locally; under ``CI=true`` a
+missing browser fails them (``.ci/run`` installs it). Screenshots go to
+``test-artifacts/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+CHROMIUM = os.environ.get("PAYPORTAL_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+# Ray and the shards start in seconds on an idle machine; a busy CI box needs longer.
+STARTUP_S_MAX = 180
+# A phone: the narrowest layout the portal supports.
+VIEWPORT = {"width": 375, "height": 812}
+
+
+class Stack(msgspec.Struct, frozen=True, kw_only=True):
+    base: str
+    sandbox: str
+    mail_ui: str
+    payer_email: str
+    payer_password: str
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    if os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK):
+        return CHROMIUM
+    reason = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    if _in_ci():
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Iterator[Stack]:
+    """``payportal serve --seed-demo`` as ``make run`` starts it, on free ports."""
+    workdir = tmp_path_factory.mktemp("serve")
+    port, sandbox_port = _free_port(), _free_port()
+    smtp_port, mail_ui_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "PAYPORTAL_PORT": str(port),
+        "PAYPORTAL_SANDBOX_PORT": str(sandbox_port),
+        "PAYPORTAL_MAIL_CATCHER_PORT": str(smtp_port),
+        "PAYPORTAL_MAIL_UI_PORT": str(mail_ui_port),
+        "PAYPORTAL_SHARDS": "2",
+    }
+    for name in ("PAYPORTAL_DATABASE_URL", "PAYPORTAL_SMTP_URL", "PAYPORTAL_PUBLIC_URL",
+                 "PAYPORTAL_REDIS_URL", "PAYPORTAL_RAY_ADDRESS"):  # fmt: skip
+        env.pop(name, None)
+    log = workdir / "serve.log"
+    # The server's output goes to a file: a pipe nobody reads would fill and stall it.
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "payportal", "serve", "--seed-demo"],
+            cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + STARTUP_S_MAX
+        while "Ctrl-C stops everything" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "serve did not start:\n" + log.read_text()
+            time.sleep(0.5)
+        banner = log.read_text()
+        login = next(line for line in banner.splitlines() if "payer login" in line)
+        email, _, password = login.split("payer login", 1)[1].strip().partition(" / ")
+        yield Stack(
+            base=f"http://127.0.0.1:{port}", sandbox=f"http://127.0.0.1:{sandbox_port}",
+            mail_ui=f"http://127.0.0.1:{mail_ui_port}", payer_email=email.strip(),
+            payer_password=password.strip(), log=log,
+        )  # fmt: skip
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    output = log.read_text()
+    assert "4242424242424242" not in output
+    assert "4000000000000002" not in output
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path: str) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Any, stack: Stack) -> Iterator[Any]:
+    """A fresh phone-sized browser context (its own cookies) and page."""
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True,
+                                  base_url=stack.base)  # fmt: skip
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def shoot(request: pytest.FixtureRequest, page: Any) -> Any:
+    """``shoot("step")`` saves a full-page screenshot named after the test and step."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    name = request.node.name.replace("[", "_").replace("]", "")
+
+    def take(step: str) -> Path:
+        path = SCREENSHOTS / f"{name}-{step}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
