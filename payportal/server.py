@@ -135,6 +135,18 @@ async def _serve(
             f"outcomes, every {JANITOR_INTERVAL_MS} ms"
         )
 
+    from payportal.accounting.scheduler import run_accounting_forever
+
+    # Revenue recognition through yesterday (hourly) and reconciliation of the processor's
+    # settlement reports (every 15 min); both idempotent, both in this process only.
+    accounting_task = asyncio.create_task(
+        run_accounting_forever(router, store.engine, source=processor)
+    )
+    started.append(
+        "accounting   revenue recognized through yesterday (UTC) hourly"
+        + ("; settlements reconciled every 15 min" if processor is not None else "")
+    )
+
     demo = None
     if seed_demo:
         from payportal.demo import seed_with
@@ -151,6 +163,7 @@ async def _serve(
     finally:
         _stop_workers(children)
         publisher_task.cancel()
+        accounting_task.cancel()
         for each in runners:
             await each.cleanup()
         await router.drain()
