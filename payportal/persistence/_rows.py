@@ -22,6 +22,7 @@ from payportal.engine import (
     AttemptDeclined,
     AttemptErrored,
     AttemptSucceeded,
+    ChargeSettled,
     CreditApplied,
     Entry,
     Event,
@@ -31,6 +32,7 @@ from payportal.engine import (
     PaymentRefunded,
     PaymentStatus,
     RetriesExhausted,
+    RevenueRecognized,
 )
 
 from .tables import PROCESSOR_DEFAULT
@@ -80,7 +82,8 @@ COLUMNS: Final[dict[str, tuple[str, ...]]] = {
 
 # The events whose ``evolve`` posts a ledger entry — always, as each moves a positive
 # amount. Without exact versions from the caller, entries are matched to them in order.
-_POSTING: Final = (InvoiceIssued, CreditApplied, InvoiceVoided, AttemptSucceeded, PaymentRefunded)
+_POSTING: Final = (InvoiceIssued, CreditApplied, InvoiceVoided, AttemptSucceeded, PaymentRefunded,
+                   RevenueRecognized, ChargeSettled)  # fmt: skip
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _tags: dict[type, str] = {}
