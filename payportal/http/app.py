@@ -85,6 +85,15 @@ def _http_error(error: web.HTTPException) -> ApiError:
     return ApiError(error.status, "invalid_request_error", "parameter_invalid", error.reason)
 
 
+def _logged_path(request: web.Request) -> str:
+    """The path as logged: a one-time link's token (``/reset/{token}``) is a secret, so
+    such a path is logged as its route."""
+    resource = request.match_info.route.resource
+    if resource is not None and "{token}" in resource.canonical:
+        return resource.canonical
+    return request.path
+
+
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     supplied = request.headers.get(REQUEST_ID_HEADER, "")
@@ -109,7 +118,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("request_failed", method=request.method, path=request.path)
+            log.exception("request_failed", method=request.method, path=_logged_path(request))
             response = _error_response(ApiError(
                 500, "api_error", "api_error",
                 "Something went wrong on our side; retry with the same Idempotency-Key.",
@@ -119,7 +128,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = page_errors(request, response)  # type: ignore[arg-type]
         response.headers[REQUEST_ID_HEADER] = request_id
         log.info(
-            "request", method=request.method, path=request.path, status=response.status,
+            "request", method=request.method, path=_logged_path(request), status=response.status,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )  # fmt: skip
         return response

@@ -602,8 +602,9 @@ async def _autopay_state(request: web.Request, account_id: str) -> dict[str, Any
         return None
     subscriptions = await billing.list_subscriptions(request.app[STORE].engine,
                                                      account_id=account_id)  # fmt: skip
-    active = [s for s in subscriptions if getattr(s, "status", "active") == "active"]
-    return {"count": len(active), "enabled": any(getattr(s, "autopay", False) for s in active)}
+    # Past due still bills (billing's BILLABLE); canceled ones are history.
+    active = [s for s in subscriptions if str(s.status) in ("active", "past_due")]
+    return {"count": len(active), "enabled": any(s.autopay for s in active)}
 
 
 async def methods_page(request: web.Request, *, error: str | None = None, status: int = 200,

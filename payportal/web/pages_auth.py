@@ -283,9 +283,12 @@ async def _link_form(request: web.Request, purpose: sessions.LinkPurpose) -> web
 
     token = request.match_info["token"]
     usable = await sessions.link_is_usable(request.app[STORE].engine, purpose, token)
-    return render(request, "set_password.html", {
+    response = render(request, "set_password.html", {
         "purpose": purpose, "usable": usable, "error": None,
     }, status=200 if usable else 410)  # fmt: skip
+    # The URL holds the token: no Referer may carry it anywhere, even to our own files.
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
 
 
 async def _link_use(request: web.Request, purpose: sessions.LinkPurpose) -> web.Response:

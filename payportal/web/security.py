@@ -217,7 +217,7 @@ def content_security_policy(request: web.Request) -> str:
 def apply_headers(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
     headers["X-Content-Type-Options"] = "nosniff"
-    headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
+    headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
     if request.path.startswith("/static/"):
         versioned = "v" in request.query
         max_age_s = STATIC_MAX_AGE_S if versioned else STATIC_MAX_AGE_UNVERSIONED_S

@@ -262,3 +262,29 @@ async def test_statements_download_as_pdf_and_csv_with_the_ledgers_totals(portal
     bad = await portal.client.get(f"/statements?account={account_id}&from=2026-02-01&to=2026-01-01")
     assert bad.status == 400
     assert 'id="to-error"' in await bad.text()
+
+
+async def test_autopay_is_turned_off_and_on_for_the_accounts_subscriptions(portal: Portal) -> None:
+    account_id = await _signed_in(portal)
+    page = await (await portal.client.get(f"/methods?account={account_id}")).text()
+    assert "no subscriptions to pay automatically" in page
+    plan = await portal.api.ok("POST", "/v1/plans", json={
+        "name": "Support", "amount": 9_900, "currency": "USD", "interval": "month",
+    })  # fmt: skip
+    await portal.api.ok("POST", f"/v1/accounts/{account_id}/subscriptions",
+                        json={"plan": plan["id"], "autopay": False})  # fmt: skip
+    page = await (await portal.client.get(f"/methods?account={account_id}")).text()
+    assert 'data-autopay>off<' in page
+    token = await portal.token(f"/methods?account={account_id}")
+    response = await portal.post("/autopay", {"account": account_id, "enabled": "yes"},
+                                 token=token)  # fmt: skip
+    assert response.status == 303
+    page = await (await portal.client.get(response.headers["Location"])).text()
+    assert 'data-autopay>on<' in page
+    assert "Autopay is on." in page
+    subscriptions = await portal.api.ok("GET", f"/v1/accounts/{account_id}/subscriptions")
+    assert [s["autopay"] for s in subscriptions["data"]] == [True]
+    token = await portal.token(f"/methods?account={account_id}")
+    await portal.post("/autopay", {"account": account_id, "enabled": "no"}, token=token)
+    subscriptions = await portal.api.ok("GET", f"/v1/accounts/{account_id}/subscriptions")
+    assert [s["autopay"] for s in subscriptions["data"]] == [False]

@@ -375,7 +375,7 @@ def _link(email: OutboxEmail, path: str) -> str:
 
 
 async def test_a_reset_link_is_sent_only_to_known_emails_answers_alike_and_works_once(
-    portal: Portal,
+    portal: Portal, capfd: pytest.CaptureFixture[str],
 ) -> None:
     email = _email()
     await portal.payer(email)
@@ -401,6 +401,10 @@ async def test_a_reset_link_is_sent_only_to_known_emails_answers_alike_and_works
     assert (await portal.client.get(link)).status == 410
     assert (await portal.sign_in(email, PASSWORD)).status == 401
     assert (await portal.sign_in(email, "reset passphrase ok")).status == 303
+    # The link's token is a secret: request logs name the route, not the path.
+    logged = capfd.readouterr()
+    assert "/reset/{token}" in logged.out + logged.err
+    assert link.rsplit("/", 1)[1] not in logged.out + logged.err
 
 
 async def test_a_payer_added_without_a_password_is_invited_once_and_chooses_one(
