@@ -122,6 +122,7 @@ async def _serve(
     runners.insert(0, await _front_door(settings, router, store, processor, streams, worker=0))
     children = await asyncio.to_thread(_start_workers, settings, workers, sandbox=sandbox)
     started.append(f"front door   {base}  (API docs {base}/docs)")
+    started.append(f"payer portal {base}/  (payers sign in at {base}/signin)")
     started.append(f"console      {base}/console  (sign in with a merchant API key)")
     started.append(f"metrics      {base}/metrics  (Prometheus; merchant API key as bearer)")
     if workers > 1:
