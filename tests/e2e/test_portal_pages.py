@@ -288,3 +288,23 @@ async def test_autopay_is_turned_off_and_on_for_the_accounts_subscriptions(porta
     await portal.post("/autopay", {"account": account_id, "enabled": "no"}, token=token)
     subscriptions = await portal.api.ok("GET", f"/v1/accounts/{account_id}/subscriptions")
     assert [s["autopay"] for s in subscriptions["data"]] == [False]
+
+
+async def test_a_wallet_token_pays_and_the_receipt_names_the_wallet(portal: Portal) -> None:
+    account_id = await _signed_in(portal)
+    async with portal.client.session.post(f"{portal.sandbox_url}/v1/tokens", json={
+        "type": "wallet", "wallet": "apple_pay", "card_number": "4242424242424242",
+    }) as response:  # fmt: skip
+        wallet = await response.json()
+    token = await portal.token(f"/pay?account={account_id}")
+    paid = await portal.post("/pay", {
+        "account": account_id, "amount": "12.00", "method": "wallet", "wallet": "apple_pay",
+        "idempotency_key": uuid.uuid4().hex,
+        **{k: str(wallet[k]) for k in ("token", "brand", "last4", "exp_month", "exp_year")},
+    }, token=token)  # fmt: skip
+    assert paid.status == 303
+    text = _text(await (await portal.client.get(paid.headers["Location"])).text())
+    assert "Apple Pay (Visa ending in 4242)" in text
+    assert "Paid" in text
+    methods = await portal.api.ok("GET", f"/v1/accounts/{account_id}/payment_methods")
+    assert methods["data"] == []  # a wallet payment keeps nothing for reuse

@@ -472,3 +472,17 @@ async def test_another_payers_account_payment_and_methods_are_not_found(portal: 
     assert response.status == 404
     assert len(portal.api.charges()) == 1
     await intruder.close()
+
+
+async def test_a_session_idle_for_half_an_hour_is_over(portal: Portal) -> None:
+    email = _email()
+    await portal.payer(email)
+    await portal.sign_in(email)
+    assert (await portal.client.get("/", allow_redirects=False)).status == 200
+    idle_since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=31)
+    async with portal.store.engine.begin() as connection:
+        await connection.execute(sa.text("UPDATE portal_sessions SET last_seen_at = :at"),
+                                 {"at": idle_since})  # fmt: skip
+    response = await portal.client.get("/payments", allow_redirects=False)
+    assert response.status == 303
+    assert response.headers["Location"] == "/signin?next=/payments"
