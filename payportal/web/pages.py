@@ -263,8 +263,12 @@ def _render(request: web.Request, template: str, context: dict[str, Any], *,
 
 
 async def dashboard(request: web.Request) -> web.Response:
+    from payportal.live import journal_last_id
+
     session = await require_payer(request)
     account, choices = await _chosen(request, session)
+    # Before the reads: every status change after this id reaches the page live.
+    seen = await journal_last_id(request.app[STORE].engine, account.account_id)
     balance = await _balance(request, account.account_id)
     invoices = await _open_invoices(request, account.account_id)
     recent = await queries.list_payments(
@@ -272,7 +276,7 @@ async def dashboard(request: web.Request) -> web.Response:
     )
     return _render(request, "dashboard.html", {
         "account": account, "accounts": choices, "balance": balance, "invoices": invoices,
-        "today": dt.date.today(), "payments": recent.data,
+        "today": dt.date.today(), "payments": recent.data, "seen": seen,
     })  # fmt: skip
 
 

@@ -7,7 +7,9 @@
 - ``GET /payments/{id}/status.json``: the payment's status in plain words (the status
   page's polling fallback).
 - ``GET /payments/{id}/events``: Server-Sent Events of the payment's status changes, fed
-  from the status streams exactly as ``GET /v1/payments/{id}/events`` is.
+  from the status streams exactly as ``GET /v1/payments/{id}/events`` is; and
+  ``GET /accounts/{id}/events`` (``?after=``) for the dashboard, every payment of one
+  account.
 
 Anything not the payer's is 404, as everywhere.
 """
@@ -23,7 +25,7 @@ from payportal.engine import Allocation, allocate
 from payportal.http import events, ids
 from payportal.http.reads import wait_for_account_projection
 from payportal.http.typedefs import STORE
-from payportal.live import journal_payment_start
+from payportal.live import journal_last_id, journal_payment_start
 from payportal.persistence import directory, queries
 
 from .pages import format_money, own_payment, parse_amount, payment_story
@@ -112,7 +114,28 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return await events._serve(request, streams, account_id, payment_id, after)
 
 
+async def account_stream(request: web.Request) -> web.StreamResponse:
+    """The dashboard's live status: every payment status change of the account."""
+    session = await current_session(request)
+    if session is None:
+        return _error(401, "signed_out", "Your session ended; sign in again.")
+    account_id = request.match_info["id"]
+    engine = request.app[STORE].engine
+    if not await directory.payer_owns_account(engine, session.payer_id, account_id):
+        return _error(404, "resource_missing", "No such account.", "id")
+    streams = request.app.get(events.STATUS_STREAMS)
+    if streams is None:
+        return _error(404, "resource_missing", "No live status here.")
+    seen = request.query.get("after", "")
+    after = int(seen) if seen.isdigit() and len(seen) < 19 else 0
+    after = max(after, events._last_event_id(request) or 0)
+    if after == 0:
+        after = await journal_last_id(engine, account_id)
+    return await events._serve(request, streams, account_id, None, after)
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/accounts/{id}/events", account_stream)
     app.router.add_get("/pay/preview.json", preview)
     app.router.add_get("/payments/{id}/status.json", status)
     app.router.add_get("/payments/{id}/events", stream)

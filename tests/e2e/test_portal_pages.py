@@ -192,6 +192,18 @@ async def test_the_status_page_streams_the_payments_changes_to_the_signed_in_pay
     assert polled["final"] is True
     signed_out = await (await portal.browser()).get(location + "/events")
     assert signed_out.status == 401
+    # The dashboard's stream: what happens to the account after the page was rendered.
+    dashboard = await (await portal.client.get("/")).text()
+    events_url = re.search(r'data-events="(/accounts/[^"]+)"', dashboard)
+    assert events_url is not None
+    account_stream = await portal.client.get(events_url.group(1).replace("&amp;", "&"))
+    assert account_stream.status == 200
+    second = await _pay(portal, account_id, "1.00")
+    await portal.publisher.run_once()
+    seen = [await _next_event(account_stream) for _ in range(2)]
+    assert [e["status"] for e in seen] == ["processing", "succeeded"]
+    assert {e["payment"] for e in seen} == {second.headers["Location"].rsplit("/", 1)[1]}
+    account_stream.close()
 
 
 async def test_history_filters_by_status_and_invoice_and_links_receipts(portal: Portal) -> None:

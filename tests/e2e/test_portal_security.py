@@ -459,6 +459,7 @@ async def test_another_payers_account_payment_and_methods_are_not_found(portal: 
                  f"/methods?account={account_id}", f"/statements?account={account_id}",
                  f"/statements/download?account={account_id}&format=csv",
                  f"/payments/{payment_id}/status.json", f"/payments/{payment_id}/events",
+                 f"/accounts/{account_id}/events",
                  f"/pay/preview.json?account={account_id}&amount=1.00"):  # fmt: skip
         response = await intruder.get(path, allow_redirects=False)
         assert response.status == 404, path

@@ -179,7 +179,21 @@
     source.onerror = function () { source.close(); poll(); };
   }
 
+  // Dashboard: any payment's status change reloads the page (balance and list change).
+  function liveAccount(section) {
+    if (!window.EventSource) { return; }
+    var source = new EventSource(section.getAttribute("data-events"));
+    var timer = null;
+    source.onmessage = function () {
+      clearTimeout(timer);
+      timer = setTimeout(function () { window.location.reload(); }, 300);
+    };
+    source.onerror = function () { source.close(); };
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var account = $("[data-live-account]");
+    if (account) { liveAccount(account); }
     var pay = $("#pay-form");
     if (pay) { cardFields(pay); payPage(pay); }
     var add = $("#add-method-form");
