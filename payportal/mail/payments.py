@@ -1,12 +1,16 @@
 """Payment emails: the confirmation of a succeeded payment and the notice of a decline.
 
-The model: the journal's group commit writes one outbox row per succeeded payment
+The model: the store writes one outbox row per succeeded payment
 (``payment_succeeded:{payment_id}``) and one per terminal decline
-(``payment_declined:{payment_id}:{version}``) in the same transaction as the event
-(``payportal.persistence._rows``). The row holds the facts as of that commit: amount,
-what went to which invoice, the balance after it, the decline code and class. The sender
-renders it here, when it sends, adding what the front door's own tables say: the account
-name, the recipients and the card's brand and last 4.
+(``payment_declined:{payment_id}:{version}``) in the transaction that projects the
+journaled event into the read models and advances the projection cursor
+(``payportal.persistence._rows.project_outbox``); after a crash the catch-up replays the
+journal and writes them then, and the dedupe key keeps a twice-projected event to one
+row. So a row exists exactly when its event is committed, and by the time it exists the
+read models (and the receipt page its link opens) show the payment. The row holds the
+facts as of its event: amount, what went to which invoice, the balance after it, the
+decline code and class. The sender renders it here, when it sends, adding what the front
+door's own tables say: the account name, the recipients and the card's brand and last 4.
 
 Who receives it: the account's contact address (``account_profiles.email``, set by the
 merchant) in To, and every payer who signs in for the account (``payer_accounts`` →
@@ -14,11 +18,9 @@ merchant) in To, and every payer who signs in for the account (``payer_accounts`
 row is given up with the reason recorded).
 
 Rules: no card number or secret reaches a template — only brand and last 4, which the
-front door stores for display anyway. An email is not sent before the account's read
-models show its event (``accounts.version``), so the receipt link it carries shows the
-same payment; after ``PROJECTION_WAIT_MS_MAX`` it is sent regardless, since everything it
-says came with the row. Intermediate soft declines that will be retried are not
-announced: the payer hears the retry's outcome instead.
+front door stores for display anyway. Intermediate soft declines that will be retried are
+not announced: the payer hears the retry's outcome instead (its success, or the notice
+when the retries run out).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from payportal.persistence import tables
 from payportal.persistence.tables_payers import (
     account_profiles,
     payer_accounts,
@@ -45,7 +46,6 @@ __all__ = [
     "KIND_PAYMENT_DECLINED",
     "KIND_PAYMENT_SUCCEEDED",
     "PAYMENT_KINDS",
-    "NotReady",
     "PaymentNotice",
     "decline_wording",
     "render_payment_email",
@@ -55,17 +55,10 @@ KIND_PAYMENT_SUCCEEDED: Final = "payment_succeeded"
 KIND_PAYMENT_DECLINED: Final = "payment_declined"
 PAYMENT_KINDS: Final = frozenset({KIND_PAYMENT_SUCCEEDED, KIND_PAYMENT_DECLINED})
 
-# The projection writes every 50 ms; a read model still behind after a minute is stuck,
-# and the email (which needs nothing from it) should not wait on its repair.
-PROJECTION_WAIT_MS_MAX: Final = 60_000
 
-
-class NotReady(Exception):
-    """The account's read models do not show the event yet: try again shortly."""
-
-
-class PaymentNotice(msgspec.Struct, frozen=True, kw_only=True):
-    """The outbox payload the group commit writes (a msgpack map; see ``_rows.py``)."""
+class PaymentNotice(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """The outbox payload the group commit writes: a msgpack array in this field order
+    (``payportal.persistence._rows._add_outbox`` builds it)."""
 
     account_id: str
     payment_id: str
@@ -203,26 +196,13 @@ async def _method(connection: AsyncConnection, notice: PaymentNotice) -> dict[st
     return {"brand": brand, "last4": last4}
 
 
-async def _projected(connection: AsyncConnection, notice: PaymentNotice) -> bool:
-    version = (
-        await connection.execute(
-            sa.select(tables.accounts.c.version).where(
-                tables.accounts.c.account_id == notice.account_id
-            )
-        )
-    ).scalar()
-    return version is not None and version >= notice.version
-
-
 async def render_payment_email(
-    connection: AsyncConnection, *, kind: str, payload: bytes, public_url: str, now_ms: int
+    connection: AsyncConnection, *, kind: str, payload: bytes, public_url: str
 ) -> OutboxEmail:
-    """The email for a payment outbox row. Raises ``NotReady`` while the read models lag,
-    ``LookupError`` when the account has nobody to write to."""
+    """The email for a payment outbox row. Raises ``LookupError`` when the account has
+    nobody to write to."""
     assert kind in PAYMENT_KINDS, kind
     notice = _decoder.decode(payload)
-    if now_ms - notice.at_ms < PROJECTION_WAIT_MS_MAX and not await _projected(connection, notice):
-        raise NotReady(notice.payment_id)
     name, to, cc = await _recipients(connection, notice.account_id)
     if not to:
         raise LookupError(f"account {notice.account_id} has no contact email and no payers")

@@ -51,7 +51,7 @@ from payportal.persistence import tables
 from payportal.persistence._engine import READ
 
 from ._outbox import KIND_EMAIL, OutboxEmail, public_url
-from .payments import PAYMENT_KINDS, NotReady, render_payment_email
+from .payments import PAYMENT_KINDS, render_payment_email
 
 __all__ = [
     "MAIL_FROM_DEFAULT",
@@ -90,8 +90,6 @@ class SendPolicy(msgspec.Struct, frozen=True, kw_only=True):
     batch_max: int = 20
     # Idle wait between scans of an empty outbox.
     poll_interval_ms: int = 500
-    # A row whose payment is not yet in the read models is looked at again this soon.
-    not_ready_delay_ms: int = 200
 
 
 def next_delay_ms(policy: SendPolicy, attempts: int, rng: random.Random) -> int | None:
@@ -308,16 +306,6 @@ class OutboxSender:
             held=True,
         )  # fmt: skip
 
-    async def _not_ready(self, row: _Claimed) -> None:
-        # Waiting for the projection is not an attempt.
-        o = tables.outbox.c
-        await self._finish(
-            row,
-            {"due_at_ms": self._clock_ms() + self.policy.not_ready_delay_ms,
-             "lease_owner": None, "lease_until_ms": None, "attempts": o.attempts - 1},
-            held=True,
-        )  # fmt: skip
-
     # -- one row ------------------------------------------------------------------------
 
     async def _message(self, row: _Claimed) -> EmailMessage:
@@ -327,7 +315,7 @@ class OutboxSender:
             async with self._reader.connect() as connection:
                 stored = await render_payment_email(
                     connection, kind=row.kind, payload=row.payload,
-                    public_url=self._base_url or public_url(), now_ms=self._clock_ms(),
+                    public_url=self._base_url or public_url(),
                 )  # fmt: skip
         else:
             raise _Permanent(f"unknown outbox kind {row.kind!r}")
@@ -357,9 +345,6 @@ class OutboxSender:
         """Send one claimed row and record the result; returns the connection to reuse."""
         try:
             message = await self._message(row)
-        except NotReady:
-            await self._not_ready(row)
-            return smtp
         except _Permanent as error:
             await self._give_up(row, str(error))
             return smtp

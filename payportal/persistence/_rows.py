@@ -39,13 +39,16 @@ from .tables import PROCESSOR_DEFAULT
 
 __all__ = [
     "COLUMNS",
+    "NOTIFIED",
     "AccountChange",
     "CommitRows",
     "Projection",
+    "Row",
     "build_commit",
     "event_tag",
     "project_change",
     "project_entries",
+    "project_outbox",
     "project_state",
 ]
 
@@ -112,6 +115,8 @@ class Projection(msgspec.Struct, kw_only=True):
     attempts: dict[str, Row] = msgspec.field(default_factory=dict)
     allocations: dict[tuple[str, str], Row] = msgspec.field(default_factory=dict)
     ledger_entries: list[Row] = msgspec.field(default_factory=list)
+    # Payment emails for the events these rows reflect (see ``project_outbox``).
+    outbox: list[Row] = msgspec.field(default_factory=list)
     # The last journal id these rows reflect (0 when unknown).
     through_id: int = 0
 
@@ -126,6 +131,7 @@ class Projection(msgspec.Struct, kw_only=True):
         self.attempts.update(newer.attempts)
         self.allocations.update(newer.allocations)
         self.ledger_entries.extend(newer.ledger_entries)
+        self.outbox.extend(newer.outbox)
         self.through_id = max(self.through_id, newer.through_id)
 
 
@@ -136,8 +142,6 @@ class CommitRows(msgspec.Struct, kw_only=True):
     journal: list[Row] = msgspec.field(default_factory=list)
     checkpoints: dict[str, Row] = msgspec.field(default_factory=dict)
     projection: Projection = msgspec.field(default_factory=Projection)
-    # Payment emails, written in the same transaction as the events that cause them.
-    outbox: list[Row] = msgspec.field(default_factory=list)
 
 
 def event_tag(event: Event) -> str:
@@ -180,8 +184,8 @@ def _add_change(rows: CommitRows, shard_id: int, change: AccountChange) -> None:
     for event in change.events:
         version += 1
         rows.journal.append(_journal_row(shard_id, change.account_id, version, event))
-        if isinstance(event, _NOTIFIED):
-            _add_outbox(rows, state, version, event)
+        if isinstance(event, NOTIFIED):
+            project_outbox(rows.projection.outbox, state, version, event)
     if change.events:
         project_change(rows.projection, change)
     if change.checkpoint:
@@ -306,35 +310,39 @@ def _add_payment(projection: Projection, state: AccountState, payment_id: str) -
 #
 # A payer hears of a payment's success once, and of each terminal decline: the payment
 # failed, or waits for another payment method. A soft decline that will be retried is not
-# announced; its retry's outcome is. The payload holds the facts as of this commit (the
-# state after the change's events), so the email needs nothing the projection may lag on.
+# announced; its retry's outcome is. The rows ride with the projection, not the group
+# commit: an outbox insert in every capture's commit measurably slowed the commit (see
+# benchmarks/mail_outbox.py), while the projection is coalesced and off the reply path.
+# The payload holds the facts as of the state given (after the change's events, or after
+# the event itself when a catch-up replays the journal).
 
-_NOTIFIED: Final = (AttemptSucceeded, AttemptDeclined, AttemptErrored, RetriesExhausted)
+NOTIFIED: Final = (AttemptSucceeded, AttemptDeclined, AttemptErrored, RetriesExhausted)
 _DECLINE_TERMINAL: Final = frozenset({PaymentStatus.failed, PaymentStatus.requires_payment_method})
 
 
-def _add_outbox(rows: CommitRows, state: AccountState, version: int, event: Event) -> None:
-    assert isinstance(event, _NOTIFIED), event
+def project_outbox(outbox: list[Row], state: AccountState, version: int, event: Event) -> None:
+    """Append the email row, if any, that ``event`` (at ``version``) gives the payer."""
+    assert isinstance(event, NOTIFIED), event
     payment = state.payments.get(event.payment_id)
     if payment is None:
         return
-    notice: dict[str, Any] = {
-        "account_id": state.account_id, "payment_id": event.payment_id, "version": version,
-        "at_ms": event.at_ms, "amount_minor": payment.amount_minor,
-        "currency": payment.currency, "method_id": payment.payment_method.id,
-        "method_brand": payment.payment_method.brand,
-        "outstanding_minor": state.outstanding_minor, "credit_minor": state.credit_minor,
-    }  # fmt: skip
+    # A msgpack array in ``payportal.mail.payments.PaymentNotice``'s field order: no key
+    # names, so the row the commit writes stays small.
+    notice: list[Any] = [
+        state.account_id, event.payment_id, version, event.at_ms, payment.amount_minor,
+        payment.currency, payment.payment_method.id, payment.payment_method.brand,
+        state.outstanding_minor, state.credit_minor,
+    ]  # fmt: skip
     if isinstance(event, AttemptSucceeded):
         kind = "payment_succeeded"
         dedupe_key = f"payment_succeeded:{event.payment_id}"
         invoices = state.invoices
-        notice["allocations"] = [
+        allocations = [
             (a.invoice_id, invoices[a.invoice_id].number if a.invoice_id in invoices else "",
              a.amount_minor)
             for a in event.allocations
         ]  # fmt: skip
-        notice["unapplied_minor"] = event.unapplied_minor
+        notice += [allocations, event.unapplied_minor]
     else:
         status = getattr(event, "status", PaymentStatus.failed)
         if status not in _DECLINE_TERMINAL:
@@ -347,11 +355,11 @@ def _add_outbox(rows: CommitRows, state: AccountState, version: int, event: Even
             (a for a in payment.attempts if a.attempt_id == attempt_id),
             payment.attempts[-1] if payment.attempts else None,
         )
-        notice["status"] = status.value
-        notice["exhausted"] = isinstance(event, RetriesExhausted)
-        if attempt is not None:
-            decline_class = attempt.decline_class
-            notice["decline_code"] = attempt.decline_code
-            notice["decline_class"] = decline_class.value if decline_class is not None else None
-            notice["advice_code"] = attempt.advice_code
-    rows.outbox.append((kind, dedupe_key, _encoder.encode(notice), event.at_ms))
+        decline_class = attempt.decline_class if attempt is not None else None
+        notice += [
+            [], 0, status.value, isinstance(event, RetriesExhausted),
+            attempt.decline_code if attempt is not None else None,
+            decline_class.value if decline_class is not None else None,
+            attempt.advice_code if attempt is not None else None,
+        ]  # fmt: skip
+    outbox.append((kind, dedupe_key, _encoder.encode(notice), event.at_ms))

@@ -13,9 +13,12 @@ are a projection: the rows a commit touched are kept in memory, coalesced per ke
 written shortly afterwards in their own transaction with the shard's projection cursor
 (the last journal id they reflect). Every projected row carries the account version it
 came from and upserts only move forward, so projecting twice, late or concurrently is
-harmless. After a crash the rows in memory are gone; ``project_pending`` (and a shard's
-first projection) catches up by replaying the journal past the cursor, so nothing
-acknowledged stays missing from the read models. ``accounts.version`` tells a reader how
+harmless. Payment emails (the outbox rows of ``payportal.mail``) travel with the read
+models: written in the transaction that projects their event and advances the cursor,
+deduplicated by their key. After a crash the rows in memory are gone;
+``project_pending`` (and a shard's first projection) catches up by replaying the journal
+past the cursor, so nothing acknowledged stays missing from the read models or the
+outbox. ``accounts.version`` tells a reader how
 far an account has been projected.
 
 Rules: no ORM and no SQLAlchemy statement compilation on the hot path — PostgreSQL gets
@@ -46,11 +49,14 @@ from . import tables
 from ._engine import READ, create_engine_for, is_sqlite
 from ._rows import (
     COLUMNS,
+    NOTIFIED,
     AccountChange,
     CommitRows,
     Projection,
+    Row,
     build_commit,
     project_entries,
+    project_outbox,
     project_state,
 )
 
@@ -171,21 +177,8 @@ class Store:
             self._sql_checkpoints = _insert_sql(
                 dialect, tables.account_checkpoints, checkpoints, checkpoint_upsert
             )
-            # The same with the commit's payment emails (payportal/mail) in the statement.
-            outbox_sql = [
-                _insert_sql(dialect, tables.outbox, COLUMNS["outbox"],
-                            "ON CONFLICT (dedupe_key) DO NOTHING", first_param=first)
-                for first in (len(journal) + 1, len(journal) + len(checkpoints) + 1)
-            ]  # fmt: skip
-            self._sql_journal_outbox = (f"WITH j AS ({insert_journal}), o AS ({outbox_sql[0]}) "
-                                        "SELECT max(id) FROM j")  # fmt: skip
-            self._sql_both_outbox = (f"WITH j AS ({insert_journal}), c AS ({upsert_checkpoints}), "
-                                     f"o AS ({outbox_sql[1]}) SELECT max(id) FROM j")  # fmt: skip
         else:
             self._sql_journal = _insert_sql(dialect, tables.journal, journal)
-            self._sql_outbox = _insert_sql(
-                dialect, tables.outbox, COLUMNS["outbox"], "ON CONFLICT (dedupe_key) DO NOTHING"
-            )
             self._sql_checkpoints = _insert_sql(
                 dialect, tables.account_checkpoints, checkpoints, checkpoint_upsert
             )
@@ -199,6 +192,11 @@ class Store:
             dialect, tables.ledger_entries, COLUMNS["ledger_entries"],
             "ON CONFLICT (account_id, version, line) DO NOTHING",
         )  # fmt: skip
+        # Payment emails (payportal/mail): written with the read models that show their
+        # event, once per dedupe key however often an event is projected.
+        self._sql_projected["outbox"] = _insert_sql(
+            dialect, tables.outbox, COLUMNS["outbox"], "ON CONFLICT (dedupe_key) DO NOTHING"
+        )
         cursor_params = "($1, $2)" if dialect == "postgresql" else "(?, ?)"
         self._sql_cursor = (
             f"INSERT INTO projection_cursors (shard_id, journal_id) VALUES {cursor_params} "
@@ -291,17 +289,8 @@ class Store:
             list(column)
             for column in zip(*(rows.checkpoints[k] for k in sorted(rows.checkpoints)), strict=True)
         ]
-        outbox = [list(column) for column in zip(*rows.outbox, strict=True)]
         async with self._pool.acquire() as connection:
             try:
-                if journal and checkpoints and outbox:
-                    return int(await connection.fetchval(
-                        self._sql_both_outbox, *journal, *checkpoints, *outbox
-                    ))  # fmt: skip
-                if journal and outbox:
-                    return int(
-                        await connection.fetchval(self._sql_journal_outbox, *journal, *outbox)
-                    )
                 if journal and checkpoints:
                     return int(await connection.fetchval(self._sql_both, *journal, *checkpoints))
                 if journal:
@@ -322,8 +311,6 @@ class Store:
                         "SELECT max(id) FROM journal WHERE shard_id = ?", (rows.shard_id,)
                     )
                 ).scalar_one()
-                if rows.outbox:
-                    await connection.exec_driver_sql(self._sql_outbox, rows.outbox)
             if rows.checkpoints:
                 await connection.exec_driver_sql(
                     self._sql_checkpoints, [rows.checkpoints[k] for k in sorted(rows.checkpoints)]
@@ -406,6 +393,7 @@ class Store:
             ("allocations", [projection.allocations[k] for k in sorted(projection.allocations)])
         )
         batches.append(("ledger_entries", projection.ledger_entries))
+        batches.append(("outbox", projection.outbox))
         through_id = projection.through_id
         if self._pool is not None:
             async with self._pool.acquire() as connection, connection.transaction():
@@ -457,7 +445,9 @@ class Store:
             projected = (
                 await connection.execute(sa.select(a.c.version).where(a.c.account_id == account_id))
             ).scalar()
-        state, versions, entries = await self._load(account_id, ledger_after=int(projected or 0))
+        state, versions, entries = await self._load(
+            account_id, ledger_after=int(projected or 0), outbox=projection.outbox
+        )
         if state is None:
             return
         project_entries(projection, account_id, versions, entries)
@@ -471,11 +461,11 @@ class Store:
         return state
 
     async def _load(
-        self, account_id: str, *, ledger_after: int | None = None
+        self, account_id: str, *, ledger_after: int | None = None, outbox: list[Row] | None = None
     ) -> tuple[AccountState | None, list[int], list[Entry]]:
         """The account's latest state; with ``ledger_after``, also the ledger entries
         posted by events past that version (replaying from the start of the journal when
-        the checkpoint is newer than it)."""
+        the checkpoint is newer than it), and into ``outbox`` those events' emails."""
         cp = tables.account_checkpoints
         j = tables.journal
         versions: list[int] = []
@@ -503,12 +493,16 @@ class Store:
             )
             for row in newer:
                 assert row.version == version + 1, (account_id, version, row.version)
-                state, posted = evolve(state, _event_decoder.decode(row.payload))
+                event = _event_decoder.decode(row.payload)
+                state, posted = evolve(state, event)
                 version = row.version
                 assert state.version == version, (account_id, state.version, version)
                 if posted is not None and ledger_after is not None and version > ledger_after:
                     versions.append(version)
                     entries.append(posted)
+                after = ledger_after is not None and version > ledger_after
+                if outbox is not None and after and isinstance(event, NOTIFIED):
+                    project_outbox(outbox, state, version, event)
         return state, versions, entries
 
     # -- audit ---------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Payment emails enter the outbox in the group commit that journals their event — one
+"""Payment emails enter the outbox with the projection of their committed event — one
 confirmation per succeeded payment, one notice per terminal decline, none for a soft
-decline that will be retried, nothing when the commit is refused — and ``enqueue_email``
-writes in its caller's transaction once per dedupe key; checked by committing engine-driven
-accounts to real SQLite and PostgreSQL databases and reading the outbox back."""
+decline that will be retried, nothing when the commit is refused, exactly one when a
+crash leaves the catch-up to replay the journal — and ``enqueue_email`` writes in its
+caller's transaction once per dedupe key; checked by committing engine-driven accounts to
+real SQLite and PostgreSQL databases, projecting, and reading the outbox back."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from payportal.persistence import Store, tables
 from .conftest import AccountDriver
 
 
-async def _outbox(store: Store) -> list[sa.Row[tuple[str, str, bytes]]]:
+async def _outbox(store: Store, *, project: bool = True) -> list[sa.Row[tuple[str, str, bytes]]]:
+    if project:
+        await store.project_pending(0)
     o = tables.outbox.c
     async with store.engine.connect() as connection:
         result = await connection.execute(sa.select(o.kind, o.dedupe_key, o.payload).order_by(o.id))
@@ -197,6 +200,52 @@ async def test_a_refused_group_commit_leaves_no_outbox_row(
 
     assert await _outbox(store) == []
     assert await store.journal(account_id="acct_fresh") == []
+
+
+async def test_the_email_row_is_written_with_the_projection_not_before(
+    store: Store, new_account: type[AccountDriver]
+) -> None:
+    account = _account_with_invoices(new_account, "acct_proj")
+    account.pay(1_500)
+    await store.commit(0, [account.change()])
+
+    before = await _outbox(store, project=False)
+    after = await _outbox(store)
+
+    assert before == []
+    assert [r.kind for r in after] == ["payment_succeeded"]
+    async with store.engine.connect() as connection:
+        projected = (await connection.execute(
+            sa.select(tables.accounts.c.version)
+            .where(tables.accounts.c.account_id == "acct_proj")
+        )).scalar_one()  # fmt: skip
+    assert projected >= _notice(after[0].payload).version
+
+
+async def test_a_crash_before_the_projection_leaves_the_email_to_the_catch_up_once(
+    store: Store, new_account: type[AccountDriver], migrated_url: str
+) -> None:
+    account = _account_with_invoices(new_account, "acct_crash")
+    succeeded = account.pay(6_000)
+    declined = account.pay(500, outcome=OutcomeKind.declined, decline_code="do_not_honor")
+    await store.commit(0, [account.change()])
+    # The process dies with the projection still in memory; a new one starts.
+    restarted = await Store.connect(migrated_url)
+    try:
+        caught_up = await _outbox(restarted)
+    finally:
+        await restarted.close()
+
+    # The dead process's projection, had it survived to write, changes nothing.
+    again = await _outbox(store)
+
+    assert [(r.kind, r.dedupe_key.split(":")[1]) for r in caught_up] == [
+        ("payment_succeeded", succeeded), ("payment_declined", declined),
+    ]  # fmt: skip
+    assert [r.dedupe_key for r in again] == [r.dedupe_key for r in caught_up]
+    notice = _notice(caught_up[0].payload)
+    assert notice.amount_minor == 6_000
+    assert sum(amount for _, _, amount in notice.allocations) == 6_000
 
 
 async def test_enqueue_email_writes_once_per_key_and_only_if_the_caller_commits(
