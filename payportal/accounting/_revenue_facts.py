@@ -43,7 +43,6 @@ from payportal.engine.revenue import (
     RevenueInvoice,
     month_key,
     recognition_accuracy,
-    recognized_by_month,
     revenue_by_month,
 )
 
@@ -181,13 +180,17 @@ def build_revenue_report(
         posted = [p for p in account.ledger_parts if as_of is not None and p.posted_on <= as_of]
         # Everything issued by the report's day (all of it when nothing was recognized).
         billed_as_of = as_of if as_of is not None else dt.date.max
-        for month, (recognized_minor, deferred_minor) in revenue_by_month(
-            account.documents, billed_as_of
-        ).items():
-            if as_of is None:
-                recognized_minor, deferred_minor = 0, recognized_minor + deferred_minor
-            _add(billed, (currency, month), recognized_minor + deferred_minor)
-            _add(recomputed, (currency, month), recognized_minor)
+        expected: dict[tuple[str, str], int] = {}
+        for document in account.documents:
+            for month, (recognized_minor, deferred_minor) in revenue_by_month(
+                [document], billed_as_of
+            ).items():
+                if as_of is None:
+                    recognized_minor, deferred_minor = 0, recognized_minor + deferred_minor
+                _add(billed, (currency, month), recognized_minor + deferred_minor)
+                _add(recomputed, (currency, month), recognized_minor)
+                if recognized_minor:
+                    _add(expected, (document.invoice_id, month), recognized_minor)
         ledger_by_invoice: dict[tuple[str, str], int] = {}
         for part in posted:
             _add(ledger, (currency, part.month), part.amount_minor)
@@ -195,7 +198,7 @@ def build_revenue_report(
         for day, amount_minor in account.refunds:
             if as_of is not None and day <= as_of:
                 _add(refunds, (currency, month_key(day)), amount_minor)
-        differing.extend(_differing(account, as_of, ledger_by_invoice))
+        differing.extend(_differing(account, expected, ledger_by_invoice))
     keys = sorted(
         k for k in set(ledger) | set(recomputed) | set(billed) | set(refunds)
         if _in_range(k[1], start, end)
@@ -240,13 +243,10 @@ def _ratio(error_minor: int, base_minor: int) -> Fraction:
 
 
 def _differing(
-    account: AccountRevenueFacts, as_of: dt.date | None, ledger: Mapping[tuple[str, str], int]
+    account: AccountRevenueFacts,
+    expected: Mapping[tuple[str, str], int],
+    ledger: Mapping[tuple[str, str], int],
 ) -> list[DifferingInvoice]:
-    expected: dict[tuple[str, str], int] = {}
-    if as_of is not None:
-        for document in account.documents:
-            for month, amount_minor in recognized_by_month(document, as_of).items():
-                _add(expected, (document.invoice_id, month), amount_minor)
     found = []
     for invoice_id, month in sorted(set(expected) | set(ledger)):
         recognized_minor = ledger.get((invoice_id, month), 0)

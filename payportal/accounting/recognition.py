@@ -70,6 +70,8 @@ ACCOUNTS_PER_CALL: Final = 500
 RECOGNITION_INTERVAL_S: Final = 3_600
 
 _event_decoder: Final = msgspec.msgpack.Decoder(Event)
+# Journal rows fetched per round trip while reading the revenue events.
+ROWS_PER_FETCH: Final = 2_000
 
 
 class Submitter(Protocol):
@@ -160,12 +162,13 @@ async def load_revenue_facts(engine: AsyncEngine) -> list[AccountRevenueFacts]:
     events: list[Event] = []
     async with engine.connect() as connection:
         result = await connection.stream(query)
-        async for row in result:
-            if row.account_id != current:
-                if current is not None:
-                    facts.append(facts_from_events(current, events))
-                current, events = row.account_id, []
-            events.append(_event_decoder.decode(row.payload))
+        async for rows in result.partitions(ROWS_PER_FETCH):
+            for row in rows:
+                if row.account_id != current:
+                    if current is not None:
+                        facts.append(facts_from_events(current, events))
+                    current, events = row.account_id, []
+                events.append(_event_decoder.decode(row.payload))
     if current is not None:
         facts.append(facts_from_events(current, events))
     return facts

@@ -150,14 +150,19 @@ def revenue_by_month(
         if invoice.invoice_date > as_of:
             continue
         issued_minor += invoice.amount_minor
+        earned_before_minor = 0  # by the end of the day before each month's first
         for key, first, last in _invoice_months(invoice):
-            earned_before_minor = _invoice_recognized_through(invoice, first - _ONE_DAY)
-            month_minor = _invoice_recognized_through(invoice, last) - earned_before_minor
-            recognized_minor = (
-                _invoice_recognized_through(invoice, min(last, as_of)) - earned_before_minor
-                if as_of >= first
-                else 0
-            )
+            earned_through_minor = _invoice_recognized_through(invoice, last)
+            month_minor = earned_through_minor - earned_before_minor
+            if as_of >= last:
+                recognized_minor = month_minor
+            elif as_of >= first:
+                recognized_minor = (
+                    _invoice_recognized_through(invoice, as_of) - earned_before_minor
+                )
+            else:
+                recognized_minor = 0
+            earned_before_minor = earned_through_minor
             recognized_total, deferred_total = totals.get(key, (0, 0))
             totals[key] = (
                 recognized_total + recognized_minor,
