@@ -100,7 +100,14 @@ def reconcile_once(settings: Any) -> None:
             finally:
                 await processor.close()
 
-    run = _run(main)
+    from payportal.processors import ProcessorRequestError
+
+    try:
+        run = _run(main)
+    except ProcessorRequestError as error:
+        print(f"payportal reconcile: the processor's reports are unavailable ({error}); "
+              "is payportal serve (and its sandbox) running?", file=sys.stderr)  # fmt: skip
+        raise SystemExit(1) from None
     kinds = ", ".join(f"{k} {n}" for k, n in run.exceptions_by_kind.items()) or "none"
     print(f"payouts {run.payouts}, settled charges {run.charges}, matched {run.matched}, "
           f"posted now {run.posted}, new exceptions {run.exceptions_new} ({kinds})")
