@@ -19,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from typing import Final
@@ -26,6 +27,7 @@ from typing import Final
 import structlog
 from aiohttp import web
 from limits import RateLimitItemPerHour
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payportal.http.auth import hash_password, verify_password
 from payportal.http.errors import ApiError
@@ -38,7 +40,7 @@ from payportal.http.ratelimit import (
     client_address,
     mask_email,
 )
-from payportal.http.typedefs import RATE_LIMITS, STORE
+from payportal.http.typedefs import RATE_LIMITS, STORE, TASKS
 from payportal.persistence import directory
 
 from . import sessions
@@ -264,18 +266,27 @@ async def reset_request(request: web.Request) -> web.Response:
     engine = request.app[STORE].engine
     login = await directory.payer_by_email(engine, email) if allowed else None
     if login is not None:
-        from payportal.mail import enqueue_email, public_url
-
-        async with engine.begin() as connection:
-            token = await sessions.issue_link(connection, "reset", login.payer_id)
-            await enqueue_email(
-                connection, dedupe_key=f"password_reset:{sessions.token_hash(token)}",
-                to=login.email, template="password_reset",
-                context={"reset_url": f"{public_url()}/reset/{token}",
-                         "expires_minutes": int(sessions.RESET_TTL.total_seconds() // 60)},
-            )  # fmt: skip
-        log.info("password_reset_sent", email=mask_email(email))
+        # Written after the answer, so how long the answer takes does not tell whether
+        # the email has a login; it finishes even if the browser goes away.
+        task = asyncio.get_running_loop().create_task(_send_reset(engine, login))
+        tasks = request.app[TASKS]
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
     return render(request, "reset_request.html", {"sent": True, "email": "", "error": None})
+
+
+async def _send_reset(engine: AsyncEngine, login: directory.PayerLogin) -> None:
+    from payportal.mail import enqueue_email, public_url
+
+    async with engine.begin() as connection:
+        token = await sessions.issue_link(connection, "reset", login.payer_id)
+        await enqueue_email(
+            connection, dedupe_key=f"password_reset:{sessions.token_hash(token)}",
+            to=login.email, template="password_reset",
+            context={"reset_url": f"{public_url()}/reset/{token}",
+                     "expires_minutes": int(sessions.RESET_TTL.total_seconds() // 60)},
+        )  # fmt: skip
+    log.info("password_reset_sent", email=mask_email(login.email))
 
 
 async def _link_form(request: web.Request, purpose: sessions.LinkPurpose) -> web.Response:
