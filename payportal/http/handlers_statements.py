@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import re
 import time
 from typing import Annotated, Final, Literal
 
@@ -35,6 +34,7 @@ from payportal.statements import (
     Statement,
     StatementAccountNotFound,
     build_statement,
+    filename_for,
     journal_version,
     render_csv,
     render_pdf,
@@ -53,13 +53,13 @@ __all__ = [
     "StatementOut",
     "StatementQuery",
     "get_statement",
+    "statement_view",
 ]
 
 # The longest a request waits for the journal to reach the version the shard reported.
 # Commits land in order before replies, so this is a safety net that should never wait.
 FRESHNESS_WAIT_S: Final = 2.0
 FRESHNESS_POLL_S: Final = 0.01
-_FILENAME_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
 
 Minor = Annotated[int, msgspec.Meta(description="Integer minor units.")]
 UnixSeconds = Annotated[int, msgspec.Meta(description="Unix time in seconds.")]
@@ -210,11 +210,6 @@ async def _journal_reaches(request: web.Request, account_id: str, version: int) 
     return True
 
 
-def _filename(s: Statement, extension: str) -> str:
-    name = f"statement-{s.account_id}-{s.period_start}-{s.period_end}-v{s.version}"
-    return f"{_FILENAME_UNSAFE.sub('_', name)}.{extension}"
-
-
 async def get_statement(request: web.Request) -> web.Response:
     principal = await authenticate(request)
     account_id = request.match_info["id"]
@@ -241,12 +236,12 @@ async def get_statement(request: web.Request) -> web.Response:
         body = encode(statement_view(statement))
         return web.Response(body=body, content_type="application/json", headers=headers)
     if query.format == "csv":
-        headers["Content-Disposition"] = f'attachment; filename="{_filename(statement, "csv")}"'
+        headers["Content-Disposition"] = f'attachment; filename="{filename_for(statement, "csv")}"'
         return web.Response(
             body=render_csv(statement).encode(), content_type="text/csv", charset="utf-8",
             headers=headers,
         )  # fmt: skip
     # Tens of milliseconds of CPU for a long statement: off the event loop.
     pdf = await asyncio.to_thread(render_pdf, statement)
-    headers["Content-Disposition"] = f'attachment; filename="{_filename(statement, "pdf")}"'
+    headers["Content-Disposition"] = f'attachment; filename="{filename_for(statement, "pdf")}"'
     return web.Response(body=pdf, content_type="application/pdf", headers=headers)

@@ -15,6 +15,7 @@ from ._build import (
     StatementAccountNotFound,
     build_statement,
     date_of_ms,
+    filename_for,
     journal_version,
     ms_of_date,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "build_statement",
     "date_of_ms",
     "decimal_amount",
+    "filename_for",
     "format_amount",
     "journal_version",
     "ms_of_date",

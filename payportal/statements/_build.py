@@ -22,6 +22,7 @@ whatever its entry moved.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from typing import Any, Final
 
@@ -62,6 +63,7 @@ __all__ = [
     "StatementAccountNotFound",
     "build_statement",
     "date_of_ms",
+    "filename_for",
     "journal_version",
     "ms_of_date",
 ]
@@ -72,6 +74,7 @@ _EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
 MERCHANT_NAME_DEFAULT: Final = "payportal"
 
 _decoder: Final = msgspec.msgpack.Decoder(Event)
+_FILENAME_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
 _AR: Final = LedgerAccount.accounts_receivable
 _CREDIT: Final = LedgerAccount.customer_credit
 
@@ -87,6 +90,13 @@ def ms_of_date(day: dt.date) -> int:
 
 def date_of_ms(at_ms: int) -> dt.date:
     return dt.date.fromordinal(_EPOCH_ORDINAL + at_ms // DAY_MS)
+
+
+def filename_for(statement: Statement, extension: str) -> str:
+    """A download's file name: account, period and version, in characters safe anywhere."""
+    s = statement
+    name = f"statement-{s.account_id}-{s.period_start}-{s.period_end}-v{s.version}"
+    return f"{_FILENAME_UNSAFE.sub('_', name)}.{extension}"
 
 
 async def journal_version(engine: AsyncEngine, account_id: str) -> int:
