@@ -127,8 +127,11 @@ async def _serve(
     started.append(f"metrics      {base}/metrics  (Prometheus; merchant API key as bearer)")
     if workers > 1:
         started.append(f"             {workers} processes sharing the port (SO_REUSEPORT)")
-    if mail:
-        started.append("mail catcher not built yet (confirmation emails arrive with the portal)")
+    from payportal.mail.service import start_mail
+
+    # The catcher and inbox (unless --no-mail or an SMTP URL), and the outbox sender.
+    mail_service = await start_mail(settings, store.engine, catcher=mail)
+    started.extend(mail_service.banner)
 
     if janitor is not None:
         started.append(
@@ -165,6 +168,7 @@ async def _serve(
         _stop_workers(children)
         publisher_task.cancel()
         accounting_task.cancel()
+        await mail_service.close()
         for each in runners:
             await each.cleanup()
         await router.drain()
@@ -185,9 +189,12 @@ async def _front_door(
     from payportal.http.app import create_app
     from payportal.http.callbacks import add_callback_routes
     from payportal.http.events import STATUS_STREAMS
+    from payportal.mail import configure_public_url
     from payportal.metrics.http import METRICS
     from payportal.web import install_web
 
+    # Links in emails this process writes (enqueue_email) point at the public URL.
+    configure_public_url(settings.public_url)
     app = create_app(router=router, store=store, settings=settings, processor=processor)
     app[STATUS_STREAMS] = streams
     install_web(app, settings=settings)
