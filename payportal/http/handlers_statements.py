@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -35,9 +34,9 @@ from payportal.statements import (
     StatementAccountNotFound,
     build_statement,
     filename_for,
-    journal_version,
     render_csv,
     render_pdf,
+    wait_for_journal,
 )
 
 from .auth import authenticate, authorize_account
@@ -59,7 +58,6 @@ __all__ = [
 # The longest a request waits for the journal to reach the version the shard reported.
 # Commits land in order before replies, so this is a safety net that should never wait.
 FRESHNESS_WAIT_S: Final = 2.0
-FRESHNESS_POLL_S: Final = 0.01
 
 Minor = Annotated[int, msgspec.Meta(description="Integer minor units.")]
 UnixSeconds = Annotated[int, msgspec.Meta(description="Unix time in seconds.")]
@@ -200,16 +198,6 @@ def statement_view(s: Statement) -> StatementOut:
     )  # fmt: skip
 
 
-async def _journal_reaches(request: web.Request, account_id: str, version: int) -> bool:
-    engine = request.app[STORE].engine
-    deadline = time.monotonic() + FRESHNESS_WAIT_S
-    while await journal_version(engine, account_id) < version:
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(FRESHNESS_POLL_S)
-    return True
-
-
 async def get_statement(request: web.Request) -> web.Response:
     principal = await authenticate(request)
     account_id = request.match_info["id"]
@@ -220,7 +208,9 @@ async def get_statement(request: web.Request) -> web.Response:
     reply = await read_account(request.app[ROUTER], account_id)
     if reply.balance is None:
         raise not_found("id", "account")
-    complete = await _journal_reaches(request, account_id, reply.version)
+    complete = await wait_for_journal(
+        request.app[STORE].engine, account_id, reply.version, timeout_s=FRESHNESS_WAIT_S
+    )
     try:
         statement = await build_statement(
             request.app[STORE].engine, account_id, start=query.from_, end=query.to

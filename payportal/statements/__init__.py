@@ -18,6 +18,7 @@ from ._build import (
     filename_for,
     journal_version,
     ms_of_date,
+    wait_for_journal,
 )
 from ._csv import COLUMNS, render_csv, safe_cell
 from ._format import decimal_amount, format_amount
@@ -51,4 +52,5 @@ __all__ = [
     "render_csv",
     "render_pdf",
     "safe_cell",
+    "wait_for_journal",
 ]

@@ -21,6 +21,7 @@ whatever its entry moved.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 import time
@@ -66,6 +67,7 @@ __all__ = [
     "filename_for",
     "journal_version",
     "ms_of_date",
+    "wait_for_journal",
 ]
 
 DAY_MS: Final = 86_400_000
@@ -106,6 +108,19 @@ async def journal_version(engine: AsyncEngine, account_id: str) -> int:
     async with engine.execution_options(**READ).connect() as connection:
         found = (await connection.execute(query)).scalar()
     return int(found or 0)
+
+
+async def wait_for_journal(
+    engine: AsyncEngine, account_id: str, version: int, *, timeout_s: float,
+    poll_s: float = 0.01,
+) -> bool:  # fmt: skip
+    """Wait until the account's journal holds ``version``; False if it did not in time."""
+    deadline = time.monotonic() + timeout_s
+    while await journal_version(engine, account_id) < version:
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(poll_s)
+    return True
 
 
 async def _read(

@@ -48,11 +48,14 @@ from payportal.persistence import Store, tables
 from payportal.statements import (
     DAY_MS,
     Statement,
+    StatementAccountNotFound,
     build_statement,
     date_of_ms,
+    journal_version,
     ms_of_date,
     render_csv,
     render_pdf,
+    wait_for_journal,
 )
 
 SHARDS = 2
@@ -366,3 +369,38 @@ async def test_statement_balances_and_totals_equal_the_ledger(
         parts = sum(getattr(s.totals, name) for s in (upto, between, after))
         assert parts == getattr(whole.totals, name), name
     assert upto.version <= between.version <= after.version == whole.version
+
+
+async def test_the_journal_wait_returns_at_once_when_covered_and_false_when_not(
+    harness: Harness,
+) -> None:
+    account_id = "acct_wait"
+    await harness.submit(OpenAccount(account_id=account_id, currency="USD"))
+    reply = await harness.submit(ReadAccount(account_id=account_id))
+    engine = harness.store.engine
+
+    assert await journal_version(engine, account_id) == reply.version == 1
+    assert await wait_for_journal(engine, account_id, reply.version, timeout_s=0)
+    # A version the journal does not hold (as if a replica lagged): the wait gives up.
+    assert not await wait_for_journal(engine, account_id, reply.version + 1, timeout_s=0.05)
+    assert await journal_version(engine, "acct_never_opened") == 0
+
+
+async def test_a_period_before_the_account_opened_is_empty_and_an_unknown_account_raises(
+    harness: Harness,
+) -> None:
+    await harness.submit(OpenAccount(account_id="acct_late", currency="JPY"))
+    engine = harness.store.engine
+
+    statement = await build_statement(engine, "acct_late", end=date_of_ms(START_MS - DAY_MS))
+
+    assert statement.lines == ()
+    assert statement.currency == "JPY"
+    assert statement.closing == statement.opening
+    assert statement.closing.balance_minor == 0
+    assert statement.version == 0
+    with pytest.raises(StatementAccountNotFound):
+        await build_statement(engine, "acct_never_opened")
+    with pytest.raises(ValueError, match="after"):
+        await build_statement(engine, "acct_late", start=dt.date(2026, 2, 2),
+                              end=dt.date(2026, 2, 1))  # fmt: skip
