@@ -84,8 +84,9 @@ async def test_json_csv_and_pdf_agree_with_the_account_balance(api: Api) -> None
     status, _, raw, headers = await _statement(api, account_id, format="csv")
     assert status == 200
     assert headers["Content-Type"].startswith("text/csv")
+    day = r"\d{4}-\d\d-\d\d"
     assert re.fullmatch(
-        rf'attachment; filename="statement-{account_id}-\d{{4}}-\d\d-\d\d-\d{{4}}-\d\d-\d\d-v3.csv"',
+        rf'attachment; filename="statement-{account_id}-{day}-{day}-v3.csv"',
         headers["Content-Disposition"],
     ), headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(raw.decode())))
