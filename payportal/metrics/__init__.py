@@ -14,8 +14,9 @@ Where each number comes from, and why:
   path), method and status; router queue depths. Labelled ``worker``.
 - **Read from the database at scrape time, cached** ``DB_CACHE_S`` (5 s): payments by
   current status, the payment success ratio over the trailing 24 hours, and revenue
-  recognition accuracy (only when the accounting module provides it). These are facts
-  about all payments, not about one process, so any process gives the same answer.
+  recognition accuracy (``payportal.accounting``; it replays revenue events, so at most
+  once a minute). These are facts about all payments, not about one process, so any
+  process gives the same answer.
 
 No metric has a per-account, per-payment or per-payer label.
 

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -102,6 +102,9 @@ class FrontDoorMetrics:
         self.db_cache_s = DB_CACHE_S
         self.accuracy_cache_s = ACCURACY_CACHE_S
         self._now = now or (lambda: dt.datetime.now(dt.UTC))
+        # ``*_created`` series would double every counter's and histogram's series for a
+        # timestamp Prometheus does not use from the text format. (Process-wide switch.)
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=False)
         self.http_requests = Counter(
             "payportal_http_requests", "HTTP requests answered, by route template and status.",
@@ -305,7 +308,8 @@ class _Gathered(Collector):
         if snapshot.accuracy is not None:
             yield GaugeMetricFamily(
                 "payportal_revenue_recognition_accuracy_ratio",
-                "Revenue recognition accuracy over the last 24 h (1 is exact).",
+                "Revenue recognition accuracy over the months of service the last 24 h "
+                "touch (1 is exact; recomputed at most once a minute).",
                 value=snapshot.accuracy,
             )
 
