@@ -53,7 +53,10 @@ def tab_to(page: Any, selector: str) -> None:
 def tab_to_text(page: Any, text: str) -> None:
     """Press Tab until the focused link or button says ``text``."""
     for _ in range(TABS_MAX):
-        if text in page.evaluate("(document.activeElement || {}).textContent || ''"):
+        if page.evaluate(
+            "t => { const e = document.activeElement;"
+            " return !!e && e.matches('a, button') && e.textContent.includes(t); }", text
+        ):  # fmt: skip
             return
         page.keyboard.press("Tab")
     raise AssertionError(f"Tab never reached {text!r}")
