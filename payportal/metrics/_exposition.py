@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final
@@ -28,7 +29,6 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payportal.engine import PaymentStatus
@@ -104,7 +104,7 @@ class FrontDoorMetrics:
         self._now = now or (lambda: dt.datetime.now(dt.UTC))
         # ``*_created`` series would double every counter's and histogram's series for a
         # timestamp Prometheus does not use from the text format. (Process-wide switch.)
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=False)
         self.http_requests = Counter(
             "payportal_http_requests", "HTTP requests answered, by route template and status.",
@@ -187,7 +187,7 @@ def _histogram(name: str, documentation: str, snapshots: list[tuple[str, dict[st
         buckets: list[tuple[str, float]] = []
         for bound, count in zip([*data["bounds"], float("inf")], data["counts"], strict=True):
             cumulative += count
-            buckets.append((floatToGoString(bound), cumulative))
+            buckets.append(("+Inf" if math.isinf(bound) else repr(float(bound)), cumulative))
         family.add_metric([shard], buckets, sum_value=data["sum"])
     return family
 

@@ -135,5 +135,6 @@ def install_metrics(app: web.Application, *, worker: str = "0") -> FrontDoorMetr
     status the client got (after the error middleware has shaped it)."""
     metrics = FrontDoorMetrics(router=app[ROUTER], engine=app[STORE].engine, worker=worker)
     app[METRICS] = metrics
-    app.middlewares.insert(0, http_metrics_middleware(lambda request: request.app.get(METRICS)))
+    middleware = http_metrics_middleware(lambda request: request.app.get(METRICS))
+    app.middlewares.insert(0, middleware)  # type: ignore[arg-type]
     return metrics

@@ -393,7 +393,7 @@ async def retries_page(request: web.Request) -> web.StreamResponse:
         .limit(RETRY_ROWS_MAX)
     ))  # fmt: skip
     return _page(request, "retries.html", {
-        "rows": [{"row": row, "decline_code": (declines.get(row.payment_id) or [None])[-1],
+        "rows": [{"row": row, "decline_code": (declines.get(row.payment_id) or [""])[-1],
                   "declines": len(declines.get(row.payment_id, []))} for row in due],
         "inquiries": inquiries, "limit": RETRY_ROWS_MAX,
     })  # fmt: skip
