@@ -17,9 +17,19 @@ from typing import Any
 import jinja2
 import msgspec
 
-from payportal.engine.money import format_minor
+from payportal.engine.money import CURRENCY_EXPONENTS
 
-__all__ = ["RenderedEmail", "render_email"]
+__all__ = ["RenderedEmail", "format_money", "render_email"]
+
+
+def format_money(amount_minor: int, currency: str) -> str:
+    """For people: "1,819.50 USD", with integer arithmetic only."""
+    exponent = CURRENCY_EXPONENTS[currency]
+    sign = "-" if amount_minor < 0 else ""
+    whole, fraction = divmod(abs(amount_minor), 10**exponent)
+    if exponent == 0:
+        return f"{sign}{whole:,} {currency}"
+    return f"{sign}{whole:,}.{fraction:0{exponent}d} {currency}"
 
 
 class RenderedEmail(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,7 +49,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )  # fmt: skip
-    environment.filters["money"] = format_minor
+    environment.filters["money"] = format_money
     return environment
 
 

@@ -135,6 +135,8 @@ def decline_wording(notice: PaymentNotice) -> tuple[bool, str, str]:
 
 
 def _brand(brand: str) -> str:
+    if brand.lower() in ("", "unknown"):
+        return "card"
     return _BRANDS.get(brand.lower(), brand.replace("_", " ").title())
 
 
@@ -187,7 +189,8 @@ async def _method(connection: AsyncConnection, notice: PaymentNotice) -> dict[st
     )
     found = (await connection.execute(query)).first()
     if found is None:
-        return {"brand": _brand(notice.method_brand), "last4": ""} if notice.method_brand else None
+        known = notice.method_brand.lower() not in ("", "unknown")
+        return {"brand": _brand(notice.method_brand), "last4": ""} if known else None
     brand = _brand(found.brand)
     if found.wallet:
         brand = f"{_WALLETS.get(found.wallet, found.wallet)} ({brand})"
