@@ -18,8 +18,8 @@ records the error and sets ``failed_at`` at once: retrying cannot help.
 The delivery guarantee, honestly: AT LEAST ONCE to the SMTP server. A crash (or an
 expired lease) after the server accepted a message but before ``sent_at`` was written
 sends it again. Every send of a row carries the same ``Message-ID``, derived from the
-row's dedupe key (``message_id_for``), and the same content, so the resend is
-recognisably the same message: receivers that deduplicate by Message-ID (our catcher
+row's dedupe key (``message_id_for``), the same ``Date`` (when the row was written) and
+the same content, so the resend is recognisably the same message: receivers that deduplicate by Message-ID (our catcher
 does, as do many mailbox providers) show it once; others may show it twice. Nothing is
 ever marked sent that the server did not accept, and no row is lost: a row is pending
 until it is sent or deliberately given up with its reason in ``last_error``.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import email.utils
 import hashlib
 import logging
@@ -170,6 +171,8 @@ class _Claimed(msgspec.Struct, kw_only=True):
     dedupe_key: str
     payload: bytes
     attempts: int
+    lease_until_ms: int
+    created_at: dt.datetime
 
 
 class OutboxSender:
@@ -227,6 +230,10 @@ class OutboxSender:
         smtp: aiosmtplib.SMTP | None = None
         try:
             for row in claimed:
+                # Too little of the lease left to send within it: another sender may take
+                # the row meanwhile, so leave it to whoever claims it next.
+                if self._clock_ms() + self.policy.smtp_timeout_s * 1000 >= row.lease_until_ms:
+                    continue
                 smtp = await self._handle(row, smtp)
         finally:
             if smtp is not None and smtp.is_connected:
@@ -256,13 +263,15 @@ class OutboxSender:
             .where(o.id.in_(due.scalar_subquery()))
             .values(lease_owner=self.owner, lease_until_ms=now_ms + self.policy.lease_ms,
                     attempts=o.attempts + 1)
-            .returning(o.id, o.kind, o.dedupe_key, o.payload, o.attempts)
+            .returning(o.id, o.kind, o.dedupe_key, o.payload, o.attempts, o.lease_until_ms,
+                       o.created_at)
         )  # fmt: skip
         async with self.engine.begin() as connection:
             rows = (await connection.execute(claim)).all()
         return sorted(
             (_Claimed(id=r.id, kind=r.kind, dedupe_key=r.dedupe_key, payload=bytes(r.payload),
-                      attempts=r.attempts) for r in rows),
+                      attempts=r.attempts, lease_until_ms=r.lease_until_ms,
+                      created_at=r.created_at) for r in rows),
             key=lambda row: row.id,
         )  # fmt: skip
 
@@ -326,7 +335,11 @@ class OutboxSender:
             message["Cc"] = ", ".join(stored.cc)
         message["Subject"] = stored.subject
         message["Message-ID"] = message_id_for(row.dedupe_key, self.mail_from)
-        message["Date"] = email.utils.formatdate(localtime=False)
+        # When the row was written, so every send of it is the same message.
+        created_at = row.created_at
+        if created_at.tzinfo is None:  # SQLite keeps the database's UTC clock without zone
+            created_at = created_at.replace(tzinfo=dt.UTC)
+        message["Date"] = email.utils.format_datetime(created_at)
         message.set_content(stored.text)
         message.add_alternative(stored.html, subtype="html")
         return message

@@ -8,6 +8,8 @@ or handlers that answer 451/550), with the journal's own payment rows."""
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import random
 import re
 import time
@@ -74,6 +76,20 @@ class ScriptedHandler:
         if self.replies:
             self.refused += 1
             return self.replies.pop(0)
+        self.inbox.add(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+        return "250 OK"
+
+
+class RecordingHandler:
+    """Accepts every message into ``inbox`` and keeps each delivery's headers."""
+
+    def __init__(self, inbox: MailInbox) -> None:
+        self.inbox = inbox
+        self.deliveries: list[tuple[str, str, str]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        parsed = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        self.deliveries.append((parsed["Message-ID"], parsed["Date"], parsed["Subject"]))
         self.inbox.add(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
         return "250 OK"
 
@@ -207,33 +223,57 @@ async def test_a_hard_decline_notice_says_why_and_asks_for_another_method(
 
 
 async def test_a_sender_dying_between_send_and_mark_resends_the_same_message_once_more(
-    store: Store, new_account: type[AccountDriver], catcher: MailCatcher
+    store: Store, new_account: type[AccountDriver]
 ) -> None:
     class DiesAfterSending(OutboxSender):
         async def _mark_sent(self, row: Any, note: str | None = None) -> None:
             raise asyncio.CancelledError  # the process is killed here
 
-    _, payment_id = await _paid_account(store, new_account)
-    clock = Clock()
-    dying = _sender(store.engine, catcher.smtp_port, clock, cls=DiesAfterSending)
-    with pytest.raises(asyncio.CancelledError):
-        await dying.run_once()
-    assert catcher.inbox.deliveries == 1
-    survivor = _sender(store.engine, catcher.smtp_port, clock, owner="sender-b")
+    inbox = MailInbox()
+    handler = RecordingHandler(inbox)
+    catcher = await start_catcher(smtp_port=0, ui_port=None, inbox=inbox, handler=handler)
+    try:
+        _, payment_id = await _paid_account(store, new_account)
+        clock = Clock()
+        dying = _sender(store.engine, catcher.smtp_port, clock, cls=DiesAfterSending)
+        with pytest.raises(asyncio.CancelledError):
+            await dying.run_once()
+        assert len(handler.deliveries) == 1
+        survivor = _sender(store.engine, catcher.smtp_port, clock, owner="sender-b")
 
-    assert await survivor.run_once() == 0, "the dead sender's lease still holds the row"
-    clock.advance(POLICY.lease_ms)
-    assert await survivor.run_once() == 1
-    assert await survivor.run_once() == 0
+        assert await survivor.run_once() == 0, "the dead sender's lease still holds the row"
+        clock.advance(POLICY.lease_ms)
+        assert await survivor.run_once() == 1
+        assert await survivor.run_once() == 0
+    finally:
+        await catcher.close()
 
     # At least once to the server (the resend happened), once in the mailbox: the resend
-    # carries the same Message-ID, and the receiver drops it.
-    assert catcher.inbox.deliveries == 2
-    [message] = catcher.inbox.list()
+    # is the same message (Message-ID, Date, subject), and the receiver drops it.
+    assert len(handler.deliveries) == 2
+    assert handler.deliveries[0] == handler.deliveries[1]
+    assert inbox.deliveries == 2
+    [message] = inbox.list()
     assert message.message_id == message_id_for(f"payment_succeeded:{payment_id}")
     row = await _row(store.engine)
     assert row.sent_at is not None
     assert row.attempts == 2
+
+
+async def test_a_row_whose_lease_would_run_out_mid_send_is_left_for_the_next_claim(
+    store: Store, new_account: type[AccountDriver], catcher: MailCatcher
+) -> None:
+    await _paid_account(store, new_account)
+    hurried = SendPolicy(lease_ms=1_000, smtp_timeout_s=5)
+    sender = OutboxSender(store.engine, smtp=SmtpTarget(hostname="127.0.0.1",
+                          port=catcher.smtp_port), policy=hurried, base_url=BASE_URL)  # fmt: skip
+
+    assert await sender.run_once() == 1
+
+    assert catcher.inbox.deliveries == 0
+    row = await _row(store.engine)
+    assert row.sent_at is None
+    assert row.failed_at is None
 
 
 async def test_a_sender_dying_before_sending_leaves_the_row_to_another_sender(
