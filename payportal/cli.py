@@ -38,6 +38,8 @@ keys_app = typer.Typer(help="Merchant API keys.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(demo_app, name="demo")
+billing_app = typer.Typer(help="Recurring billing.", no_args_is_help=True)
+app.add_typer(billing_app, name="billing")
 revenue_app = typer.Typer(help="Revenue recognition and its report.", no_args_is_help=True)
 app.add_typer(revenue_app, name="revenue")
 
@@ -205,6 +207,42 @@ def reconcile() -> None:
                          "reconciliation")  # fmt: skip
     _sqlite_directory_ensure(settings)
     run_once(settings)
+
+
+def _instant_ms(value: str, zone_name: str) -> int:
+    """An ISO 8601 instant; without an offset it is read in the billing time zone (a bare
+    date: its midnight there)."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=ZoneInfo(zone_name))
+    return int(parsed.timestamp() * 1000)
+
+
+@billing_app.command("run")
+def billing_run(
+    now: Annotated[
+        str | None,
+        typer.Option(help="Bill as of this ISO 8601 instant or date (default: now); "
+                     "without an offset, in PAYPORTAL_BILLING_TIMEZONE."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what is due; change nothing.")
+    ] = False,
+) -> None:  # fmt: skip
+    """Invoice every due subscription period and charge autopay, once; print a summary."""
+    settings = _settings()
+    now_ms = None
+    if now is not None:
+        try:
+            now_ms = _instant_ms(now, settings.billing_timezone)
+        except ValueError:
+            _fail(f"--now: must be an ISO 8601 date or time, got {now!r}", EXIT_SETTINGS)
+    run_billing = _function("payportal.billing.cli", "run_billing", "billing run", "billing")
+    _sqlite_directory_ensure(settings)
+    typer.echo(run_billing(settings, now_ms=now_ms, dry_run=dry_run))
 
 
 @app.command()

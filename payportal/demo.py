@@ -124,8 +124,30 @@ async def seed_with(
             store.engine, new_payer_id=new_id("payer"), email=DEMO_PAYER_EMAIL,
             password_hash=password_hash, account_id=account.account_id,
         )  # fmt: skip
+    await _seed_subscription(router, store, today or dt.date.today())
     key = await create_api_key_async(store, "demo") if api_key else None
     return DemoSeeded(accounts=[o.account_id for o in opens], invoices_created=created, api_key=key)
+
+
+async def _seed_subscription(router: Any, store: Any, today: dt.date) -> None:
+    """A monthly support plan Acme subscribes to without autopay (the payer pays each
+    invoice in the portal); its first period is invoiced at once."""
+    from payportal.billing import BillingRunner
+    from payportal.billing import _service as billing
+    from payportal.engine.billing_schedule import Interval
+
+    await billing.create_plan(
+        store.engine, plan_id="plan_demo_support", name="Support (monthly)",
+        amount_minor=4_900, currency="USD", interval=Interval.month,
+    )  # fmt: skip
+    created = await billing.create_subscription(
+        store.engine, subscription_id="sub_demo_acme_support", account_id="acct_demo_acme",
+        account_currency="USD", plan_id="plan_demo_support", payment_method_id=None,
+        autopay=False, anchor_day=None, today=today,
+    )  # fmt: skip
+    if isinstance(created, billing.BillingRejection):
+        raise RuntimeError(f"demo subscription rejected: {created}")
+    await BillingRunner(router, store.engine, None).bill_subscription(created.id)
 
 
 def seed(settings: Any) -> None:

@@ -151,6 +151,13 @@ async def _serve(
         + ("; settlements reconciled every 15 min" if processor is not None else "")
     )
 
+    from payportal.billing.cli import start_billing_scheduler
+
+    # Due subscription periods invoiced and charged; the claims make a second scheduler
+    # (another server, or `payportal billing run`) safe.
+    billing_task, billing_line = start_billing_scheduler(settings, router, store, processor)
+    started.append(billing_line)
+
     demo = None
     if seed_demo:
         from payportal.demo import seed_with
@@ -168,6 +175,8 @@ async def _serve(
         _stop_workers(children)
         publisher_task.cancel()
         accounting_task.cancel()
+        if billing_task is not None:
+            billing_task.cancel()
         await mail_service.close()
         for each in runners:
             await each.cleanup()

@@ -132,7 +132,8 @@ async def cancel_subscription(
     engine: AsyncEngine, *, subscription_id: str, at_period_end: bool, today: dt.date
 ) -> Subscription | BillingRejection:
     """At period end: billed through the current period, then ended. At once: ended
-    today, with no further invoice (what was billed for the period stays billed)."""
+    today (or with the last billed period, if today's is not billed yet), with no further
+    invoice; what was billed for the current period stays billed."""
     for _ in range(CHANGE_TRIES_MAX):
         row = await records.subscription(engine, subscription_id)
         if row is None:
@@ -146,7 +147,10 @@ async def cancel_subscription(
         else:
             status = subscription_next(row.status, SubscriptionEvent.canceled)
             assert status is SubscriptionStatus.canceled
-            values = {"status": status, "ended_on": today}
+            # Service ends today if today is billed, else with the last billed period: a
+            # period not billed yet is not billed at all.
+            last_billed = row.next_period_start - dt.timedelta(days=1)
+            values = {"status": status, "ended_on": min(today, last_billed)}
         async with engine.begin() as connection:
             result = await connection.execute(
                 sa.update(subscriptions)

@@ -55,6 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from payportal.actors import Reply, ShardRouter
 from payportal.engine import (
     Allocation,
+    Command,
     CreatePayment,
     Initiator,
     IssueInvoice,
@@ -67,7 +68,6 @@ from payportal.engine import (
     RetrySchedule,
     ServicePeriod,
 )
-from payportal.http import ids
 from payportal.persistence import directory
 from payportal.persistence._engine import READ
 from payportal.persistence.tables import invoices as invoices_read_model
@@ -181,12 +181,16 @@ class BillingReport(msgspec.Struct, kw_only=True):
 
 def invoice_id_for_period(account_id: str, subscription_id: str, period_start: dt.date) -> str:
     """Fixed by the subscription and the period: a replayed issue names the same invoice."""
+    from payportal.http import ids  # here: the front door's package imports billing
+
     return ids.derived_child_id("inv", account_id, "billing", subscription_id,
                                 period_start.isoformat())  # fmt: skip
 
 
 def payment_ids_for(account_id: str, invoice_id: str) -> tuple[str, str, str]:
     """(payment id, first attempt id, engine idempotency key) of an invoice's autopay."""
+    from payportal.http import ids  # here: the front door's package imports billing
+
     return (
         ids.derived_child_id("pay", account_id, "billing", invoice_id),
         ids.derived_child_id("att", account_id, "billing", invoice_id),
@@ -211,14 +215,15 @@ class BillingRunner:
     """Runs due billing for every subscription; one per process, any number at once.
 
     ``router`` submits commands to the shards, ``engine`` holds billing's tables and the
-    front door's, ``charger`` charges an attempt (the gateway). ``clock_ms`` is unix
+    front door's, ``charger`` charges an attempt (the gateway); a dry run needs neither
+    router nor charger. ``clock_ms`` is unix
     milliseconds, injected so tests move time without sleeping; ``zone`` is the business
     time zone whose dates periods follow. ``fault`` is called at each step boundary with
     the step's name (tests inject crashes there)."""
 
     def __init__(
         self,
-        router: ShardRouter,
+        router: ShardRouter | None,
         engine: AsyncEngine,
         charger: Charger | None,
         *,
@@ -244,6 +249,10 @@ class BillingRunner:
         self._concurrency_max = concurrency_max
         self._batch_max = batch_max
         self._fault = fault or _noop
+
+    async def _submit(self, command: Command) -> Reply:
+        assert self._router is not None, "a dry run submits nothing"
+        return await self._router.submit(command)
 
     def today(self, now_ms: int | None = None) -> dt.date:
         return local_date(self._clock_ms() if now_ms is None else now_ms, self.zone)
@@ -404,9 +413,8 @@ class BillingRunner:
             report.skipped += 1
             return []
         report.periods_claimed += len(rows)
-        return await records.invoice_rows(
-            self._engine, invoice_ids=[r["invoice_id"] for r in rows]
-        )
+        defaults = {"charge_minor": None, "payment_id": None, "outcome": None}
+        return [records.InvoiceRow(**{**defaults, **r}) for r in rows]
 
     async def _end(self, sub: records.SubscriptionRow, report: BillingReport) -> None:
         """A subscription canceled at its period's end has reached it."""
@@ -475,8 +483,7 @@ class BillingRunner:
                 report.unpaid += 1
             if outcome in (InvoiceOutcome.paid, InvoiceOutcome.unpaid):
                 await self._settled(connection, row, outcome, report)
-        fresh = await records.invoice_rows(self._engine, invoice_ids=[row.invoice_id])
-        return fresh[0]
+        return msgspec.structs.replace(row, state=state, **values)
 
     async def _issue(
         self, row: records.InvoiceRow, report: BillingReport
@@ -487,7 +494,7 @@ class BillingRunner:
         period = None
         if row.service_start is not None and row.service_end is not None:
             period = ServicePeriod(start=row.service_start, end=row.service_end)
-        reply = await self._router.submit(
+        reply = await self._submit(
             IssueInvoice(
                 account_id=row.account_id, invoice_id=row.invoice_id, number=row.number,
                 amount_minor=row.amount_minor, currency=row.currency, due_date=row.due_date,
@@ -526,7 +533,7 @@ class BillingRunner:
         schedule = RetrySchedule.one_off if row.kind is InvoiceKind.item else (
             RetrySchedule.subscription
         )  # fmt: skip
-        reply = await self._router.submit(
+        reply = await self._submit(
             CreatePayment(
                 account_id=row.account_id, payment_id=payment_id, attempt_id=attempt_id,
                 idempotency_key=key, amount_minor=row.charge_minor, currency=row.currency,
@@ -548,10 +555,7 @@ class BillingRunner:
             return await self._step(row, InvoiceState.settled, report,
                                     outcome=InvoiceOutcome.rejected)  # fmt: skip
         report.charges_started += reply.outcome.result is Result.ok
-        charging = await self._step(row, InvoiceState.charging, report)
-        if charging is None:
-            return None
-        return await self._follow_charge(charging, reply, report)
+        return await self._follow_charge(row, reply, report)
 
     async def _charge_moved(self, row: records.InvoiceRow) -> bool:
         """Whether a row in ``charging`` has something to do: its payment ended, or its
@@ -567,7 +571,7 @@ class BillingRunner:
 
     async def _read_payment(self, row: records.InvoiceRow) -> Reply:
         assert row.payment_id is not None
-        return await self._router.submit(
+        return await self._submit(
             ReadAccount(account_id=row.account_id, payment_id=row.payment_id)
         )
 
@@ -578,6 +582,7 @@ class BillingRunner:
             reply = await self._read_payment(row)
         payment = reply.payment
         if payment is None:
+            assert row.state is InvoiceState.charging, row
             # The row says charging but the payment is not there: create it again.
             return await self._step(row, InvoiceState.invoiced, report)
         if (
@@ -596,7 +601,11 @@ class BillingRunner:
                                     outcome=InvoiceOutcome.unpaid)  # fmt: skip
         # Retries are scheduled, or the outcome is unknown: the retry janitor takes it from
         # here, and any scheduler settles the row once the payment ends.
-        await records.release_lease(self._engine, row, owner=self.owner)
+        if row.state is InvoiceState.invoiced:
+            await self._step(row, InvoiceState.charging, report, lease_owner=None,
+                             lease_until_ms=0)  # fmt: skip
+        else:
+            await records.release_lease(self._engine, row, owner=self.owner)
         return None
 
     # -- subscription status and dunning --------------------------------------------------
@@ -605,40 +614,38 @@ class BillingRunner:
         self, connection: AsyncConnection, row: records.InvoiceRow, outcome: InvoiceOutcome,
         report: BillingReport,
     ) -> None:  # fmt: skip
+        """The subscription's status follows its invoice's payment (``TRANSITIONS``): one
+        conditional update per status the event moves away from, so a concurrent change
+        of status is never overwritten."""
         if row.subscription_id is None:
             return
-        sub = await records.subscription(connection, row.subscription_id)
-        assert sub is not None, row
-        if outcome is InvoiceOutcome.paid:
-            still_unpaid = (
-                await connection.execute(
-                    sa.select(sa.func.count()).select_from(billing_invoices).where(
-                        billing_invoices.c.subscription_id == sub.id,
-                        billing_invoices.c.outcome == InvoiceOutcome.unpaid,
-                    )
-                )
-            ).scalar_one()
-            if still_unpaid:
-                return
-            event = SubscriptionEvent.payment_succeeded
-        else:
-            event = SubscriptionEvent.payment_failed
-        status = subscription_next(sub.status, event)
-        assert status is not None, (sub.status, event)
-        if status is not sub.status:
-            await connection.execute(
+        event = (SubscriptionEvent.payment_succeeded if outcome is InvoiceOutcome.paid
+                 else SubscriptionEvent.payment_failed)  # fmt: skip
+        for source in SubscriptionStatus:
+            target = subscription_next(source, event)
+            if target is None or target is source:
+                continue
+            update = (
                 sa.update(subscriptions)
-                .where(subscriptions.c.id == sub.id, subscriptions.c.status == sub.status)
-                .values(status=status)
+                .where(subscriptions.c.id == row.subscription_id, subscriptions.c.status == source)
+                .values(status=target)
             )
-            if status is SubscriptionStatus.past_due:
+            if event is SubscriptionEvent.payment_succeeded:
+                # Active again only once no other invoice of it is left unpaid.
+                update = update.where(~sa.exists().where(
+                    billing_invoices.c.subscription_id == row.subscription_id,
+                    billing_invoices.c.outcome == InvoiceOutcome.unpaid,
+                ))  # fmt: skip
+            moved = (await connection.execute(update)).rowcount == 1
+            if moved and target is SubscriptionStatus.past_due:
                 report.became_past_due += 1
-            elif status is SubscriptionStatus.active:
+            elif moved and target is SubscriptionStatus.active:
                 report.reactivated += 1
-        if event is SubscriptionEvent.payment_failed and sub.status is not (
-            SubscriptionStatus.canceled
-        ):  # fmt: skip
-            await self._dunning_email(connection, row, sub)
+        if event is SubscriptionEvent.payment_failed:
+            sub = await records.subscription(connection, row.subscription_id)
+            assert sub is not None, row
+            if sub.status is not SubscriptionStatus.canceled:
+                await self._dunning_email(connection, row, sub)
 
     async def _dunning_email(
         self, connection: AsyncConnection, row: records.InvoiceRow, sub: records.SubscriptionRow
