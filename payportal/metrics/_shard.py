@@ -10,8 +10,9 @@ front door turns snapshots into metric families at scrape time
 A payment is counted when it first reaches a terminal status; a payment sent back to
 processing with a new payment method (after a hard decline) finishes, and is counted,
 again — the engine measures its processing anew. Replayed commands add no events and so
-count nothing. Counts start at zero when a shard (re)starts; they are exposed per shard, so Prometheus
-sees a counter reset on one series, which ``rate()`` handles, rather than a dip in a sum.
+count nothing. Counts start at zero when a shard (re)starts; they are exposed per shard,
+so Prometheus sees a counter reset on one series, which ``rate()`` handles, rather than a
+dip in a sum.
 """
 
 from __future__ import annotations
