@@ -232,9 +232,10 @@ async def test_saved_methods_can_be_added_made_default_used_and_removed(portal: 
                                                **(await portal.card_token(card))}, token=token)
         assert added.status == 303
     page = await (await portal.client.get(f"/methods?account={account_id}")).text()
-    ids = re.findall(r'data-method="(pm_[^"]+)"', page)
-    assert len(ids) == 2
-    assert _text(page).count("Default") == 1  # the first card saved became the default
+    cards = dict(re.findall(r'data-method="(pm_[^"]+)">\s*<p><strong>(\w+)', page))
+    assert sorted(cards.values()) == ["Mastercard", "Visa"]
+    assert re.search(r"Visa ending in 4242</strong> <span[^>]*>Default<", page)  # the first
+    ids = sorted(cards, key=lambda i: cards[i] == "Mastercard")  # Visa, then Mastercard
     token = await portal.token(f"/methods?account={account_id}")
     assert (await portal.post(f"/methods/{ids[1]}/default", {}, token=token)).status == 303
     pay_page = await (await portal.client.get(f"/pay?account={account_id}")).text()
