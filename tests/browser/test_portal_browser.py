@@ -3,7 +3,8 @@
 using only the keyboard on a 375 px wide screen, watches the status reach "Paid", checks
 the receipt's allocation, downloads the statement and checks its totals, and finds the
 confirmation email in the mail catcher; then the same with a hard decline (use another
-payment method) and a soft decline (retry scheduled). Screenshots are kept as artefacts."""
+payment method) and a soft decline (retry scheduled), and a wallet button. Screenshots are
+kept as artefacts."""
 
 from __future__ import annotations
 
@@ -219,3 +220,29 @@ def test_a_soft_decline_says_a_retry_is_scheduled(page: Any, stack: Stack, shoot
     assert "Retry scheduled" in text
     assert "try the same card again automatically" in text
     assert "not have enough funds" in text
+
+
+def test_a_wallet_button_pays_through_the_processors_wallet_token(
+    page: Any, stack: Stack, shoot: Any
+) -> None:
+    sign_in(page, stack)
+    tab_to(page, 'main a[href^="/pay?"]')
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/pay?**")
+    tab_to(page, "#amount")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("5.00")
+    tab_to(page, 'input[name="method"]:checked')
+    for _ in range(10):
+        if page.locator("#method-wallet").is_checked():
+            break
+        page.keyboard.press("ArrowDown")
+    assert page.locator("#method-wallet").is_checked()
+    assert page.locator("#wallets").is_visible()
+    assert not page.locator("#new-card").is_visible()
+    tab_to(page, 'button[data-wallet="google_pay"]')
+    page.keyboard.press("Space")
+    page.wait_for_url("**/payments/pay_**")
+    page.locator("[data-status-badge]").filter(has_text="Paid").wait_for()
+    shoot("wallet-receipt")
+    assert "Google Pay (Visa ending in 4242)" in page.locator("[data-receipt]").inner_text()
