@@ -60,7 +60,9 @@ def chromium_path() -> str:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+# Package scope: one server for every browser test, stopped when they are done rather
+# than at the end of the whole run (it holds a Ray instance and its shards).
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Iterator[Stack]:
     """``payportal serve --seed-demo`` as ``make run`` starts it, on free ports."""
     workdir = tmp_path_factory.mktemp("serve")
@@ -110,7 +112,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Itera
     assert "4000000000000002" not in output
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium_path: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
