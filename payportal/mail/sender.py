@@ -19,10 +19,11 @@ The delivery guarantee, honestly: AT LEAST ONCE to the SMTP server. A crash (or 
 expired lease) after the server accepted a message but before ``sent_at`` was written
 sends it again. Every send of a row carries the same ``Message-ID``, derived from the
 row's dedupe key (``message_id_for``), the same ``Date`` (when the row was written) and
-the same content, so the resend is recognisably the same message: receivers that deduplicate by Message-ID (our catcher
-does, as do many mailbox providers) show it once; others may show it twice. Nothing is
-ever marked sent that the server did not accept, and no row is lost: a row is pending
-until it is sent or deliberately given up with its reason in ``last_error``.
+the same content, so the resend is recognisably the same message: receivers that
+deduplicate by Message-ID (our catcher does, as do many mailbox providers) show it once;
+others may show it twice. Nothing is ever marked sent that the server did not accept,
+and no row is lost: a row is pending until it is sent or deliberately given up with its
+reason in ``last_error``.
 """
 
 from __future__ import annotations
