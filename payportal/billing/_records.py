@@ -276,7 +276,9 @@ async def workable_invoices(
     query = (
         sa.select(billing_invoices)
         .where(
-            billing_invoices.c.state != InvoiceState.settled,
+            # An IN list, not "!= settled": the (state, lease) index serves it.
+            billing_invoices.c.state.in_([InvoiceState.claimed, InvoiceState.invoiced,
+                                          InvoiceState.charging]),
             sa.or_(billing_invoices.c.lease_owner == owner,
                    billing_invoices.c.lease_until_ms <= now_ms),
         )

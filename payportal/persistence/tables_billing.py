@@ -103,6 +103,9 @@ billing_invoices = sa.Table(
     sa.UniqueConstraint("subscription_id", "period_start"),
     sa.Index(None, "state", "lease_until_ms"),
     sa.Index(None, "account_id"),
+    # Dunning: a subscription's unpaid invoices, and the run's scan for unpaid ones.
+    sa.Index(None, "subscription_id", "outcome"),
+    sa.Index(None, "outcome"),
 )
 
 card_expiry_reminders = sa.Table(

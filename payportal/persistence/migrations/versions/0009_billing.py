@@ -102,6 +102,11 @@ def upgrade() -> None:
         "billing_invoices", ["state", "lease_until_ms"],
     )  # fmt: skip
     op.create_index(op.f("ix_billing_invoices_account_id"), "billing_invoices", ["account_id"])
+    op.create_index(
+        op.f("ix_billing_invoices_subscription_id_outcome"),
+        "billing_invoices", ["subscription_id", "outcome"],
+    )  # fmt: skip
+    op.create_index(op.f("ix_billing_invoices_outcome"), "billing_invoices", ["outcome"])
     op.create_table(
         "card_expiry_reminders",
         sa.Column("payment_method_id", sa.String(length=64), nullable=False),
