@@ -621,6 +621,15 @@ class BillingRunner:
             return
         event = (SubscriptionEvent.payment_succeeded if outcome is InvoiceOutcome.paid
                  else SubscriptionEvent.payment_failed)  # fmt: skip
+        # One settlement of a subscription's invoices at a time: on PostgreSQL the updates
+        # below then read the other's committed outcome (a statement after the lock takes
+        # a fresh snapshot), so "no invoice left unpaid" is never judged on a stale one.
+        # SQLite's BEGIN IMMEDIATE serializes writers already.
+        await connection.execute(
+            sa.select(subscriptions.c.id)
+            .where(subscriptions.c.id == row.subscription_id)
+            .with_for_update()
+        )
         for source in SubscriptionStatus:
             target = subscription_next(source, event)
             if target is None or target is source:
