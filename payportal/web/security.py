@@ -97,6 +97,9 @@ WEB_CONFIG: web.AppKey[WebConfig] = web.AppKey("web_config")
 _NONCE: web.RequestKey[str] = web.RequestKey("csp_nonce")
 # A CSRF cookie drawn for this request (the browser had none): set on the response.
 _NEW_CSRF: web.RequestKey[str] = web.RequestKey("new_csrf_cookie")
+# A session cookie set by this request's handler (sign-in): tokens rendered after it bind
+# to the new session.
+_ROTATED_SESSION: web.RequestKey[str] = web.RequestKey("rotated_session_cookie")
 
 
 def is_page(request: web.Request) -> bool:
@@ -132,9 +135,6 @@ def _session_cookie(request: web.Request) -> str:
     """The session cookie the browser will hold after this response: one set by the
     handler (sign-in) wins over the one it sent."""
     return str(request.get(_ROTATED_SESSION, request.cookies.get(SESSION_COOKIE, "")))
-
-
-_ROTATED_SESSION: web.RequestKey[str] = web.RequestKey("rotated_session_cookie")
 
 
 def csrf_token(request: web.Request) -> str:

@@ -204,7 +204,7 @@ async def test_static_files_are_cached_and_api_errors_stay_json_while_pages_get_
 
 
 async def test_the_session_cookie_is_host_prefixed_secure_httponly_and_lax(
-    portal: Portal,
+    portal: Portal, capfd: pytest.CaptureFixture[str],
 ) -> None:
     email = _email()
     await portal.payer(email)
@@ -224,6 +224,11 @@ async def test_the_session_cookie_is_host_prefixed_secure_httponly_and_lax(
         rows = (await connection.execute(sa.text("SELECT token_hash FROM portal_sessions"))).all()
     assert rows
     assert all(token not in r.token_hash for r in rows)
+    # Neither the password typed nor the cookie reach the logs.
+    logged = capfd.readouterr()
+    assert "path=/signin" in logged.out + logged.err
+    assert PASSWORD not in logged.out + logged.err
+    assert token not in logged.out + logged.err
 
 
 # -- CSRF ------------------------------------------------------------------------------------
