@@ -25,6 +25,9 @@ SHARDS = 2
 # New connections are spread over the processes by the kernel; this many scrapes reach
 # both with overwhelming likelihood (the chance of missing one is 2 * 2**-40).
 SCRAPES = 40
+# How long the processes' database figures may take to show the payment (projection lag
+# plus each process's few seconds of cache).
+PROJECTION_WAIT_S = 30.0
 
 
 def _scrape(url: str, key: str) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
@@ -78,10 +81,21 @@ def test_any_worker_reports_every_shard_and_its_own_requests(tmp_path: Path) -> 
         }, Authorization=f"Bearer {key}", Idempotency_Key="metrics-serve-1")  # fmt: skip
         assert payment["status"] == "succeeded"
 
+        # The read model is projected just after the commit and each process caches its
+        # database figures for a few seconds: scrape until every process has seen it.
         by_worker: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-        for _ in range(SCRAPES):
+        deadline = time.monotonic() + PROJECTION_WAIT_S
+        scrapes = 0
+        while scrapes < SCRAPES or time.monotonic() < deadline:
             worker, samples = _scrape(f"{base}/metrics", key)
             by_worker[worker] = samples
+            scrapes += 1
+            projected = [w.get(("payportal_payments", (("status", "succeeded"),)), 0) >= 1
+                         for w in by_worker.values()]  # fmt: skip
+            if scrapes >= SCRAPES and len(by_worker) == WORKERS and all(projected):
+                break
+            if scrapes >= SCRAPES:
+                time.sleep(0.5)
         assert set(by_worker) == {str(n) for n in range(WORKERS)}
         for worker, samples in by_worker.items():
             up = {dict(labels)["shard"]: v for (name, labels), v in samples.items()
