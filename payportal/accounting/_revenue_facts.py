@@ -4,11 +4,13 @@ recomputation, and the accuracy of the one against the other. Pure: no I/O.
 The model: an account's journal holds two stories about its revenue.
 
 - What the ledger recognized: the parts of every ``RevenueRecognized`` event (posted on
-  the day it recognized through) and the parts a void took back (``InvoiceVoided``,
-  posted on the day of the void), each for one invoice and one month of service.
+  the day it recognized through), and of every void (``InvoiceVoided``) what it caught
+  up (posted on the day before the void) and what it took back (posted on the day of
+  the void), each for one invoice and one month of service.
 - What should have been recognized, recomputed from the invoices alone: every issued
   invoice (amount, UTC invoice date, service period) and, for a voided one, a credit of
-  the same amount over the same period dated on the void day — fed to
+  the same amount over the same days (a one-off's one day is its invoice date) dated on
+  the void day — fed to
   ``engine.revenue.revenue_by_month``, which shares no code with the engine's posting.
 
 As of a day, the first counts the postings made by then, the second the invoices and
@@ -37,6 +39,7 @@ from payportal.engine import (
     InvoiceVoided,
     PaymentRefunded,
     RevenueRecognized,
+    ServicePeriod,
     utc_date,
 )
 from payportal.engine.revenue import (
@@ -100,10 +103,19 @@ def facts_from_events(account_id: str, events: Iterable[Event]) -> AccountRevenu
             original = issued[event.invoice_id]
             # A void is a credit of the whole invoice over the same days, from its day on.
             voided_on = utc_date(event.at_ms)
-            credit = msgspec.structs.replace(
-                original, amount_minor=-original.amount_minor, invoice_date=voided_on
+            # A one-off's day is its invoice date: the credit takes back that same day.
+            days = original.service_period or ServicePeriod(
+                start=original.invoice_date, end=original.invoice_date
             )
+            credit = msgspec.structs.replace(
+                original, amount_minor=-original.amount_minor, invoice_date=voided_on,
+                service_period=days,
+            )  # fmt: skip
             facts.documents.append(credit)
+            for part in event.revenue_caught_up:
+                caught_up = _LedgerPart(voided_on - dt.timedelta(days=1), part.invoice_id,
+                                        part.month, part.amount_minor)  # fmt: skip
+                facts.ledger_parts.append(caught_up)
             for part in event.revenue_reversed:
                 reversal = _LedgerPart(voided_on, part.invoice_id, part.month, part.amount_minor)
                 facts.ledger_parts.append(reversal)

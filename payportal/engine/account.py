@@ -15,8 +15,12 @@ invoice has earned by the end of that day — ratably per day of its service per
 of it on the invoice date when it has none — per month of service, so the ledger says
 what is recognized and what is still deferred, by month. A day is a UTC calendar date
 (the invoice date is the UTC date of its issue). Only past days are recognized, so
-nothing issued later can fall on a day already recognized. A void takes back at once
-what the invoice recognized (per month) and what it still defers. A refund changes no
+nothing issued later can fall on a day already recognized. A void first recognizes what
+the invoice earned before the void's day that no run has posted yet (the run for
+yesterday may come after a void this morning), dated the day before the void, then takes
+back at once all it recognized (per month) and all it still defers. So a report as of a
+day is exact once recognition has run through the day before every void since; while
+the job lags further behind a void, the days in between show it as a difference. A refund changes no
 invoice: it posts to ``refunds``, the contra-revenue account, on the day it happens.
 ``SettleCharge`` posts the processor's payout of a captured charge: its fee to ``fees``
 and the rest to ``cash``, out of ``processor_clearing``.
@@ -411,16 +415,28 @@ def _decide_void_invoice(state: AccountState, command: VoidInvoice, now_ms: int)
         return _exists(**ids)
     if invoice.status is not InvoiceStatus.open:
         return _rejected(Rejection.invoice_must_be_open, **ids)
+    # The days before the void keep what they earned, even if their recognition run has
+    # not come yet; the void takes back everything recognized from its own day.
+    earned = recognized_by_month(invoice.revenue(), utc_date(now_ms) - dt.timedelta(days=1))
+    caught_up: list[RevenuePart] = []
+    recognized = dict(invoice.recognized_by_month)
+    for month in sorted(earned):
+        delta_minor = earned[month] - recognized.get(month, 0)
+        if delta_minor > 0:
+            caught_up.append(RevenuePart(invoice_id=invoice.invoice_id, month=month,
+                                         amount_minor=delta_minor))  # fmt: skip
+            recognized[month] = recognized.get(month, 0) + delta_minor
     reversed_parts = tuple(
         RevenuePart(invoice_id=invoice.invoice_id, month=month, amount_minor=-amount_minor)
-        for month, amount_minor in sorted(invoice.recognized_by_month.items())
+        for month, amount_minor in sorted(recognized.items())
         if amount_minor
     )
     events: list[Event] = [
         InvoiceVoided(
             at_ms=now_ms, invoice_id=invoice.invoice_id,
             amount_remaining_minor=invoice.amount_remaining_minor,
-            amount_paid_minor=invoice.amount_paid_minor, revenue_reversed=reversed_parts,
+            amount_paid_minor=invoice.amount_paid_minor, revenue_caught_up=tuple(caught_up),
+            revenue_reversed=reversed_parts,
         )
     ]  # fmt: skip
     # What was paid on a voided invoice returns to credit, and credit goes at once to the
@@ -900,10 +916,17 @@ def _evolve(state: AccountState, event: Event) -> Entry | None:
         assert invoice.status is InvoiceStatus.open
         assert event.amount_remaining_minor == invoice.amount_remaining_minor
         assert event.amount_paid_minor == invoice.amount_paid_minor
+        # Caught up and taken back in one event: the catch-up moves deferred to revenue
+        # and the reversal moves it back, so only what was recognized before shows.
         recognized_minor = invoice.amount_recognized_minor
+        recognized = dict(invoice.recognized_by_month)
+        for part in event.revenue_caught_up:
+            assert part.amount_minor > 0, part
+            recognized[part.month] = recognized.get(part.month, 0) + part.amount_minor
         assert {p.month: -p.amount_minor for p in event.revenue_reversed} == {
-            m: v for m, v in invoice.recognized_by_month.items() if v
+            m: v for m, v in recognized.items() if v
         }, (event, invoice.recognized_by_month)
+        assert sum(recognized.values()) <= invoice.amount_due_minor, (event, invoice)
         invoice.status = InvoiceStatus.void
         invoice.recognized_by_month = {}
         state.credit_minor += event.amount_paid_minor

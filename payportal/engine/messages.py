@@ -248,7 +248,11 @@ class InvoiceVoided(_Event, tag="invoice_voided", frozen=True, kw_only=True):
     # What the invoice still owed leaves receivables; what was paid on it returns to credit.
     amount_remaining_minor: int
     amount_paid_minor: int
-    # The revenue already recognized for it, taken back per month of service (negative).
+    # What the invoice had earned by the end of the day before the void that recognition
+    # had not posted yet (a run for that day may come after the void): recognized first,
+    # as of that day, so the days before the void keep the revenue they earned.
+    revenue_caught_up: tuple[RevenuePart, ...] = ()
+    # Then all of its recognized revenue, taken back per month of service (negative).
     revenue_reversed: tuple[RevenuePart, ...] = ()
 
 
