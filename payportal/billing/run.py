@@ -39,13 +39,14 @@ from __future__ import annotations
 import asyncio
 import calendar
 import datetime as dt
+import functools
 import logging
 import os
 import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, ParamSpec, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -211,6 +212,23 @@ def _noop(_: str) -> None:
     return None
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _whole(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """A step that writes runs to its end (commit or rollback) even when its run is
+    cancelled meanwhile (a sibling task's crash, shutdown). Cancelled inside a
+    transaction, the database driver can leave the pooled connection in it — on SQLite
+    holding the write lock that every shard then waits for."""
+
+    @functools.wraps(method)
+    async def whole(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.shield(method(*args, **kwargs))  # type: ignore[arg-type]
+
+    return whole
+
+
 class BillingRunner:
     """Runs due billing for every subscription; one per process, any number at once.
 
@@ -356,6 +374,7 @@ class BillingRunner:
             ended_on=sub.ended_on,
         )  # fmt: skip
 
+    @_whole
     async def _claim(
         self, sub: records.SubscriptionRow, today: dt.date, now_ms: int, report: BillingReport
     ) -> list[records.InvoiceRow]:
@@ -416,6 +435,7 @@ class BillingRunner:
         defaults = {"charge_minor": None, "payment_id": None, "outcome": None}
         return [records.InvoiceRow(**{**defaults, **r}) for r in rows]
 
+    @_whole
     async def _end(self, sub: records.SubscriptionRow, report: BillingReport) -> None:
         """A subscription canceled at its period's end has reached it."""
         status = subscription_next(sub.status, SubscriptionEvent.canceled)
@@ -436,9 +456,9 @@ class BillingRunner:
         if not leased:
             if row.state is InvoiceState.charging and not await self._charge_moved(row):
                 return  # still in its retries: nothing to do until the payment moves
-            taken = await records.take_lease(
+            taken = await asyncio.shield(records.take_lease(
                 self._engine, row, owner=self.owner, now_ms=now_ms, lease_ms=self._lease_ms
-            )
+            ))  # fmt: skip
             if taken is None:
                 report.skipped += 1
                 return
@@ -462,6 +482,7 @@ class BillingRunner:
             row = moved
         return row
 
+    @_whole
     async def _step(
         self, row: records.InvoiceRow, state: InvoiceState, report: BillingReport,
         *, outcome: InvoiceOutcome | None = None, **values: Any,
@@ -605,7 +626,7 @@ class BillingRunner:
             await self._step(row, InvoiceState.charging, report, lease_owner=None,
                              lease_until_ms=0)  # fmt: skip
         else:
-            await records.release_lease(self._engine, row, owner=self.owner)
+            await asyncio.shield(records.release_lease(self._engine, row, owner=self.owner))
         return None
 
     # -- subscription status and dunning --------------------------------------------------
@@ -691,6 +712,7 @@ class BillingRunner:
             },
         )  # fmt: skip
 
+    @_whole
     async def _reconcile_unpaid(self, report: BillingReport) -> None:
         """An unpaid invoice paid later (by the payer, or a replaced method's retry)
         settles as paid, which may make its subscription active again."""
@@ -748,6 +770,7 @@ class BillingRunner:
             rows = (await connection.execute(query)).all()
         return [r for r in rows if _remind_on(r.exp_year, r.exp_month) <= today]
 
+    @_whole
     async def _remind_expiring_cards(self, today: dt.date, report: BillingReport) -> None:
         from payportal.mail import enqueue_email
 
