@@ -70,7 +70,7 @@ DST_INSTANTS = [
 # writer makes the same year several times slower. Either can be set by environment.
 SUBSCRIPTIONS_BY_DIALECT = {
     "postgresql": int(os.environ.get("PAYPORTAL_TEST_BILLING_SUBSCRIPTIONS", "1000")),
-    "sqlite": int(os.environ.get("PAYPORTAL_TEST_BILLING_SUBSCRIPTIONS_SQLITE", "250")),
+    "sqlite": int(os.environ.get("PAYPORTAL_TEST_BILLING_SUBSCRIPTIONS_SQLITE", "100")),
 }
 SHARDS = 2
 # Scheduler leases: short against the fake clock's steps, so a crashed run's rows are
