@@ -153,15 +153,13 @@ async def _seed_subscription(router: Any, store: Any, today: dt.date) -> None:
 def seed(settings: Any) -> None:
     """``payportal demo seed``: start (or join) Ray and the shards, seed, print the key."""
     from payportal.actors import ShardRouter
-    from payportal.actors.cluster import connect_ray, ensure_shards
+    from payportal.actors.cluster import connect_ray_for_command, ensure_shards
     from payportal.persistence import Store, migrate
 
     async def main() -> DemoSeeded:
         await asyncio.to_thread(migrate, settings.database_url)
-        connect_ray(settings.ray_address)
-        handles = ensure_shards(
-            settings.shards, settings.database_url, detached=settings.ray_address is not None
-        )
+        joined = connect_ray_for_command(settings.ray_address, settings.var_dir)
+        handles = ensure_shards(settings.shards, settings.database_url, detached=joined)
         store = await Store.connect(settings.database_url)
         try:
             return await seed_with(ShardRouter(handles), store)

@@ -70,6 +70,11 @@ async def _serve(
     started.append(f"database     {_redacted(settings.database_url)} (migrated)")
 
     connect_ray(settings.ray_address)
+    advertised = None
+    if settings.ray_address is None:
+        from payportal.actors.cluster import advertise_local_ray
+
+        advertised = advertise_local_ray(settings.var_dir)
     janitor = None
     if sandbox:
         from payportal.actors.cluster import ShardJanitor
@@ -187,6 +192,8 @@ async def _serve(
             await processor.close()
         await streams.close()
         await store.close()
+        if advertised is not None:
+            advertised.unlink(missing_ok=True)
         print("payportal stopped", file=sys.stderr)
 
 

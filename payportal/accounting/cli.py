@@ -29,14 +29,12 @@ T = TypeVar("T")
 @asynccontextmanager
 async def _shards(settings: Any) -> AsyncIterator[tuple[Any, Any]]:
     from payportal.actors import ShardRouter
-    from payportal.actors.cluster import connect_ray, ensure_shards
+    from payportal.actors.cluster import connect_ray_for_command, ensure_shards
     from payportal.persistence import Store, migrate
 
     await asyncio.to_thread(migrate, settings.database_url)
-    connect_ray(settings.ray_address)
-    handles = ensure_shards(
-        settings.shards, settings.database_url, detached=settings.ray_address is not None
-    )
+    joined = connect_ray_for_command(settings.ray_address, settings.var_dir)
+    handles = ensure_shards(settings.shards, settings.database_url, detached=joined)
     store = await Store.connect(settings.database_url)
     router = ShardRouter(handles)
     try:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -30,7 +32,22 @@ import ray  # after the flag above, deliberately
 from .protocol import NAMESPACE, shard_name
 from .shard import AccountShardCore, ShardOptions
 
-__all__ = ["AccountShard", "ShardJanitor", "connect_ray", "ensure_shards", "get_shards"]
+__all__ = [
+    "AccountShard",
+    "ShardJanitor",
+    "advertise_local_ray",
+    "connect_ray",
+    "connect_ray_for_command",
+    "ensure_shards",
+    "get_shards",
+]
+
+# Where `payportal serve` on the embedded local Ray leaves its Ray address, so a command
+# run beside it (billing run, reconcile, demo seed) joins its shards instead of starting
+# a second set that would write the same accounts.
+LOCAL_RAY_ADDRESS_FILE = "ray_address"
+# How long a command waits for an advertised Ray to answer before treating it as gone.
+LOCAL_RAY_PROBE_S = 1.0
 
 
 class ShardJanitor(msgspec.Struct, frozen=True, kw_only=True):
@@ -162,6 +179,56 @@ def connect_ray(address: str | None = None, **init_kwargs: Any) -> None:
         log_to_driver=False,
         **init_kwargs,
     )
+
+
+def advertise_local_ray(var_dir: Path) -> Path:
+    """Write this process's local Ray address into ``var_dir``; the caller removes the
+    file when it stops."""
+    path = var_dir / LOCAL_RAY_ADDRESS_FILE
+    var_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(ray.get_runtime_context().gcs_address + "\n")
+    return path
+
+
+def connect_ray_for_command(ray_address: str | None, var_dir: Path) -> bool:
+    """Join the configured Ray; else the local one a running ``serve`` advertised; else
+    start a local Ray. Returns whether an existing Ray was joined (its shards outlive
+    this command, so they must not be created as this driver's own)."""
+    if ray_address is not None:
+        connect_ray(ray_address)
+        return True
+    try:
+        advertised = (var_dir / LOCAL_RAY_ADDRESS_FILE).read_text().strip()
+    except OSError:
+        advertised = ""
+    host, _, port = advertised.rpartition(":")
+    if host and port.isdigit():
+        try:
+            # A file left by a serve that was killed names a port nobody listens on.
+            socket.create_connection((host, int(port)), timeout=LOCAL_RAY_PROBE_S).close()
+        except OSError:
+            pass
+        else:
+            _token_mode_if_token_available()
+            # The advertised Ray is this machine's, kept on loopback like connect_ray(None).
+            connect_ray(advertised, _node_ip_address="127.0.0.1")
+            return True
+    connect_ray(None)
+    return False
+
+
+def _token_mode_if_token_available() -> None:
+    """A local Ray started by ray.init() requires the token it keeps in the user's home,
+    but a driver joining by address sends it only in token mode, which Ray reads into
+    its cached config: switch through Ray's own helper (private; absent in Rays without
+    token authentication, which need nothing)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def ensure_shards(

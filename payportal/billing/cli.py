@@ -39,14 +39,12 @@ async def _run(settings: Any, *, now_ms: int | None, dry_run: bool) -> str:
             report = await runner.run_once(now_ms=now_ms, dry_run=True)
             return report.summary()
         from payportal.actors import ShardRouter
-        from payportal.actors.cluster import connect_ray, ensure_shards
+        from payportal.actors.cluster import connect_ray_for_command, ensure_shards
         from payportal.http.gateway import Gateway
         from payportal.persistence import directory
 
-        connect_ray(settings.ray_address)
-        handles = ensure_shards(
-            settings.shards, settings.database_url, detached=settings.ray_address is not None
-        )
+        joined = connect_ray_for_command(settings.ray_address, settings.var_dir)
+        handles = ensure_shards(settings.shards, settings.database_url, detached=joined)
         router = ShardRouter(handles, batch_max_items=settings.batch_max_items,
                              batch_max_wait_ms=settings.batch_max_wait_ms)  # fmt: skip
         if settings.processor == "sandbox":
