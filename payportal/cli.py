@@ -200,8 +200,7 @@ def revenue_report(
 
 @app.command()
 def reconcile() -> None:
-    """Match the processor's settlement reports with payments; post fees and cash; queue
-    every mismatch."""
+    """Match settlement reports with payments, post fees and cash, queue mismatches."""
     settings = _settings()
     run_once = _function("payportal.accounting.cli", "reconcile_once", "reconcile",
                          "reconciliation")  # fmt: skip
