@@ -224,9 +224,21 @@ def _whole(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
     @functools.wraps(method)
     async def whole(*args: P.args, **kwargs: P.kwargs) -> T:
-        return await asyncio.shield(method(*args, **kwargs))  # type: ignore[arg-type]
+        return await _to_the_end(method(*args, **kwargs))  # type: ignore[arg-type]
 
     return whole
+
+
+async def _to_the_end(step: Awaitable[T]) -> T:
+    """Run a writing step to its end even if the caller is cancelled meanwhile, and keep
+    the caller until then: a run that has ended must not commit anything afterwards, or
+    a later run could read the world before this write lands and leave its row behind."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 class BillingRunner:
@@ -456,7 +468,7 @@ class BillingRunner:
         if not leased:
             if row.state is InvoiceState.charging and not await self._charge_moved(row):
                 return  # still in its retries: nothing to do until the payment moves
-            taken = await asyncio.shield(records.take_lease(
+            taken = await _to_the_end(records.take_lease(
                 self._engine, row, owner=self.owner, now_ms=now_ms, lease_ms=self._lease_ms
             ))  # fmt: skip
             if taken is None:
@@ -626,7 +638,7 @@ class BillingRunner:
             await self._step(row, InvoiceState.charging, report, lease_owner=None,
                              lease_until_ms=0)  # fmt: skip
         else:
-            await asyncio.shield(records.release_lease(self._engine, row, owner=self.owner))
+            await _to_the_end(records.release_lease(self._engine, row, owner=self.owner))
         return None
 
     # -- subscription status and dunning --------------------------------------------------

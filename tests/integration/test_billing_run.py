@@ -382,4 +382,4 @@ async def test_random_runs_and_kills_over_months_leave_exactly_one_invoice_per_p
     assert set(issued.values()) == {1}
     assert set(created.values()) == {1}
     assert all(n == 1 for n in captured.values())
-    assert all(r.state is InvoiceState.settled for r in rows)
+    assert [r for r in rows if r.state is not InvoiceState.settled] == []
