@@ -29,6 +29,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 PAYMENTS = 1_000
 ACCOUNTS = 20
 KILL_AFTER_ACKNOWLEDGED = 300
+# How long the killed node's actors may take to stop answering.
+NODE_GONE_S_MAX = 60
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,14 @@ async def test_shards_of_a_dead_node_come_back_on_the_other_and_recover(
 
     await asyncio.gather(kill_node(), *(pay(i) for i in range(PAYMENTS)))
     recovery_s = time.monotonic() - killed_at[0]
-    nodes_after = {await h.node_id.remote() for h in handles}
+    # The last payments can be answered before the kill lands; a shard on the dying node
+    # may then still answer for a moment, so ask until the node's processes are gone.
+    deadline = time.monotonic() + NODE_GONE_S_MAX
+    while True:
+        nodes_after = {await h.node_id.remote() for h in handles}
+        if doomed.node_id not in nodes_after or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
     assert doomed.node_id not in nodes_after
 
     store = await Store.connect(url)
