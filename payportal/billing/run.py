@@ -346,11 +346,15 @@ class BillingRunner:
         # killed process would; an Exception is one item's failure, counted and retried.
         async with asyncio.TaskGroup() as group:
             for each in due:
-                group.create_task(self._guarded(semaphore, claim_and_work(each), report))
+                group.create_task(
+                    self._guarded(semaphore, functools.partial(claim_and_work, each), report)
+                )
             for row in workable:
-                group.create_task(self._guarded(semaphore, work(row), report))
-        await self._guarded(semaphore, self._reconcile_unpaid(report), report)
-        await self._guarded(semaphore, self._remind_expiring_cards(today, report), report)
+                group.create_task(self._guarded(semaphore, functools.partial(work, row), report))
+        await self._guarded(semaphore, functools.partial(self._reconcile_unpaid, report), report)
+        await self._guarded(
+            semaphore, functools.partial(self._remind_expiring_cards, today, report), report
+        )
         return report
 
     async def bill_subscription(self, subscription_id: str) -> BillingReport:
@@ -368,11 +372,16 @@ class BillingRunner:
         return report
 
     async def _guarded(
-        self, semaphore: asyncio.Semaphore, work: Awaitable[None], report: BillingReport
+        self,
+        semaphore: asyncio.Semaphore,
+        work: Callable[[], Awaitable[None]],
+        report: BillingReport,
     ) -> None:
+        # The work is created only once it holds the semaphore: a run cancelled while
+        # items wait leaves no coroutine that was made and never awaited.
         async with semaphore:
             try:
-                await work
+                await work()
             except Exception:
                 report.errors += 1
                 log.exception("billing item failed; it stays due")
