@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from payportal.config import Settings
+from payportal.gc_tuning import tune_for_throughput
 
 __all__ = ["run", "sandbox_webhook_secret"]
 
@@ -170,6 +171,7 @@ async def _serve(
         demo = await seed_with(router, store)
 
     _print_banner(started, demo, base)
+    tune_for_throughput()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -304,6 +306,7 @@ async def _worker(
     # On Redis every stream is shared; the in-process stand-in is fed only in worker 0.
     streams = open_status_streams(settings.redis_url)
     runner = await _front_door(settings, router, store, processor, streams, worker=worker)
+    tune_for_throughput()
     ready.set()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -29,6 +29,8 @@ if not os.environ.get("PAYPORTAL_RAY_ADDRESS"):
 
 import ray  # after the flag above, deliberately
 
+from payportal.gc_tuning import tune_for_throughput
+
 from .protocol import NAMESPACE, shard_name
 from .shard import AccountShardCore, ShardOptions
 
@@ -87,6 +89,8 @@ class AccountShard:
         self._ready_lock = asyncio.Lock()
         self._clock_offset_ms = 0
         self._janitor_task: asyncio.Task[None] | None = None
+        # A shard process does nothing but apply batches: collect cycles rarely.
+        tune_for_throughput()
         if janitor is not None:
             # An async actor's constructor runs on its event loop.
             self._janitor_task = asyncio.get_running_loop().create_task(
