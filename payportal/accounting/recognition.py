@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from payportal.engine import Command, Event, RecognizeRevenue, Rejection, Result, utc_date
 from payportal.persistence import tables
 from payportal.persistence.tables_accounting import revenue_recognition_runs
+from payportal.persistence.upserts import upsert
 
 from ._revenue_facts import (
     REVENUE_EVENT_TYPES,
@@ -44,7 +45,6 @@ from ._revenue_facts import (
     build_revenue_report,
     facts_from_events,
 )
-from ._sql import upsert
 
 __all__ = [
     "AccuracyReport",

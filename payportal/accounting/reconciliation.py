@@ -51,9 +51,8 @@ from payportal.persistence.tables_accounting import (
     reconciliation_runs,
     settlement_matches,
 )
+from payportal.persistence.upserts import insert_ignoring_conflicts
 from payportal.processors._settlement import Payout, SettlementLine, SettlementReport
-
-from ._sql import insert_ignoring_conflicts
 
 __all__ = [
     "EXCEPTION_KINDS",

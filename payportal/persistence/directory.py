@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ._engine import READ
 from .tables import idempotency_records
 from .tables_payers import account_profiles, payer_accounts, payer_sessions, payers, payment_methods
+from .upserts import insert_ignoring_conflicts
 
 __all__ = [
     "AccountProfile",
@@ -230,15 +231,10 @@ def _payment_method(row: Any) -> PaymentMethodRow:
 
 
 async def insert_payment_method(engine: AsyncEngine, values: dict[str, Any]) -> None:
-    """Insert; an existing row with the same id (a deterministic id sent again) is kept."""
+    """Insert; an existing row with the same id (a deterministic id sent again) is kept,
+    also when two requests send it at once."""
     async with engine.begin() as connection:
-        exists = (
-            await connection.execute(
-                sa.select(payment_methods.c.id).where(payment_methods.c.id == values["id"])
-            )
-        ).first()
-        if exists is None:
-            await connection.execute(sa.insert(payment_methods).values(**values))
+        await insert_ignoring_conflicts(connection, payment_methods, values, keys=["id"])
 
 
 async def payment_method(engine: AsyncEngine, payment_method_id: str) -> PaymentMethodRow | None:

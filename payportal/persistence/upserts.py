@@ -1,4 +1,4 @@
-"""SQL the accounting jobs share: one insert-or-update on SQLite and PostgreSQL alike."""
+"""Insert-or-update and insert-unless-present, written once for SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -31,9 +31,16 @@ async def upsert(
 
 
 async def insert_ignoring_conflicts(
-    connection: AsyncConnection, table: sa.Table, values: Mapping[str, Any]
+    connection: AsyncConnection,
+    table: sa.Table,
+    values: Mapping[str, Any],
+    *,
+    keys: Sequence[str] | None = None,
 ) -> bool:
-    """Insert one row unless a unique key already holds it; True when inserted."""
-    statement = _insert(connection, table).values(**values).on_conflict_do_nothing()
+    """Insert one row unless a unique key (``keys``, or any) already holds it; True when
+    inserted. Atomic: two concurrent callers insert one row and neither fails."""
+    statement = _insert(connection, table).values(**values).on_conflict_do_nothing(
+        index_elements=keys
+    )
     result = await connection.execute(statement)
     return bool(result.rowcount)
