@@ -39,7 +39,10 @@ from .auth import authenticate, authorize_account
 from .errors import not_found, parameter_invalid
 from .typedefs import STORE
 
-__all__ = ["LIVE_WAIT_S", "STATUS_STREAMS", "account_events", "payment_events"]
+__all__ = [
+    "LIVE_WAIT_S", "STATUS_STREAMS", "account_events", "last_event_id", "payment_events",
+    "serve_status_stream",
+]  # fmt: skip
 
 # Set by whoever runs the status publisher (``payportal serve``, tests): the same
 # streams the publisher appends to.
@@ -53,7 +56,8 @@ PING_INTERVAL_S: Final = 15.0
 LAST_EVENT_ID: Final = "Last-Event-ID"
 
 
-def _last_event_id(request: web.Request) -> int | None:
+def last_event_id(request: web.Request) -> int | None:
+    """The ``Last-Event-ID`` a reconnecting EventSource sent (None: a first connection)."""
     raw = request.headers.get(LAST_EVENT_ID)
     if raw is None or not raw.strip():
         return None
@@ -80,8 +84,10 @@ async def account_events(request: web.Request) -> web.StreamResponse:
     newest = await journal_last_id(request.app[STORE].engine, account_id)
     if newest == 0:
         raise not_found("id", "account")
-    after = _last_event_id(request)
-    return await _serve(request, streams, account_id, None, newest if after is None else after)
+    after = last_event_id(request)
+    return await serve_status_stream(
+        request, streams, account_id, None, newest if after is None else after
+    )
 
 
 async def payment_events(request: web.Request) -> web.StreamResponse:
@@ -95,8 +101,8 @@ async def payment_events(request: web.Request) -> web.StreamResponse:
     created = await journal_payment_start(request.app[STORE].engine, account_id, payment_id)
     if created is None:
         raise not_found("id", "payment")
-    after = max(created - 1, _last_event_id(request) or 0)
-    return await _serve(request, streams, account_id, payment_id, after)
+    after = max(created - 1, last_event_id(request) or 0)
+    return await serve_status_stream(request, streams, account_id, payment_id, after)
 
 
 def _gone(request: web.Request) -> bool:
@@ -104,10 +110,13 @@ def _gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def _serve(
+async def serve_status_stream(
     request: web.Request, streams: StatusStreams, account_id: str, payment_id: str | None,
     after: int,
 ) -> web.StreamResponse:  # fmt: skip
+    """Status events of ``account_id`` (one payment's when ``payment_id``) after journal id
+    ``after``, as Server-Sent Events: from the journal first when the live stream may have
+    lost them, then live. Used by the API and by the portal's pages."""
     engine = request.app[STORE].engine
     wait_s = request.app.get(LIVE_WAIT_S, LIVE_WAIT_S_DEFAULT)
     position = after  # the last journal id this connection has passed (sent or not)

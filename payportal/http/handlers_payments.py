@@ -54,6 +54,7 @@ from .views import payment_row_view, payment_view
 
 __all__ = [
     "cancel_payment",
+    "create_and_charge",
     "create_payment",
     "create_refund",
     "get_payment",
@@ -112,7 +113,7 @@ async def create_payment(request: web.Request) -> web.Response:
     await authorize_account(request, principal, account_id, param="account")
 
     async def operation() -> tuple[int, bytes, dict[str, str]]:
-        return await _create_and_charge(request, principal, key, account_id, body)
+        return await create_and_charge(request, principal, key, account_id, body)
 
     return await run_idempotent(
         request, principal=principal, account_id=account_id, key=key,
@@ -120,9 +121,12 @@ async def create_payment(request: web.Request) -> web.Response:
     )  # fmt: skip
 
 
-async def _create_and_charge(
+async def create_and_charge(
     request: web.Request, principal: Principal, key: str, account_id: str, body: PaymentCreate
 ) -> tuple[int, bytes, dict[str, str]]:
+    """Create the payment in its account's shard and charge it; the status, body and
+    headers of the API's answer. The caller holds the idempotency record for ``key``
+    (the API's handler, or the portal's pay form)."""
     if not account_id.startswith(ids.ACCOUNT_PREFIX):
         raise not_found("account", "account")
     method = await _payment_method(request, account_id, body)

@@ -389,7 +389,7 @@ async def _new_method(
 
 
 async def pay(request: web.Request) -> web.Response:
-    from payportal.http.handlers_payments import _create_and_charge
+    from payportal.http.handlers_payments import create_and_charge
 
     session = await require_payer(request)
     form = await request.post()
@@ -434,7 +434,7 @@ async def pay(request: web.Request) -> web.Response:
         await _money_limits(request, session.payer_id, account.account_id)
 
         async def operation() -> tuple[int, bytes, dict[str, str]]:
-            return await _create_and_charge(
+            return await create_and_charge(
                 request, principal, portal_key, account.account_id, body
             )
 

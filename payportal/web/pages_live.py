@@ -110,8 +110,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     # ``after``: the journal id the page was rendered at (it shows everything up to it).
     seen = request.query.get("after", "")
     shown = int(seen) if seen.isdigit() and len(seen) < 19 else 0
-    after = max(created - 1, shown, events._last_event_id(request) or 0)
-    return await events._serve(request, streams, account_id, payment_id, after)
+    after = max(created - 1, shown, events.last_event_id(request) or 0)
+    return await events.serve_status_stream(request, streams, account_id, payment_id, after)
 
 
 async def account_stream(request: web.Request) -> web.StreamResponse:
@@ -128,10 +128,10 @@ async def account_stream(request: web.Request) -> web.StreamResponse:
         return _error(404, "resource_missing", "No live status here.")
     seen = request.query.get("after", "")
     after = int(seen) if seen.isdigit() and len(seen) < 19 else 0
-    after = max(after, events._last_event_id(request) or 0)
+    after = max(after, events.last_event_id(request) or 0)
     if after == 0:
         after = await journal_last_id(engine, account_id)
-    return await events._serve(request, streams, account_id, None, after)
+    return await events.serve_status_stream(request, streams, account_id, None, after)
 
 
 def add_routes(app: web.Application) -> None:
