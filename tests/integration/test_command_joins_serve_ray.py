@@ -1,0 +1,68 @@
+"""A command run beside ``payportal serve`` (billing run, reconcile, revenue, demo seed)
+joins the local Ray that serve advertised in ``var/`` and finds serve's shards there,
+instead of starting a second Ray with a second set of shards over the same accounts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from payportal.actors.cluster import advertise_local_ray, connect_ray, ensure_shards
+from payportal.persistence import migrate
+
+pytestmark = [pytest.mark.ray]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# The command's side, in a process of its own as a CLI command is.
+COMMAND = """
+import json, sys
+from pathlib import Path
+import ray
+from payportal.actors.cluster import connect_ray_for_command, get_shards
+joined = connect_ray_for_command(None, Path(sys.argv[1]))
+[shard] = get_shards(1, sys.argv[2])
+print(json.dumps({"joined": joined, "gcs": ray.get_runtime_context().gcs_address,
+                  "shard_pid": ray.get(shard.pid.remote())}))
+"""
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    connect_ray(None)
+    yield
+    ray.shutdown()
+
+
+async def test_a_command_joins_the_local_ray_serve_advertised(
+    local_ray: None, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/payportal.db"
+    await asyncio.to_thread(migrate, url)
+    deployment = uuid.uuid4().hex
+    [shard] = ensure_shards(1, url, deployment=deployment)
+    shard_pid = await shard.pid.remote()
+    var_dir = tmp_path / "var"
+    advertised = advertise_local_ray(var_dir)
+    assert advertised.read_text().strip() == ray.get_runtime_context().gcs_address
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", COMMAND, str(var_dir), deployment,
+        cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    answer = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert answer["joined"] is True
+    # The same Ray (not one the command started), and serve's shard is found in it.
+    assert answer["gcs"] == ray.get_runtime_context().gcs_address
+    assert answer["shard_pid"] == shard_pid
