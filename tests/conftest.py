@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 # Ray reads this when first imported: keep every test's Ray on loopback (see actors/cluster.py).
@@ -54,3 +55,15 @@ def redis_url() -> str:
     """URL of a Redis database the tests may flush."""
     url = os.environ.get("PAYPORTAL_TEST_REDIS_URL", REDIS_URL_DEFAULT)
     return _require("Redis", url)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A local Ray for one test module (started on loopback, shut down after it)."""
+    import ray
+
+    from payportal.actors.cluster import connect_ray
+
+    connect_ray(None)
+    yield
+    ray.shutdown()

@@ -13,16 +13,14 @@ import datetime as dt
 import random
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 import sqlalchemy as sa
 
 from payportal.actors import ShardRouter
-from payportal.actors.cluster import connect_ray, ensure_shards
+from payportal.actors.cluster import ensure_shards
 from payportal.billing import BillingRunner, InvoiceOutcome
 from payportal.billing import _records as records
 from payportal.engine import InvoiceIssued
@@ -44,13 +42,6 @@ WEEKS = 18
 
 class Crash(BaseException):
     """A scheduler killed mid-run."""
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    connect_ray(None)
-    yield
-    ray.shutdown()
 
 
 def _is_period_start(day: dt.date, interval: str, anchor_day: int, anchor_month: int) -> bool:

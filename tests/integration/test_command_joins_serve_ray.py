@@ -9,13 +9,12 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import ray
 
-from payportal.actors.cluster import advertise_local_ray, connect_ray, ensure_shards
+from payportal.actors.cluster import advertise_local_ray, ensure_shards
 from payportal.persistence import migrate
 
 pytestmark = [pytest.mark.ray]
@@ -33,13 +32,6 @@ joined = connect_ray_for_command(None, Path(sys.argv[1]))
 print(json.dumps({"joined": joined, "gcs": ray.get_runtime_context().gcs_address,
                   "shard_pid": ray.get(shard.pid.remote())}))
 """
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    connect_ray(None)
-    yield
-    ray.shutdown()
 
 
 async def test_a_command_joins_the_local_ray_serve_advertised(

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator
 
 import pytest
-import ray
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from payportal.actors import ShardRouter
-from payportal.actors.cluster import connect_ray, ensure_shards
+from payportal.actors.cluster import ensure_shards
 from payportal.engine import (
     CreatePayment,
     IssueInvoice,
@@ -35,13 +33,6 @@ pytestmark = [
 SHARDS = 2
 ACCOUNTS = 6
 VISA = PaymentMethodRef(id="pm_visa", brand="visa")
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    connect_ray(None)
-    yield
-    ray.shutdown()
 
 
 async def test_shard_batch_and_commit_metrics_are_gathered_from_ray(

@@ -7,14 +7,12 @@ import datetime as dt
 import os
 import signal
 import uuid
-from collections.abc import Iterator
 
 import msgspec
 import pytest
-import ray
 
 from payportal.actors import Reply, ShardRouter
-from payportal.actors.cluster import connect_ray, ensure_shards
+from payportal.actors.cluster import ensure_shards
 from payportal.engine import (
     AccountState,
     Allocation,
@@ -49,13 +47,6 @@ pytestmark = [
 ACCOUNT = "acct_paths"
 VISA = PaymentMethodRef(id="pm_visa", brand="visa")
 MASTERCARD = PaymentMethodRef(id="pm_mc", brand="mastercard")
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    connect_ray(None)
-    yield
-    ray.shutdown()
 
 
 def _pay(n: int, amount_minor: int, **kw: object) -> CreatePayment:

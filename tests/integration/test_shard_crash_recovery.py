@@ -10,15 +10,13 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 
 import msgspec
 import pytest
-import ray
 from ray.exceptions import RayError
 
 from payportal.actors import Overloaded, Reply, ShardRouter, shard_for
-from payportal.actors.cluster import connect_ray, ensure_shards
+from payportal.actors.cluster import ensure_shards
 from payportal.engine import (
     CreatePayment,
     OpenAccount,
@@ -47,13 +45,6 @@ SHARDS = 2
 KILL_AFTER_ACKNOWLEDGED = (1_000, 3_000)
 # A client gives up on one command after this long; far above any recovery seen.
 CLIENT_PATIENCE_S = 120.0
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    connect_ray(None)
-    yield
-    ray.shutdown()
 
 
 async def _submit_until_answered(router: ShardRouter, command: Command) -> Reply:

@@ -10,15 +10,13 @@ import datetime as dt
 import os
 import signal
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 
 from payportal.actors import ShardRouter
-from payportal.actors.cluster import ShardJanitor, connect_ray, ensure_shards
+from payportal.actors.cluster import ShardJanitor, ensure_shards
 from payportal.engine import (
     CreatePayment,
     IssueInvoice,
@@ -40,13 +38,6 @@ SECRET = "whsec_" + base64.b64encode(b"shard-janitor-test-secret-32byte").decode
 SOFT_DECLINE = "4000000000009995"
 SUCCEEDS = "4242424242424242"
 ACCOUNT = "acct_janitor"
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    connect_ray(None)
-    yield
-    ray.shutdown()
 
 
 async def _status(router: ShardRouter, payment_id: str) -> PaymentStatus:

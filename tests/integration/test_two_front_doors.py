@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 import ray
 
 from payportal.actors import ShardRouter
-from payportal.actors.cluster import connect_ray, ensure_shards
+from payportal.actors.cluster import ensure_shards
 from payportal.engine import PaymentStatus
 from payportal.persistence import Store, migrate
 
@@ -26,13 +25,6 @@ pytestmark = [pytest.mark.ray]
 
 PAYMENTS_PER_FRONT_DOOR = 300
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    connect_ray(None)
-    yield
-    ray.shutdown()
 
 
 async def _front_door(address: str, deployment: str, account_id: str, tag: str) -> dict[str, Any]:
