@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import os
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -24,6 +28,22 @@ from payportal.engine import (
 # Re-exported for benchmarks/shards.py, which imports them from here.
 from tests.databases import create_postgres_database as create_postgres_database
 from tests.databases import drop_postgres_database as drop_postgres_database
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+async def run_python(*args: str, timeout_s: float = 300) -> dict[str, Any]:
+    """Run ``python ARGS`` from the repository (another process, as a second front door or
+    a CLI command is) and return the JSON object its last line of output printed."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *args,
+        cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=timeout_s)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
+    return result
 
 
 async def seed_accounts(

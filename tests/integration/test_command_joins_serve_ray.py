@@ -5,9 +5,6 @@ instead of starting a second Ray with a second set of shards over the same accou
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import sys
 import uuid
 from pathlib import Path
 
@@ -17,9 +14,9 @@ import ray
 from payportal.actors.cluster import advertise_local_ray, ensure_shards
 from payportal.persistence import migrate
 
-pytestmark = [pytest.mark.ray]
+from .shard_support import run_python
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.ray]
 
 # The command's side, in a process of its own as a CLI command is.
 COMMAND = """
@@ -46,14 +43,7 @@ async def test_a_command_joins_the_local_ray_serve_advertised(
     advertised = advertise_local_ray(var_dir)
     assert advertised.read_text().strip() == ray.get_runtime_context().gcs_address
 
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", COMMAND, str(var_dir), deployment,
-        cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode == 0, stderr.decode()[-3000:]
-    answer = json.loads(stdout.decode().strip().splitlines()[-1])
+    answer = await run_python("-c", COMMAND, str(var_dir), deployment, timeout_s=120)
     assert answer["joined"] is True
     # The same Ray (not one the command started), and serve's shard is found in it.
     assert answer["gcs"] == ray.get_runtime_context().gcs_address

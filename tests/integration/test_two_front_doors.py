@@ -4,9 +4,6 @@ the journal shows one gap-free order of events and money allocated exactly once.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,25 +16,18 @@ from payportal.actors.cluster import ensure_shards
 from payportal.engine import PaymentStatus
 from payportal.persistence import Store, migrate
 
-from .shard_support import audit_journal, seed_accounts
+from .shard_support import audit_journal, run_python, seed_accounts
 
 pytestmark = [pytest.mark.ray]
 
 PAYMENTS_PER_FRONT_DOOR = 300
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _front_door(address: str, deployment: str, account_id: str, tag: str) -> dict[str, Any]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.integration.front_door_client",
+    return await run_python(
+        "-m", "tests.integration.front_door_client",
         address, deployment, "2", account_id, tag, str(PAYMENTS_PER_FRONT_DOOR),
-        cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=300)
-    assert process.returncode == 0, stderr.decode()[-3000:]
-    result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
-    return result
 
 
 async def test_two_front_doors_paying_one_account_are_serialized(
