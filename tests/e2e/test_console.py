@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aiohttp import ClientResponse, CookieJar
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from payportal.accounting import open_exceptions, render_revenue_csv, revenue_report
@@ -32,9 +31,9 @@ from payportal.web import install_web
 from payportal.web.console import CONSOLE_COOKIE
 
 from .api_harness import SECRET, Api, DirectHandle
+from .web_client import another_browser, browser_on, csrf_token, csrf_token_in
 
 SHARDS = 2
-_CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 # The read models are projected after the commit; the seed waits for them this long at most.
 PROJECTION_WAIT_S = 10.0
 
@@ -47,17 +46,10 @@ class Console:
 
     async def browser(self) -> TestClient[Any, Any]:
         """Another browser: same server, its own cookies."""
-        server = self.client.server
-        jar = CookieJar(unsafe=True, treat_as_secure_origin=str(server.make_url("/")))
-        other: TestClient[Any, Any] = TestClient(server, cookie_jar=jar)
-        await other.start_server()
-        return other
+        return await another_browser(self.client)
 
     async def token(self, client: TestClient[Any, Any] | None = None) -> str:
-        response = await (client or self.client).get("/console/signin")  # or /console
-        match = _CSRF_META.search(await response.text())
-        assert match is not None
-        return match.group(1)
+        return await csrf_token(client or self.client, "/console/signin")
 
     async def sign_in(self, key: str | None = None, client: TestClient[Any, Any] | None = None
                       ) -> ClientResponse:  # fmt: skip
@@ -87,9 +79,7 @@ async def console(database_url: str, aiohttp_server: Any) -> AsyncIterator[Conso
     install_web(app, settings=None, processor_origin=sandbox_url)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    jar = CookieJar(unsafe=True, treat_as_secure_origin=str(server.make_url("/")))
-    client: TestClient[Any, Any] = TestClient(server, cookie_jar=jar)
-    await client.start_server()
+    client = await browser_on(server)
     key = await create_api_key_async(store, "back office")
     api = Api(client, processor, sandbox_app[SANDBOX], key, store)
     try:
@@ -195,9 +185,8 @@ async def test_sign_out_revokes_the_session_even_for_a_copied_cookie(console: Co
     cookie = _set_cookie(response, CONSOLE_COOKIE)
     assert cookie is not None
     token = cookie.split(";", 1)[0].split("=", 1)[1]
-    csrf = _CSRF_META.search(await console.page("/console"))
-    assert csrf is not None
-    response = await console.client.post("/console/signout", data={"csrf_token": csrf.group(1)},
+    csrf = csrf_token_in(await console.page("/console"))
+    response = await console.client.post("/console/signout", data={"csrf_token": csrf},
                                          allow_redirects=False)  # fmt: skip
     assert response.status == 303
     copied = await console.browser()
@@ -333,9 +322,7 @@ async def test_exceptions_are_listed_and_resolved_with_a_reason(console: Console
     assert 'data-exception="rx_first"' in page
     assert 'data-exception="rx_second"' in page
     assert "$9.00" in page or "9.00" in page
-    csrf = _CSRF_META.search(page)
-    assert csrf is not None
-    token = csrf.group(1)
+    token = csrf_token_in(page)
 
     response = await console.client.post("/console/exceptions/rx_first/resolve",
                                          data={"resolution": "written_off"},

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 import sqlalchemy as sa
-from aiohttp import ClientResponse, CookieJar
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from payportal.actors import AccountShardCore, ShardRouter
@@ -34,10 +34,10 @@ from payportal.processors.sandbox_client import SandboxProcessor
 from payportal.web import install_web
 
 from .api_harness import CARDS, SECRET, Api, DirectHandle
+from .web_client import another_browser, browser_on, csrf_token
 
 SHARDS = 2
 PASSWORD = "correct horse battery"
-_CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
 
 class Portal:
@@ -53,18 +53,11 @@ class Portal:
 
     async def browser(self) -> TestClient[Any, Any]:
         """Another browser: same server, its own cookies."""
-        server = self.client.server
-        jar = CookieJar(unsafe=True, treat_as_secure_origin=str(server.make_url("/")))
-        other: TestClient[Any, Any] = TestClient(server, cookie_jar=jar)
-        await other.start_server()
-        return other
+        return await another_browser(self.client)
 
     async def token(self, path: str = "/signin", client: TestClient[Any, Any] | None = None
                     ) -> str:  # fmt: skip
-        response = await (client or self.client).get(path)
-        match = _CSRF_META.search(await response.text())
-        assert match is not None, path
-        return match.group(1)
+        return await csrf_token(client or self.client, path)
 
     async def post(
         self, path: str, data: dict[str, Any], *, token: str | None = None,
@@ -131,9 +124,7 @@ async def portal(database_url: str, aiohttp_server: Any) -> AsyncIterator[Portal
     install_web(app, settings=None, processor_origin=sandbox_url)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    jar = CookieJar(unsafe=True, treat_as_secure_origin=str(server.make_url("/")))
-    client: TestClient[Any, Any] = TestClient(server, cookie_jar=jar)
-    await client.start_server()
+    client = await browser_on(server)
     key = await create_api_key_async(store, "tests")
     api = Api(client, processor, sandbox_app[SANDBOX], key, store)
     publisher = StatusPublisher(store, streams, shard_ids=range(SHARDS))
