@@ -10,11 +10,6 @@ missing browser fails them (``.ci/run`` installs it). Screenshots go to
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +17,11 @@ from typing import Any
 import msgspec
 import pytest
 
+from tests.serve_process import free_port, serving
+
 CHROMIUM = os.environ.get("PAYPORTAL_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
-# Ray and the shards start in seconds on an idle machine; a busy CI box needs longer.
-STARTUP_S_MAX = 180
 # A phone: the narrowest layout the portal supports.
 VIEWPORT = {"width": 375, "height": 812}
 
@@ -38,12 +33,6 @@ class Stack(msgspec.Struct, frozen=True, kw_only=True):
     payer_email: str
     payer_password: str
     log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _in_ci() -> bool:
@@ -66,48 +55,18 @@ def chromium_path() -> str:
 def stack(tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Iterator[Stack]:
     """``payportal serve --seed-demo`` as ``make run`` starts it, on free ports."""
     workdir = tmp_path_factory.mktemp("serve")
-    port, sandbox_port = _free_port(), _free_port()
-    smtp_port, mail_ui_port = _free_port(), _free_port()
-    env = {
-        **os.environ,
-        "PAYPORTAL_PORT": str(port),
-        "PAYPORTAL_SANDBOX_PORT": str(sandbox_port),
-        "PAYPORTAL_MAIL_CATCHER_PORT": str(smtp_port),
-        "PAYPORTAL_MAIL_UI_PORT": str(mail_ui_port),
-        "PAYPORTAL_SHARDS": "2",
-    }
-    for name in ("PAYPORTAL_DATABASE_URL", "PAYPORTAL_SMTP_URL", "PAYPORTAL_PUBLIC_URL",
-                 "PAYPORTAL_REDIS_URL", "PAYPORTAL_RAY_ADDRESS"):  # fmt: skip
-        env.pop(name, None)
-    log = workdir / "serve.log"
-    # The server's output goes to a file: a pipe nobody reads would fill and stall it.
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "payportal", "serve", "--seed-demo"],
-            cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + STARTUP_S_MAX
-        while "Ctrl-C stops everything" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "serve did not start:\n" + log.read_text()
-            time.sleep(0.5)
-        banner = log.read_text()
-        login = next(line for line in banner.splitlines() if "payer login" in line)
+    smtp_port, mail_ui_port = free_port(), free_port()
+    mail = {"PAYPORTAL_MAIL_CATCHER_PORT": str(smtp_port),
+            "PAYPORTAL_MAIL_UI_PORT": str(mail_ui_port)}  # fmt: skip
+    with serving(workdir, env=mail) as served:
+        login = next(line for line in served.banner.splitlines() if "payer login" in line)
         email, _, password = login.split("payer login", 1)[1].strip().partition(" / ")
         yield Stack(
-            base=f"http://127.0.0.1:{port}", sandbox=f"http://127.0.0.1:{sandbox_port}",
+            base=served.base, sandbox=served.sandbox,
             mail_ui=f"http://127.0.0.1:{mail_ui_port}", payer_email=email.strip(),
-            payer_password=password.strip(), log=log,
+            payer_password=password.strip(), log=served.log,
         )  # fmt: skip
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    output = log.read_text()
+    output = served.output()
     assert "4242424242424242" not in output
     assert "4000000000000002" not in output
 

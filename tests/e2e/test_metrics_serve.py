@@ -4,11 +4,7 @@ real payment, and each process's own families carry its worker label."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -16,7 +12,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .test_serve_smoke import STARTUP_S_MAX, _call, _free_port
+from tests.serve_process import serving
+
+from .test_serve_smoke import _call
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -43,30 +41,15 @@ def _scrape(url: str, key: str) -> tuple[str, dict[tuple[str, tuple[tuple[str, s
 
 
 def test_any_worker_reports_every_shard_and_its_own_requests(tmp_path: Path) -> None:
-    port, sandbox_port = _free_port(), _free_port()
-    env = {**os.environ, "PAYPORTAL_PORT": str(port), "PAYPORTAL_SANDBOX_PORT": str(sandbox_port),
-           "PAYPORTAL_SHARDS": str(SHARDS)}  # fmt: skip
-    env.pop("PAYPORTAL_DATABASE_URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "payportal", "serve", "--seed-demo", "--workers", str(WORKERS)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    banner: list[str] = []
-    try:
-        deadline = time.monotonic() + STARTUP_S_MAX
-        assert process.stdout is not None
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            assert line or process.poll() is None, "".join(banner)
-            banner.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        text = "".join(banner)
+    with serving(tmp_path, args=["--workers", str(WORKERS)],
+                 env={"PAYPORTAL_SHARDS": str(SHARDS)}) as served:  # fmt: skip
+        text = served.banner
+        port, sandbox_port = served.port, served.sandbox_port
         assert f"http://127.0.0.1:{port}/metrics" in text, text
         api_key = re.search(r"API key\s+(sk_\S+)", text)
         assert api_key is not None, text
         key = api_key.group(1)
-        base = f"http://127.0.0.1:{port}"
+        base = served.base
 
         card = _call("POST", f"http://127.0.0.1:{sandbox_port}/v1/tokens", {
             "type": "card", "number": "4242424242424242", "exp_month": 12, "exp_year": 2035,
@@ -115,11 +98,4 @@ def test_any_worker_reports_every_shard_and_its_own_requests(tmp_path: Path) -> 
                             if name == "payportal_http_requests_total"}  # fmt: skip
             assert workers_seen == {worker}, (worker, workers_seen)
             assert samples[("payportal_payments", (("status", "succeeded"),))] >= 1
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-    assert process.returncode == 0, "".join(banner) + output
+    assert served.returncode == 0, served.output()

@@ -5,28 +5,16 @@ stops cleanly on Ctrl-C."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.serve_process import serving
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-STARTUP_S_MAX = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _call(method: str, url: str, body: dict[str, Any] | None = None, **headers: str) -> Any:
@@ -48,29 +36,9 @@ def _worker_of(url: str) -> str:
 def test_serve_seeds_the_demo_prints_where_to_go_and_takes_a_payment(
     tmp_path: Path, workers: int
 ) -> None:
-    port, sandbox_port = _free_port(), _free_port()
-    env = {
-        **os.environ,
-        "PAYPORTAL_PORT": str(port),
-        "PAYPORTAL_SANDBOX_PORT": str(sandbox_port),
-        "PAYPORTAL_SHARDS": "2",
-    }
-    env.pop("PAYPORTAL_DATABASE_URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "payportal", "serve", "--seed-demo", "--workers", str(workers)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    banner: list[str] = []
-    try:
-        deadline = time.monotonic() + STARTUP_S_MAX
-        assert process.stdout is not None
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            assert line or process.poll() is None, "".join(banner)
-            banner.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        text = "".join(banner)
+    with serving(tmp_path, args=["--workers", str(workers)]) as served:
+        text = served.banner
+        port, sandbox_port = served.port, served.sandbox_port
         assert f"http://127.0.0.1:{port}" in text, text
         api_key = re.search(r"API key\s+(sk_\S+)", text)
         payer = re.search(r"payer login\s+(\S+) / (\S+)", text)
@@ -108,13 +76,7 @@ def test_serve_seeds_the_demo_prints_where_to_go_and_takes_a_payment(
         assert payment["status"] == "succeeded"
         after = _call("GET", f"{base}/v1/accounts/acct_demo_acme", **merchant)
         assert after["balance"]["outstanding"] == outstanding_minor - 1_000
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-    assert process.returncode == 0, "".join(banner) + output
+    output = served.output()
+    assert served.returncode == 0, output
     assert "payportal stopped" in output
-    assert "4242424242424242" not in "".join(banner) + output
+    assert "4242424242424242" not in output
