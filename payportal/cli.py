@@ -127,6 +127,33 @@ def serve(
 
 
 @app.command()
+def sandbox(
+    host: Annotated[str | None, typer.Option(help="Listen address [PAYPORTAL_HOST].")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65_535, help="Listen port [PAYPORTAL_SANDBOX_PORT]."),
+    ] = None,
+    callback_url: Annotated[
+        str | None,
+        typer.Option(help="Where signed callbacks go [the front door's callback route]."),
+    ] = None,
+    faults: Annotated[
+        str, typer.Option(help='Initial fault knobs as JSON, e.g. \'{"latency_ms": 300}\'.')
+    ] = "{}",
+    seed: Annotated[int, typer.Option(help="Seed of the sandbox's random faults.")] = 0,
+) -> None:
+    """Run the sandbox card processor on its own (serve starts one unless told not to)."""
+    settings = _settings()
+    run_sandbox = _function("payportal.processors.sandbox", "run_for_settings", "sandbox",
+                            "the sandbox processor")  # fmt: skip
+    try:
+        run_sandbox(settings, host=host, port=port, callback_url=callback_url, faults=faults,
+                    seed=seed)  # fmt: skip
+    except ValueError as error:
+        _fail(f"payportal sandbox: {error}", EXIT_SETTINGS)
+
+
+@app.command()
 def migrate() -> None:
     """Apply database migrations to PAYPORTAL_DATABASE_URL."""
     settings = _settings()

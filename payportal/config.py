@@ -106,6 +106,9 @@ class Settings:
     # calendar dates subscription periods follow.
     billing_interval_s: int = 60
     billing_timezone: str = "UTC"
+    # A sandbox processor run on its own (`payportal sandbox`); None: serve starts one on
+    # sandbox_port.
+    sandbox_url_configured: str | None = None
 
     @property
     def public_url(self) -> str:
@@ -117,6 +120,22 @@ class Settings:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def sandbox_url(self) -> str:
+        """Where the server side reaches the sandbox processor, without a trailing slash."""
+        if self.sandbox_url_configured is not None:
+            return self.sandbox_url_configured.rstrip("/")
+        # A wildcard listen address is where the sandbox listens, not an address to call.
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.sandbox_port}"
+
+    @property
+    def sandbox_external(self) -> bool:
+        """The sandbox runs on its own: serve starts none and calls this one."""
+        return self.sandbox_url_configured is not None
 
     def resolve_secret_key(self) -> str:
         """Return the configured key, or the persisted one, creating it on first use.
@@ -183,6 +202,7 @@ def load_settings(
         mail_ui_port=_int(raw, "MAIL_UI_PORT", 8026, 1, 65_535),
         billing_interval_s=_int(raw, "BILLING_INTERVAL_S", 60, 0, BILLING_INTERVAL_S_LIMIT),
         billing_timezone=_billing_timezone(raw),
+        sandbox_url_configured=_url(raw, "SANDBOX_URL", ("http", "https"), host_required=True),
     )
 
 
@@ -231,6 +251,7 @@ SETTING_NAMES = frozenset(
         "HOST",
         "PORT",
         "SANDBOX_PORT",
+        "SANDBOX_URL",
         "SMTP_URL",
         "SHARDS",
         "SECRET_KEY",

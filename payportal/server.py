@@ -19,16 +19,28 @@ from typing import Any
 
 from aiohttp import web
 
+from payportal.children import Child, start_child, stop_children
 from payportal.config import Settings
 from payportal.gc_tuning import tune_for_throughput
 
-__all__ = ["run", "sandbox_webhook_secret"]
+__all__ = ["front_door_url", "run", "sandbox_webhook_secret"]
 
 # Retries are due on a scale of minutes to days, inquiries from one minute on: a second's
 # delay is invisible to payers and costs one indexed query.
 JANITOR_INTERVAL_MS = 1_000
 # How long `serve` waits for each extra front-door process to listen before giving up.
 WORKER_START_S_MAX = 120
+# How long a side process (sandbox, mail) gets to stop after SIGTERM before SIGKILL.
+CHILD_STOP_S = 10.0
+
+
+def front_door_url(settings: Settings) -> str:
+    """The front door as a process on this machine reaches it (callbacks, health checks)."""
+    # A wildcard listen address is where the front door listens, not an address to call.
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
 
 
 def sandbox_webhook_secret(settings: Settings) -> str:
@@ -77,11 +89,13 @@ async def _serve(
 
         advertised = advertise_local_ray(settings.var_dir)
     janitor = None
-    if sandbox:
+    # An external sandbox (PAYPORTAL_SANDBOX_URL) is used as the embedded one would be.
+    charging = sandbox or settings.sandbox_external
+    if charging:
         from payportal.actors.cluster import ShardJanitor
 
         janitor = ShardJanitor(
-            processor_url=f"http://{settings.host}:{settings.sandbox_port}",
+            processor_url=settings.sandbox_url,
             shards=settings.shards,
             interval_ms=JANITOR_INTERVAL_MS,
         )
@@ -102,22 +116,28 @@ async def _serve(
     store = await Store.connect(settings.database_url)
 
     runners: list[web.AppRunner] = []
+    children: list[Child] = []
     processor = None
     base = f"http://{settings.host}:{settings.port}"
-    if sandbox:
-        from payportal.processors.sandbox import start_sandbox
+    if sandbox and not settings.sandbox_external:
+        # Its own process, as a real processor is: its CPU is not the front door's.
+        settings.resolve_secret_key()  # created once here, read by the child
+        children.append(
+            await start_child(
+                "sandbox",
+                [sys.executable, "-m", "payportal", "sandbox", "--host", settings.host,
+                 "--port", str(settings.sandbox_port), "--callback-url",
+                 f"{front_door_url(settings)}/v1/processors/sandbox/callbacks"],
+                port=settings.sandbox_port,
+            )
+        )  # fmt: skip
+        started.append(f"sandbox      {settings.sandbox_url}  (pid {children[-1].pid})")
+    elif settings.sandbox_external:
+        started.append(f"sandbox      {settings.sandbox_url}  (PAYPORTAL_SANDBOX_URL)")
+    if charging:
         from payportal.processors.sandbox_client import SandboxProcessor
 
-        runners.append(
-            await start_sandbox(
-                settings.host,
-                settings.sandbox_port,
-                callback_url=f"{base}/v1/processors/sandbox/callbacks",
-                webhook_secret=sandbox_webhook_secret(settings),
-            )
-        )
-        processor = SandboxProcessor(f"http://{settings.host}:{settings.sandbox_port}")
-        started.append(f"sandbox      http://{settings.host}:{settings.sandbox_port}")
+        processor = SandboxProcessor(settings.sandbox_url)
 
     from payportal.live import StatusPublisher, open_status_streams
 
@@ -126,7 +146,7 @@ async def _serve(
     publisher = StatusPublisher(store, streams, shard_ids=range(settings.shards))
     publisher_task = asyncio.create_task(publisher.run_forever())
     runners.insert(0, await _front_door(settings, router, store, processor, streams, worker=0))
-    children = await asyncio.to_thread(_start_workers, settings, workers, sandbox=sandbox)
+    workers_started = await asyncio.to_thread(_start_workers, settings, workers, sandbox=charging)
     started.append(f"front door   {base}  (API docs {base}/docs)")
     started.append(f"payer portal {base}/  (payers sign in at {base}/signin)")
     started.append(f"console      {base}/console  (sign in with a merchant API key)")
@@ -179,7 +199,7 @@ async def _serve(
     try:
         await stop.wait()
     finally:
-        _stop_workers(children)
+        _stop_workers(workers_started)
         publisher_task.cancel()
         accounting_task.cancel()
         if billing_task is not None:
@@ -192,6 +212,7 @@ async def _serve(
         await asyncio.gather(*(h.flush_checkpoints.remote() for h in handles))
         if processor is not None:
             await processor.close()
+        await stop_children(children, timeout_s=CHILD_STOP_S)
         await streams.close()
         await store.close()
         if advertised is not None:
@@ -300,7 +321,7 @@ async def _worker(
     if sandbox:
         from payportal.processors.sandbox_client import SandboxProcessor
 
-        processor = SandboxProcessor(f"http://{settings.host}:{settings.sandbox_port}")
+        processor = SandboxProcessor(settings.sandbox_url)
     from payportal.live import open_status_streams
 
     # On Redis every stream is shared; the in-process stand-in is fed only in worker 0.

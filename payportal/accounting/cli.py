@@ -92,7 +92,7 @@ def reconcile_once(settings: Any) -> None:
 
     async def main() -> Any:
         async with _shards(settings) as (router, store):
-            processor = SandboxProcessor(f"http://{settings.host}:{settings.sandbox_port}")
+            processor = SandboxProcessor(settings.sandbox_url)
             try:
                 return await reconcile(router, store.engine, processor)
             finally:

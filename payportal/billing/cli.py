@@ -50,7 +50,7 @@ async def _run(settings: Any, *, now_ms: int | None, dry_run: bool) -> str:
         if settings.processor == "sandbox":
             from payportal.processors.sandbox_client import SandboxProcessor
 
-            processor = SandboxProcessor(f"http://127.0.0.1:{settings.sandbox_port}")
+            processor = SandboxProcessor(settings.sandbox_url)
 
         async def token_for(method_id: str) -> str | None:
             row = await directory.payment_method(store.engine, method_id)

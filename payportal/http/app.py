@@ -167,7 +167,7 @@ def create_app(
         from payportal.processors.sandbox_client import SandboxProcessor
 
         # Opens no connection until the first charge, inside the running loop.
-        processor = owned = SandboxProcessor(f"http://127.0.0.1:{settings.sandbox_port}")
+        processor = owned = SandboxProcessor(settings.sandbox_url)
     app[PROCESSOR] = processor
 
     async def token_for(payment_method_id: str) -> str | None:

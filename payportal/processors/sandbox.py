@@ -920,12 +920,53 @@ async def start_sandbox(host: str, port: int, **options: Any) -> web.AppRunner:
     return runner
 
 
+# A stopping sandbox answers held responses at once (on_shutdown); this bounds the rest.
+SHUTDOWN_TIMEOUT_S: Final = 5.0
+
+
 def run_sandbox(host: str, port: int, **options: Any) -> None:
-    """Run the sandbox alone until interrupted."""
-    web.run_app(create_sandbox_app(**options), host=host, port=port, print=None)
+    """Run the sandbox alone until SIGINT or SIGTERM, on uvloop as ``serve`` runs."""
+    with contextlib.suppress(ImportError):  # uvloop is a dependency; Windows lacks it
+        import uvloop
+
+        uvloop.install()
+    web.run_app(
+        create_sandbox_app(**options), host=host, port=port, print=None, access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )  # fmt: skip
 
 
 # -- command line ---------------------------------------------------------------------------
+
+
+def run_for_settings(
+    settings: Any, *, host: str | None = None, port: int | None = None,
+    callback_url: str | None = None, faults: str = "{}", seed: int = 0,
+) -> None:  # fmt: skip
+    """``payportal sandbox``: the sandbox for the deployment ``settings`` describe. Its
+    callbacks go to the front door on this machine, signed with the secret ``serve``
+    derives from the same secret key, so the two agree without a setting."""
+    from payportal.children import die_with_parent
+    from payportal.server import front_door_url, sandbox_webhook_secret
+
+    die_with_parent()
+
+    try:
+        knobs = msgspec.json.decode(faults, type=Faults)
+    except msgspec.MsgspecError as error:
+        raise ValueError(f"--faults is malformed: {error}") from error
+    host = settings.host if host is None else host
+    port = settings.sandbox_port if port is None else port
+    if callback_url is None:
+        callback_url = f"{front_door_url(settings)}/v1/processors/sandbox/callbacks"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    print(f"sandbox processor on http://{host}:{port}; callbacks to {callback_url}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    run_sandbox(
+        host, port, callback_url=callback_url, webhook_secret=sandbox_webhook_secret(settings),
+        faults=knobs, seed=seed,
+    )  # fmt: skip
+
 
 # The name of the variable that holds the secret, not a secret.
 SECRET_ENV: Final = "PAYPORTAL_SANDBOX_WEBHOOK_SECRET"  # noqa: S105

@@ -90,6 +90,9 @@ def _config(settings: Settings | None, processor_origin: str | None) -> WebConfi
             f"http://{settings.host}:{settings.port}"
         )
         sandbox_port = settings.sandbox_port
+    if processor_origin is None and settings is not None and settings.sandbox_external:
+        parts = urlsplit(settings.sandbox_url)
+        processor_origin = f"{parts.scheme}://{parts.netloc}"
     if processor_origin is None:
         # The embedded sandbox, reached by the browser on the public host.
         parts = urlsplit(public_url)
