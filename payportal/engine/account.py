@@ -42,6 +42,7 @@ from .allocation import Allocation, AllocationResult, OpenInvoice, allocate, all
 from .ledger import Entry, LedgerAccount, apply_entry, entry
 from .messages import (
     AccountOpened,
+    AnswerRequest,
     AttemptDeclined,
     AttemptErrored,
     AttemptOutcomeUnknown,
@@ -63,13 +64,16 @@ from .messages import (
     PaymentCreated,
     PaymentDisputed,
     PaymentMethodRef,
+    PaymentMethodRemoved,
     PaymentMethodReplaced,
     PaymentRefunded,
     ReadAccount,
     RecognizeRevenue,
     RecordOutcome,
     RefundPayment,
+    RemovePaymentMethod,
     ReplacePaymentMethod,
+    RequestAnswered,
     Result,
     RetriesExhausted,
     RetryDeferred,
@@ -213,6 +217,11 @@ class Payment(msgspec.Struct, kw_only=True):
     # Set once the processor paid the charge out (``SettleCharge``).
     payout_id: str | None = None
     fee_minor: int = 0
+    # The creating request's hash (``CreatePayment.request_hash``), and the payment as it
+    # was when that request was answered (``RequestAnswered``): the same request sent again
+    # is answered from this copy, byte for byte, however the payment moved on since.
+    request_hash: str = ""
+    answer: Payment | None = None
 
     @property
     def captured_charge_id(self) -> str | None:
@@ -240,6 +249,11 @@ class Payment(msgspec.Struct, kw_only=True):
         return self.finished_at_ms - self.created_at_ms
 
 
+# Deep copies of a payment as its kept answer (see ``RequestAnswered``), by round trip.
+_answer_encoder: Final = msgspec.msgpack.Encoder()
+_answer_decoder: Final = msgspec.msgpack.Decoder(Payment)
+
+
 class AccountState(msgspec.Struct, kw_only=True):
     account_id: str
     currency: str
@@ -253,6 +267,9 @@ class AccountState(msgspec.Struct, kw_only=True):
     reattempts: dict[str, list[Reattempt]] = msgspec.field(default_factory=dict)
     # The latest day revenue was recognized through (None: never).
     recognized_through: dt.date | None = None
+    # Saved methods taken away from the account (``RemovePaymentMethod``): never again the
+    # method of a new payment. The methods themselves live outside the engine.
+    removed_methods: set[str] = msgspec.field(default_factory=set)
 
     @property
     def outstanding_minor(self) -> int:
@@ -326,7 +343,20 @@ def decide(
     if isinstance(command, CreatePayment):
         return _decide_create_payment(state, command, now_ms)
     if isinstance(command, RecordOutcome):
-        return _decide_record_outcome(state, command, now_ms, rng)
+        decision = _decide_record_outcome(state, command, now_ms, rng)
+        if command.answers_request:
+            return _answering(state, decision, command.payment_id, now_ms)
+        return decision
+    if isinstance(command, RemovePaymentMethod):
+        if command.payment_method_id in state.removed_methods:
+            return _exists()
+        removed = PaymentMethodRemoved(at_ms=now_ms, payment_method_id=command.payment_method_id)
+        return _ok((removed,))
+    if isinstance(command, AnswerRequest):
+        if command.payment_id not in state.payments:
+            return _rejected(Rejection.payment_not_found, payment_id=command.payment_id)
+        return _answering(state, _exists(payment_id=command.payment_id), command.payment_id,
+                          now_ms)  # fmt: skip
     if isinstance(command, StartRetry):
         return _decide_start_retry(state, command, now_ms)
     if isinstance(command, ReplacePaymentMethod):
@@ -345,6 +375,19 @@ def decide(
         return _exists(**ids)
     assert isinstance(command, DisputePayment), command
     return _decide_dispute_payment(state, command, now_ms)
+
+
+def _answering(state: AccountState, decision: Decision, payment_id: str, now_ms: int) -> Decision:
+    """``decision``, and then the payment as it leaves it kept as its request's answer
+    (once: a payment already answered keeps its first answer)."""
+    payment = state.payments.get(payment_id)
+    if payment is None or payment.answer is not None or decision.outcome.result is Result.rejected:
+        return decision
+    answered = RequestAnswered(at_ms=now_ms, payment_id=payment_id)
+    outcome = decision.outcome
+    if outcome.result is Result.exists:  # something new happens now: the answer is kept
+        outcome = _outcome(Result.ok, None, {"payment_id": payment_id})
+    return Decision(events=(*decision.events, answered), outcome=outcome)
 
 
 def _decide_open_account(state: AccountState | None, command: OpenAccount, now_ms: int) -> Decision:
@@ -479,6 +522,12 @@ def _decide_create_payment(state: AccountState, command: CreatePayment, now_ms: 
     if original_id is not None:
         original = state.payments[original_id]
         ids = {"payment_id": original_id}
+        if command.request_hash or original.request_hash:
+            # The caller said what "the same request" is; fields it derived from the state
+            # (an allocation chosen when the first was sent) may differ and still be it.
+            if command.request_hash != original.request_hash:
+                return _rejected(Rejection.exists_with_different_request, **ids)
+            return _exists(**ids)
         if original.currency != command.currency:
             return _rejected(Rejection.exists_with_different_currency, **ids)
         if original.amount_minor != command.amount_minor:
@@ -502,6 +551,8 @@ def _decide_create_payment(state: AccountState, command: CreatePayment, now_ms: 
     for request in command.allocations:
         if request.invoice_id not in state.invoices:
             return _rejected(Rejection.invoice_not_found, **ids)
+    if command.payment_method.id in state.removed_methods:
+        return _rejected(Rejection.payment_method_not_found, **ids)
     for request in command.allocations:
         invoice = state.invoices[request.invoice_id]
         if invoice.status is not InvoiceStatus.open:
@@ -513,6 +564,7 @@ def _decide_create_payment(state: AccountState, command: CreatePayment, now_ms: 
         idempotency_key=command.idempotency_key, amount_minor=command.amount_minor,
         currency=command.currency, payment_method=command.payment_method,
         allocations=command.allocations, initiator=command.initiator, schedule=command.schedule,
+        request_hash=command.request_hash,
     )  # fmt: skip
     return _ok((event,), **ids)
 
@@ -720,6 +772,8 @@ def _decide_replace_payment_method(
         if seen.payment_method_id != command.payment_method.id:
             return _rejected(Rejection.exists_with_different_payment_method, **ids)
         return _exists(**ids)
+    if command.payment_method.id in state.removed_methods:
+        return _rejected(Rejection.payment_method_not_found, **ids)
     event = PaymentMethodReplaced(
         at_ms=now_ms, payment_id=payment.payment_id, attempt_id=command.attempt_id,
         payment_method=command.payment_method,
@@ -947,9 +1001,18 @@ def _evolve(state: AccountState, event: Event) -> Entry | None:
             attempts=[Attempt(attempt_id=event.attempt_id,
                               payment_method_id=event.payment_method.id,
                               created_at_ms=event.at_ms)],
-            series_started_at_ms=event.at_ms,
+            series_started_at_ms=event.at_ms, request_hash=event.request_hash,
         )  # fmt: skip
         state.idempotency[event.idempotency_key] = event.payment_id
+        return None
+    if isinstance(event, PaymentMethodRemoved):
+        state.removed_methods.add(event.payment_method_id)
+        return None
+    if isinstance(event, RequestAnswered):
+        payment = state.payments[event.payment_id]
+        assert payment.answer is None, payment.payment_id
+        # A copy, not a view: the payment moves on, the answer must not.
+        payment.answer = _answer_decoder.decode(_answer_encoder.encode(payment))
         return None
     if isinstance(event, AttemptSucceeded):
         payment = state.payments[event.payment_id]

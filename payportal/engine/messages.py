@@ -21,6 +21,7 @@ from .retry_policy import DeclineClass, Initiator, RetrySchedule
 
 __all__ = [
     "AccountOpened",
+    "AnswerRequest",
     "AttemptDeclined",
     "AttemptErrored",
     "AttemptOutcomeUnknown",
@@ -42,13 +43,16 @@ __all__ = [
     "PaymentCreated",
     "PaymentDisputed",
     "PaymentMethodRef",
+    "PaymentMethodRemoved",
     "PaymentMethodReplaced",
     "PaymentRefunded",
     "ReadAccount",
     "RecognizeRevenue",
     "RecordOutcome",
     "RefundPayment",
+    "RemovePaymentMethod",
     "ReplacePaymentMethod",
+    "RequestAnswered",
     "Result",
     "RetriesExhausted",
     "RetryDeferred",
@@ -122,6 +126,9 @@ class CreatePayment(_Message, tag="create_payment", frozen=True, kw_only=True):
     allocations: tuple[Allocation, ...] = ()
     initiator: Initiator = Initiator.customer
     schedule: RetrySchedule = RetrySchedule.one_off
+    # What "the same request" means to the caller (the API hashes method, path and body):
+    # a key sent again with another request is refused, whatever fields differ.
+    request_hash: str = ""
 
 
 class OutcomeKind(StrEnum):
@@ -145,6 +152,9 @@ class RecordOutcome(_Message, tag="record_outcome", frozen=True, kw_only=True):
     # When the processor states them, they must match the payment's.
     amount_minor: int | None = None
     currency: str | None = None
+    # The caller answers the payment's creating request with the payment as this leaves
+    # it: the engine keeps that answer, so the request sent again is answered the same.
+    answers_request: bool = False
 
 
 class StartRetry(_Message, tag="start_retry", frozen=True, kw_only=True):
@@ -161,6 +171,22 @@ class ReplacePaymentMethod(_Message, tag="replace_payment_method", frozen=True, 
     payment_id: str
     attempt_id: str
     payment_method: PaymentMethodRef
+
+
+class RemovePaymentMethod(_Message, tag="remove_payment_method", frozen=True, kw_only=True):
+    """A saved method the account's payers may no longer pay with. Payments already made
+    with it keep it (their retries too); a new payment naming it is refused."""
+
+    account_id: str
+    payment_method_id: str
+
+
+class AnswerRequest(_Message, tag="answer_request", frozen=True, kw_only=True):
+    """Keep the payment as it is now as the answer to its creating request (when the
+    caller answers without recording an outcome); nothing if an answer is kept already."""
+
+    account_id: str
+    payment_id: str
 
 
 class CancelPayment(_Message, tag="cancel_payment", frozen=True, kw_only=True):
@@ -215,7 +241,7 @@ class SettleCharge(_Message, tag="settle_charge", frozen=True, kw_only=True):
 Command = (
     OpenAccount | IssueInvoice | VoidInvoice | CreatePayment | RecordOutcome | StartRetry
     | ReplacePaymentMethod | CancelPayment | RefundPayment | DisputePayment | ReadAccount
-    | RecognizeRevenue | SettleCharge
+    | RecognizeRevenue | SettleCharge | AnswerRequest | RemovePaymentMethod
 )  # fmt: skip
 
 # -- events (journaled; replayed by ``evolve``) -------------------------------------------
@@ -266,6 +292,17 @@ class PaymentCreated(_Event, tag="payment_created", frozen=True, kw_only=True):
     allocations: tuple[Allocation, ...] = ()
     initiator: Initiator = Initiator.customer
     schedule: RetrySchedule = RetrySchedule.one_off
+    request_hash: str = ""
+
+
+class PaymentMethodRemoved(_Event, tag="payment_method_removed", frozen=True, kw_only=True):
+    payment_method_id: str
+
+
+class RequestAnswered(_Event, tag="request_answered", frozen=True, kw_only=True):
+    """The payment as it stands now is the answer to the request that created it."""
+
+    payment_id: str
 
 
 class AttemptSucceeded(_Event, tag="attempt_succeeded", frozen=True, kw_only=True):
@@ -363,7 +400,8 @@ Event = (
     AccountOpened | InvoiceIssued | CreditApplied | InvoiceVoided | PaymentCreated
     | AttemptSucceeded | AttemptDeclined | AttemptErrored | AttemptOutcomeUnknown
     | RetryStarted | RetryDeferred | RetriesExhausted | PaymentMethodReplaced | PaymentCanceled
-    | PaymentRefunded | PaymentDisputed | RevenueRecognized | ChargeSettled
+    | PaymentRefunded | PaymentDisputed | RevenueRecognized | ChargeSettled | RequestAnswered
+    | PaymentMethodRemoved
 )  # fmt: skip
 
 # -- outcomes -------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class Rejection(StrEnum):
     exists_with_different_allocations = auto()
     exists_with_different_initiator = auto()
     exists_with_different_schedule = auto()
+    exists_with_different_request = auto()
     exists_with_different_idempotency_key = auto()
     exists_with_different_payment = auto()
     exists_with_different_outcome = auto()
@@ -43,6 +44,7 @@ class Rejection(StrEnum):
     # -- references ---------------------------------------------------------------------
     currency_must_match_account = auto()
     invoice_not_found = auto()
+    payment_method_not_found = auto()
     payment_not_found = auto()
     attempt_not_found = auto()
     charge_must_match_payment = auto()
@@ -82,6 +84,7 @@ _PARAMS: dict[Rejection, str] = {
     Rejection.exists_with_different_schedule: "schedule",
     Rejection.currency_must_match_account: "currency",
     Rejection.invoice_not_found: "invoice",
+    Rejection.payment_method_not_found: "payment_method",
     Rejection.invoice_must_be_open: "invoice",
     Rejection.allocation_must_not_exceed_invoice_remaining: "allocations",
     Rejection.amount_must_match_payment: "amount",

@@ -30,18 +30,21 @@ from aiohttp import web
 from payportal.actors import Overloaded, ShardRouter
 from payportal.config import Settings
 from payportal.metrics.http import install_metrics
-from payportal.persistence import Store, directory
+from payportal.persistence import Store
 from payportal.processors import ProcessorAdapter
 
 from .auth import Authenticator
 from .errors import ApiError, not_found
 from .gateway import Gateway
+from .methods import PaymentMethods
 from .ratelimit import RateLimits, install_rate_limits, rate_limit_middleware
 from .routes import ROUTE_TABLE
 from .typedefs import (
     AUTHENTICATOR,
     CLOCK_MS,
     GATEWAY,
+    IN_FLIGHT,
+    METHODS,
     PROCESSOR,
     ROUTER,
     ROUTES,
@@ -170,12 +173,10 @@ def create_app(
         processor = owned = SandboxProcessor(settings.sandbox_url)
     app[PROCESSOR] = processor
 
-    async def token_for(payment_method_id: str) -> str | None:
-        row = await directory.payment_method(store.engine, payment_method_id)
-        return None if row is None else row.token
-
+    methods = app[METHODS] = PaymentMethods(store.engine)
+    app[IN_FLIGHT] = set()
     options = {} if charge_timeout_ms is None else {"charge_timeout_ms": charge_timeout_ms}
-    app[GATEWAY] = Gateway(router, processor, token_for, **options)
+    app[GATEWAY] = Gateway(router, processor, methods.token_for, **options)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         yield

@@ -129,6 +129,7 @@ _NOT_FOUND: Final = {
     Rejection.invoice_not_found: ("invoice", "invoice"),
     Rejection.payment_not_found: ("id", "payment"),
     Rejection.attempt_not_found: ("id", "attempt"),
+    Rejection.payment_method_not_found: ("payment_method", "payment method"),
 }
 
 

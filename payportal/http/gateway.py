@@ -56,9 +56,13 @@ class Gateway:
         """The current attempt was journaled but not yet answered by the processor."""
         return payment.current_attempt.status is AttemptStatus.processing
 
-    async def charge_attempt(self, reply: Reply, account_id: str) -> Reply:
+    async def charge_attempt(
+        self, reply: Reply, account_id: str, *, answers_request: bool = False
+    ) -> Reply:
         """Charge the payment's current attempt and record the outcome; the shard's reply
-        to that ``RecordOutcome`` (with the payment after it) is returned."""
+        to that ``RecordOutcome`` (with the payment after it) is returned. With
+        ``answers_request`` the engine also keeps the payment as it leaves it as the answer
+        to the request that created it."""
         payment = reply.payment
         assert payment is not None
         attempt = payment.current_attempt
@@ -70,6 +74,7 @@ class Gateway:
             decline_code=result.decline_code, visa_category=result.visa_category,
             advice_code=result.advice_code, amount_minor=result.amount_minor,
             currency=result.currency.upper() if result.currency else None,
+            answers_request=answers_request,
         )  # fmt: skip
         log.info(
             "attempt_outcome", payment_id=payment.payment_id, attempt_id=attempt.attempt_id,

@@ -29,6 +29,7 @@ from .auth import (
 from .codec import decode_body, decode_query, encode, respond
 from .errors import authentication_failed, from_rejection, not_found, parameter_invalid
 from .idempotency import idempotency_key, request_hash, run_idempotent
+from .methods import remove_payment_method
 from .reads import read_account, wait_for_account_projection
 from .schemas import (
     AccountCreate,
@@ -45,7 +46,7 @@ from .schemas import (
     PaymentMethodList,
     PaymentMethodListQuery,
 )
-from .typedefs import ROUTER, STORE
+from .typedefs import METHODS, ROUTER, STORE
 from .views import (
     account_row_view,
     account_view,
@@ -342,7 +343,7 @@ async def get_payment_method(request: web.Request) -> web.Response:
 async def delete_payment_method(request: web.Request) -> web.Response:
     row = await _own_payment_method(request)
     engine = request.app[STORE].engine
-    await directory.delete_payment_method(engine, row.id)
+    await remove_payment_method(request.app[ROUTER], request.app[METHODS], row)
     deleted = await directory.payment_method(engine, row.id)
     assert deleted is not None
     assert deleted.deleted_at is not None

@@ -13,12 +13,15 @@ How ``POST /v1/payments`` answers (the engine's status decides):
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 from aiohttp import web
 
+from payportal.actors import Reply
 from payportal.engine import (
     Allocation,
+    AnswerRequest,
     AttemptStatus,
     CancelPayment,
     CreatePayment,
@@ -37,7 +40,15 @@ from . import ids
 from .auth import Principal, authenticate, authorize_account
 from .codec import decode_body, decode_query, encode, respond
 from .errors import ApiError, from_rejection, not_found, parameter_invalid, parameter_missing
-from .idempotency import engine_key, idempotency_key, request_hash, run_idempotent
+from .idempotency import (
+    IN_FLIGHT_MAX_MS,
+    REPLAYED_HEADER,
+    engine_key,
+    idempotency_key,
+    key_in_use,
+    request_hash,
+    run_idempotent,
+)
 from .reads import read_payment, wait_for_account_projection
 from .schemas import (
     AllocationOut,
@@ -49,7 +60,7 @@ from .schemas import (
     Refund,
     RefundCreate,
 )
-from .typedefs import GATEWAY, PROCESSOR, ROUTER, STORE
+from .typedefs import CLOCK_MS, GATEWAY, IN_FLIGHT, METHODS, PROCESSOR, ROUTER, STORE, TASKS
 from .views import payment_row_view, payment_view
 
 __all__ = [
@@ -71,19 +82,20 @@ def _answer(account_id: str, payment: Payment) -> tuple[int, bytes, dict[str, st
     if payment.status in _DECLINED_FINAL and attempt.status in (
         AttemptStatus.declined, AttemptStatus.errored
     ):  # fmt: skip
-        raise ApiError(
+        error = ApiError(
             402, "card_error", "card_declined", "The card was declined.",
             decline_code=attempt.decline_code, payment=view,
         )  # fmt: skip
+        return error.status, error.encode(), {}
     return 200, encode(view), {}
 
 
 async def _payment_method(
     request: web.Request, account_id: str, body: PaymentCreate
 ) -> PaymentMethodRef:
-    engine = request.app[STORE].engine
     if body.payment_method is not None:
-        row = await directory.payment_method(engine, body.payment_method)
+        row = await request.app[METHODS].get(body.payment_method)
+        # Deleted since deletions are journaled: the account's shard refuses it.
         if row is None or row.account_id != account_id or row.deleted_at is not None:
             raise not_found("payment_method", "payment method")
         return PaymentMethodRef(id=row.id, brand=row.brand, kind=row.type)
@@ -93,7 +105,7 @@ async def _payment_method(
     # request sent again names the same method.
     method_id = ids.derived_id("pm", account_id, body.token)
     await directory.insert_payment_method(
-        engine,
+        request.app[STORE].engine,
         {"id": method_id, "account_id": account_id, "token": body.token, "type": "card",
          "brand": "unknown", "deleted_at": dt.datetime.now(dt.UTC)},
     )  # fmt: skip
@@ -111,49 +123,94 @@ async def create_payment(request: web.Request) -> web.Response:
         raise parameter_invalid("token", "Send a payment_method or a token, not both.")
     account_id = body.account
     await authorize_account(request, principal, account_id, param="account")
-
-    async def operation() -> tuple[int, bytes, dict[str, str]]:
-        return await create_and_charge(request, principal, key, account_id, body)
-
-    return await run_idempotent(
-        request, principal=principal, account_id=account_id, key=key,
-        hashed=request_hash(request, canonical), operation=operation,
-    )  # fmt: skip
+    status, payload, headers = await create_and_charge(
+        request, principal, key, account_id, body, request_hash(request, canonical)
+    )
+    return web.Response(status=status, body=payload, content_type="application/json",
+                        headers=headers)  # fmt: skip
 
 
 async def create_and_charge(
-    request: web.Request, principal: Principal, key: str, account_id: str, body: PaymentCreate
-) -> tuple[int, bytes, dict[str, str]]:
-    """Create the payment in its account's shard and charge it; the status, body and
-    headers of the API's answer. The caller holds the idempotency record for ``key``
-    (the API's handler, or the portal's pay form)."""
+    request: web.Request, principal: Principal, key: str, account_id: str, body: PaymentCreate,
+    hashed: str,
+) -> tuple[int, bytes, dict[str, str]]:  # fmt: skip
+    """Create the payment in its account's shard and charge it, idempotently on ``key``;
+    the status, body and headers of the answer (the API's handler and the portal's pay
+    form both answer with it).
+
+    Idempotency is the engine's (``CreatePayment`` carries the scoped key and the request's
+    hash): a key seen before with another request is refused (422); with the same request
+    it is answered with the payment as its first answer left it (``Payment.answer``), byte
+    for byte, or 409 while that first request is still running. A payment left unanswered
+    by a process that died is taken over after ``IN_FLIGHT_MAX_MS``: its attempt is sent
+    again under its own processor key, which cannot charge twice."""
     if not account_id.startswith(ids.ACCOUNT_PREFIX):
         raise not_found("account", "account")
+    scoped = engine_key(principal, key)
+    in_flight = request.app[IN_FLIGHT]
+    if (account_id, scoped) in in_flight:
+        raise key_in_use()
     method = await _payment_method(request, account_id, body)
     router = request.app[ROUTER]
     reply = await router.submit(
         CreatePayment(
             account_id=account_id, payment_id=ids.child_id("pay", account_id),
-            attempt_id=ids.child_id("att", account_id),
-            idempotency_key=engine_key(principal, key), amount_minor=body.amount,
-            currency=body.currency.upper(), payment_method=method,
+            attempt_id=ids.child_id("att", account_id), idempotency_key=scoped,
+            amount_minor=body.amount, currency=body.currency.upper(), payment_method=method,
             allocations=tuple(Allocation(invoice_id=a.invoice, amount_minor=a.amount)
                               for a in body.allocations),
+            request_hash=hashed,
         )
     )  # fmt: skip
     if reply.outcome.result is Result.rejected:
         rejection = reply.outcome.rejection
         assert rejection is not None
         where = "account" if rejection is Rejection.account_not_found else "allocations"
+        if rejection is Rejection.payment_method_not_found:
+            where = "payment_method"
         raise from_rejection(rejection, not_found_param=where)
+    payment = reply.payment
+    assert payment is not None
+    if reply.outcome.result is Result.exists:
+        if payment.answer is not None:
+            status, answer, headers = _answer(account_id, payment.answer)
+            return status, answer, {**headers, REPLAYED_HEADER: "true"}
+        if (account_id, scoped) in in_flight or not _abandoned(request, payment):
+            raise key_in_use()
+    # The charge and the answer it leaves must finish even if the client hangs up.
+    in_flight.add((account_id, scoped))
+    try:
+        task = asyncio.get_running_loop().create_task(
+            _charge_and_answer(request, account_id, reply)
+        )
+        tasks = request.app[TASKS]
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        payment = await asyncio.shield(task)
+    finally:
+        in_flight.discard((account_id, scoped))
+    return _answer(account_id, payment)
+
+
+def _abandoned(request: web.Request, payment: Payment) -> bool:
+    """An unanswered payment whose request no process can still be running."""
+    return request.app[CLOCK_MS]() - payment.created_at_ms >= IN_FLIGHT_MAX_MS
+
+
+async def _charge_and_answer(request: web.Request, account_id: str, reply: Reply) -> Payment:
     payment = reply.payment
     assert payment is not None
     gateway = request.app[GATEWAY]
     if payment.status is PaymentStatus.processing and gateway.needs_charge(payment):
-        reply = await gateway.charge_attempt(reply, account_id)
-        if reply.payment is not None:
-            payment = reply.payment
-    return _answer(account_id, payment)
+        reply = await gateway.charge_attempt(reply, account_id, answers_request=True)
+    else:
+        reply = await request.app[ROUTER].submit(
+            AnswerRequest(account_id=account_id, payment_id=payment.payment_id)
+        )
+    answered = reply.payment
+    assert answered is not None
+    # Kept by the engine unless it refused the outcome (then the payment as it is).
+    return answered.answer if answered.answer is not None else answered
 
 
 def _payment_account(payment_id: str) -> str:

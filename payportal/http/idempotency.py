@@ -29,10 +29,25 @@ from .auth import Principal
 from .errors import ApiError
 from .typedefs import STORE, TASKS
 
-__all__ = ["engine_key", "idempotency_key", "request_hash", "run_idempotent"]
+__all__ = [
+    "IN_FLIGHT_MAX_MS",
+    "REPLAYED_HEADER",
+    "engine_key",
+    "hash_request",
+    "idempotency_key",
+    "key_in_use",
+    "request_hash",
+    "run_idempotent",
+]
 
 HEADER: Final = "Idempotency-Key"
 KEY_LENGTH_MAX: Final = 255
+# Set on an answer replayed from a stored one (Stripe's header).
+REPLAYED_HEADER: Final = "Idempotent-Replayed"
+# An unanswered payment younger than this may still have its first request running in
+# some front-door process (409); an older one was left by a process that died and is
+# taken over. Longer than any charge can take (the gateway's timeout is 15 s).
+IN_FLIGHT_MAX_MS: Final = 60_000
 # Statuses whose response is not the request's result (see the module's rules).
 _NOT_STORED: Final = frozenset({400, 409, 429})
 
@@ -49,12 +64,21 @@ def idempotency_key(request: web.Request, *, required: bool) -> str | None:
                 param=HEADER,
             )  # fmt: skip
         return None
-    if not 1 <= len(key) <= KEY_LENGTH_MAX or not all(" " <= c <= "~" for c in key):
+    # Printable ASCII (space to tilde), as two C loops rather than one per character.
+    if not 1 <= len(key) <= KEY_LENGTH_MAX or not (key.isascii() and key.isprintable()):
         raise ApiError(
             400, "invalid_request_error", "parameter_invalid",
             f"{HEADER} must be 1-255 printable ASCII characters.", param=HEADER,
         )  # fmt: skip
     return key
+
+
+def key_in_use() -> ApiError:
+    return ApiError(
+        409, "idempotency_error", "idempotency_key_in_use",
+        "A request with this idempotency key is still being processed; retry later.",
+        param=HEADER,
+    )  # fmt: skip
 
 
 def engine_key(principal: Principal, key: str) -> str:
@@ -69,7 +93,11 @@ def engine_key(principal: Principal, key: str) -> str:
 def request_hash(request: web.Request, canonical_body: bytes) -> str:
     """What "the same request" means: method, path and the decoded body re-encoded (so
     whitespace and key order do not matter, but every value does)."""
-    digest = hashlib.sha256(f"{request.method} {request.path}\n".encode())
+    return hash_request(request.method, request.path, canonical_body)
+
+
+def hash_request(method: str, path: str, canonical_body: bytes) -> str:
+    digest = hashlib.sha256(f"{method} {path}\n".encode())
     digest.update(canonical_body)
     return digest.hexdigest()
 
@@ -93,12 +121,8 @@ async def run_idempotent(
                 "This idempotency key was used with a different request.", param=HEADER,
             )  # fmt: skip
         if existing.status_code is None or existing.response_body is None:
-            raise ApiError(
-                409, "idempotency_error", "idempotency_key_in_use",
-                "A request with this idempotency key is still being processed; retry later.",
-                param=HEADER,
-            )  # fmt: skip
-        return _json(existing.status_code, existing.response_body, {"Idempotent-Replayed": "true"})
+            raise key_in_use()
+        return _json(existing.status_code, existing.response_body, {REPLAYED_HEADER: "true"})
 
     async def run_and_store() -> tuple[int, bytes, dict[str, str]]:
         try:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from .auth import Authenticator, Principal
     from .gateway import Gateway
+    from .methods import PaymentMethods
     from .ratelimit import RateLimits
     from .routes import RouteSpec
 
@@ -22,6 +23,8 @@ __all__ = [
     "AUTHENTICATOR",
     "CLOCK_MS",
     "GATEWAY",
+    "IN_FLIGHT",
+    "METHODS",
     "PRINCIPAL",
     "PROCESSOR",
     "RATE_LIMITS",
@@ -43,6 +46,10 @@ RATE_LIMITS: web.AppKey[RateLimits] = web.AppKey("rate_limits")
 ROUTES: web.AppKey[list[RouteSpec]] = web.AppKey("routes")
 # Work that must finish even if its client goes away (a charge and its outcome).
 TASKS: web.AppKey[set[Any]] = web.AppKey("tasks")
+# Saved payment methods this process has used (immutable but for deletion).
+METHODS: web.AppKey[PaymentMethods] = web.AppKey("methods")
+# (account id, scoped idempotency key) of the payments this process is charging now.
+IN_FLIGHT: web.AppKey[set[tuple[str, str]]] = web.AppKey("in_flight")
 
 # Set by the auth step of each handler; the request's authenticated caller.
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

@@ -34,7 +34,8 @@ from payportal.engine.money import CURRENCY_EXPONENTS, format_minor
 from payportal.http import ids
 from payportal.http.auth import Principal
 from payportal.http.errors import ApiError
-from payportal.http.idempotency import request_hash, run_idempotent
+from payportal.http.idempotency import request_hash
+from payportal.http.methods import remove_payment_method
 from payportal.http.ratelimit import (
     ACCOUNT_PAYMENTS,
     ADDRESS_MONEY_POSTS,
@@ -43,7 +44,7 @@ from payportal.http.ratelimit import (
 )
 from payportal.http.reads import read_account, read_payment, wait_for_account_projection
 from payportal.http.schemas import AllocationRequest, PaymentCreate
-from payportal.http.typedefs import RATE_LIMITS, ROUTER, STORE
+from payportal.http.typedefs import METHODS, RATE_LIMITS, ROUTER, STORE
 from payportal.persistence import directory, queries
 
 from . import sessions
@@ -433,15 +434,11 @@ async def pay(request: web.Request) -> web.Response:
     try:
         await _money_limits(request, session.payer_id, account.account_id)
 
-        async def operation() -> tuple[int, bytes, dict[str, str]]:
-            return await create_and_charge(
-                request, principal, portal_key, account.account_id, body
-            )
-
-        response = await run_idempotent(
-            request, principal=principal, account_id=account.account_id, key=portal_key,
-            hashed=request_hash(request, _submitted(body, chosen)), operation=operation,
+        status, answered, _ = await create_and_charge(
+            request, principal, portal_key, account.account_id, body,
+            request_hash(request, _submitted(body, chosen)),
         )  # fmt: skip
+        response = web.Response(status=status, body=answered, content_type="application/json")
     except ApiError as error:
         return await _pay_page(request, session, account, choices, _refused(state, error),
                                status=error.status)  # fmt: skip
@@ -668,7 +665,7 @@ async def method_remove(request: web.Request) -> web.Response:
     session = await require_payer(request)
     row = await _own_method(request, session)
     engine = request.app[STORE].engine
-    await directory.delete_payment_method(engine, row.id)
+    await remove_payment_method(request.app[ROUTER], request.app[METHODS], row)
     if await sessions.default_method(engine, row.account_id) == row.id:
         await sessions.set_default_method(engine, row.account_id, None)
     return _back_to_methods(row.account_id, "removed")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -60,6 +61,12 @@ class Api:
         self.sandbox = sandbox
         self.merchant = {"Authorization": f"Bearer {merchant_key}"}
         self.store = store
+        # Added to the front door's clock (not the shards'): ages what the API sees.
+        self.clock_offset_ms = 0
+        self.router: ShardRouter | None = None
+
+    def clock_ms(self) -> int:
+        return time.time_ns() // 1_000_000 + self.clock_offset_ms
 
     async def call(
         self, method: str, path: str, *, headers: dict[str, str] | None = None,
@@ -137,11 +144,15 @@ async def api(database_url: str, aiohttp_server: Any, aiohttp_client: Any) -> As
     router = ShardRouter(
         [DirectHandle(AccountShardCore(i, store)) for i in range(SHARDS)], batch_max_wait_ms=1
     )
-    app = create_app(router=router, store=store, processor=processor)
+    clock: list[Api] = []
+    app = create_app(router=router, store=store, processor=processor,
+                     clock_ms=lambda: clock[0].clock_ms())  # fmt: skip
     client = await aiohttp_client(app)
     key = await create_api_key_async(store, "tests")
     try:
-        yield Api(client, processor, sandbox_app[SANDBOX], key, store)
+        clock.append(Api(client, processor, sandbox_app[SANDBOX], key, store))
+        clock[0].router = router
+        yield clock[0]
     finally:
         await client.close()
         await router.drain()

@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-import sqlalchemy as sa
+import msgspec
 
-from payportal.engine import PaymentCreated
-from payportal.persistence.directory import IDEMPOTENCY_LOCK_TIMEOUT
-from payportal.persistence.tables import idempotency_records
+from payportal.engine import CreatePayment, PaymentCreated, PaymentMethodRef, Result
+from payportal.http import ids
+from payportal.http.idempotency import IN_FLIGHT_MAX_MS, hash_request
+from payportal.http.schemas import PaymentCreate
 
 from .api_harness import Api
 
@@ -113,26 +114,48 @@ async def test_a_key_left_in_flight_by_a_dead_process_is_taken_over_after_the_lo
 ) -> None:
     account_id = await api.account()
     method = await api.payment_method(account_id)
-    status, first, _ = await api.pay(account_id, 1_000, method, key="stuck")
-    assert status == 200
-    # Make the finished record look like one a crashed process left in flight long ago.
-    stale = dt.datetime.now(dt.UTC) - IDEMPOTENCY_LOCK_TIMEOUT - dt.timedelta(seconds=5)
-    async with api.store.engine.begin() as connection:
-        await connection.execute(
-            sa.update(idempotency_records)
-            .where(idempotency_records.c.key == "stuck")
-            .values(status_code=None, response_body=None, created_at=stale)
-        )
-    status, again, _ = await api.pay(account_id, 1_000, method, key="stuck")
-    assert status == 200, again
-    assert again["id"] == first["id"]  # the engine answered with the original payment
-    assert len(api.charges()) == 1  # and the processor was not charged twice
-    # A record that is only freshly in flight still answers 409.
-    async with api.store.engine.begin() as connection:
-        await connection.execute(
-            sa.update(idempotency_records)
-            .where(idempotency_records.c.key == "stuck")
-            .values(status_code=None, response_body=None, created_at=dt.datetime.now(dt.UTC))
-        )
+    body = {"account": account_id, "amount": 1_000, "currency": "USD", "payment_method": method}
+    # What a front door that died after creating the payment, before charging it, left.
+    canonical = msgspec.json.encode(msgspec.json.decode(msgspec.json.encode(body),
+                                                        type=PaymentCreate))  # fmt: skip
+    assert api.router is not None
+    created = await api.router.submit(CreatePayment(
+        account_id=account_id, payment_id=ids.child_id("pay", account_id),
+        attempt_id=ids.child_id("att", account_id), idempotency_key="merchant:stuck",
+        amount_minor=1_000, currency="USD", payment_method=PaymentMethodRef(id=method),
+        request_hash=hash_request("POST", "/v1/payments", canonical),
+    ))  # fmt: skip
+    assert created.outcome.result is Result.ok
+
     status, busy, _ = await api.pay(account_id, 1_000, method, key="stuck")
-    assert status == 409, busy
+    assert status == 409, busy  # it may still be running somewhere
+    assert busy["error"]["code"] == "idempotency_key_in_use"
+    assert api.charges() == []
+
+    api.clock_offset_ms = IN_FLIGHT_MAX_MS
+    status, again, first_raw = await api.pay(account_id, 1_000, method, key="stuck")
+    assert status == 200, again
+    assert again["id"] == created.outcome.payment_id  # the engine's payment, taken over
+    assert again["status"] == "succeeded"
+    assert len(api.charges()) == 1
+    # Answered now, and kept: the same request is replayed, charging nothing more.
+    status, _, raw = await api.pay(account_id, 1_000, method, key="stuck")
+    assert (status, raw) == (200, first_raw)
+    assert len(api.charges()) == 1
+
+
+async def test_a_replay_is_the_first_answer_even_after_the_payment_moved_on(api: Api) -> None:
+    account_id = await api.account()
+    method = await api.payment_method(account_id)
+    status, first, first_raw = await api.pay(account_id, 1_000, method, key="refunded-later")
+    assert status == 200
+    await api.ok("POST", f"/v1/payments/{first['id']}/refunds",
+                 headers={**api.merchant, "Idempotency-Key": "refund-1"}, json={})  # fmt: skip
+
+    status, again, raw = await api.pay(account_id, 1_000, method, key="refunded-later")
+
+    assert status == 200
+    assert raw == first_raw  # the answer as first given, not the refunded payment
+    assert again["status"] == "succeeded"
+    current = await api.ok("GET", f"/v1/payments/{first['id']}")
+    assert current["status"] == "refunded"
