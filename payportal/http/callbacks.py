@@ -6,13 +6,17 @@ attempt's outcome by a signed Standard Webhooks v1 request. The receiver is thin
 1. verify — the timestamp against our clock (more than ``tolerance_s`` old or ahead →
    400), then the signature with ``standardwebhooks`` on the raw bytes, under each of
    the processor's secrets in turn (rotation), before a byte of the body is parsed;
-2. dedupe — an event id already in ``processor_callbacks`` is answered 200, nothing done;
-3. decode the body and find the attempt's payment and account in the read models
-   (they may lag the journal briefly: the lookup is retried, then 503 so the processor
-   sends it again);
-4. submit the outcome to the account's shard (``RecordOutcome``; ``DisputePayment``);
-5. record the event id — after the submit: a crash between the two makes the processor
-   send the event again, and the engine answers the repeated command ``exists``.
+2. decode the body and find the attempt's account and payment: from the charge's
+   metadata (``processors.charging.METADATA_PAYMENT``, set when we charged; the payment
+   id names its account), else — a charge made before metadata was sent — in the read
+   models (they may lag the journal briefly: retried, then 503 so the processor sends it
+   again);
+3. submit the outcome to the account's shard (``RecordOutcome``; ``DisputePayment``). The
+   engine is the deduplication: an event seen before changes nothing and is answered
+   ``exists`` (a duplicate), and an outcome arriving out of order never moves a payment
+   backwards. No database round trip of its own is on this path;
+4. record the event id in ``processor_callbacks`` — an audit trail of what was received,
+   written in batches after the answer (``CallbackLog``), never a gate.
 
 Answers: 200 for every verified, understood event, including one whose effect the engine
 refused as stale (an outcome arriving out of order never moves a payment backwards; it
@@ -52,6 +56,10 @@ from payportal.engine import (
 from payportal.engine.retry_policy import TECHNICAL_CODES
 from payportal.persistence import tables
 from payportal.persistence._engine import READ
+from payportal.persistence.upserts import insert_all_ignoring_conflicts
+from payportal.processors.charging import METADATA_PAYMENT
+
+from . import ids
 
 __all__ = [
     "CALLBACK_PATH",
@@ -91,6 +99,8 @@ class CallbackData(msgspec.Struct, frozen=True, kw_only=True):
     amount: int
     currency: str
     decline_code: str | None = None
+    # What we sent with the charge; names our payment (``METADATA_PAYMENT``).
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class CallbackBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,8 +168,8 @@ class _Receiver:
             for processor, processor_secrets in secrets.items()
         }
         assert all(self._webhooks.values()), "every processor needs at least one secret"
-        self._engine = store.engine
         self._reader = store.engine.execution_options(**READ)
+        self.log = CallbackLog(store.engine)
         self._router = router
         self._clock_s = clock_s or time.time
         self._tolerance_s = tolerance_s
@@ -181,18 +191,16 @@ class _Receiver:
         raw = await request.read()
         event_id = self._verify(webhooks, raw, request.headers)
         # Verified: from here on the bytes are the processor's.
-        if await self._seen(processor, event_id):
-            log.info("callback_duplicate", processor=processor, event_id=event_id)
-            return web.Response(status=200, body=_DUPLICATE, content_type="application/json")
         try:
             body = _DECODER.decode(raw)
         except msgspec.ValidationError as error:
             raise _invalid("parameter_invalid", f"The callback body is invalid: {error}") from None
         except msgspec.DecodeError:
             raise _invalid("parameter_invalid", "The callback body is not valid JSON.") from None
-        await self._apply(processor, event_id, body)
-        await self._remember(processor, event_id)
-        return web.Response(status=200, body=_RECEIVED, content_type="application/json")
+        duplicate = await self._apply(processor, event_id, body)
+        self.log.add(processor, event_id)
+        answer = _DUPLICATE if duplicate else _RECEIVED
+        return web.Response(status=200, body=answer, content_type="application/json")
 
     # -- verification -------------------------------------------------------------------
 
@@ -236,44 +244,22 @@ class _Receiver:
         raise _invalid("signature_invalid", "No signature matches the callback.",
                        HEADER_SIGNATURE)  # fmt: skip
 
-    # -- dedupe -------------------------------------------------------------------------
-
-    async def _seen(self, processor: str, event_id: str) -> bool:
-        c = tables.processor_callbacks
-        async with self._reader.connect() as connection:
-            found = (
-                await connection.execute(
-                    sa.select(c.c.id).where(c.c.processor == processor, c.c.event_id == event_id)
-                )
-            ).first()
-        return found is not None
-
-    async def _remember(self, processor: str, event_id: str) -> None:
-        try:
-            async with self._engine.begin() as connection:
-                await connection.execute(
-                    sa.insert(tables.processor_callbacks).values(
-                        processor=processor, event_id=event_id
-                    )
-                )
-        except sa.exc.IntegrityError:
-            pass  # a concurrent delivery of the same event recorded it first
-
     # -- the effect ---------------------------------------------------------------------
 
-    async def _apply(self, processor: str, event_id: str, body: CallbackBody) -> None:
+    async def _apply(self, processor: str, event_id: str, body: CallbackBody) -> bool:
+        """Apply the event; True when the engine had it already (a duplicate)."""
         data = body.data
         if body.type == "charge.refunded":
             # Refunds are recorded when the portal asks for them (RefundPayment carries
             # our refund id); the processor's notice confirms one and changes nothing.
             log.info("callback_refund_noted", processor=processor, event_id=event_id,
                      attempt_id=data.attempt, charge_id=data.charge)  # fmt: skip
-            return
+            return False
         if body.type not in ("charge.succeeded", "charge.failed", "charge.disputed"):
             log.warning("callback_type_ignored", processor=processor, event_id=event_id,
                         type=body.type)  # fmt: skip
-            return
-        account_id, payment_id = await self._owner(data.attempt)
+            return False
+        account_id, payment_id = await self._owner(data)
         command: Command
         if body.type == "charge.disputed":
             command = DisputePayment(account_id=account_id, payment_id=payment_id)
@@ -312,13 +298,22 @@ class _Receiver:
             log.warning("callback_refused_by_engine", processor=processor, event_id=event_id,
                         type=body.type, attempt_id=data.attempt, payment_id=payment_id,
                         rejection=outcome.rejection)  # fmt: skip
-        else:
-            log.info("callback_applied", processor=processor, event_id=event_id, type=body.type,
-                     attempt_id=data.attempt, payment_id=payment_id,
-                     result=outcome.result.value)  # fmt: skip
+            return False
+        # Debug: at peak every charge brings one, and the journal has what it did.
+        log.debug("callback_applied", processor=processor, event_id=event_id, type=body.type,
+                  attempt_id=data.attempt, payment_id=payment_id,
+                  result=outcome.result.value)  # fmt: skip
+        return outcome.result is Result.exists
 
-    async def _owner(self, attempt_id: str) -> tuple[str, str]:
-        """(account id, payment id) of our attempt, waiting briefly for the read models."""
+    async def _owner(self, data: CallbackData) -> tuple[str, str]:
+        """(account id, payment id) of our attempt: from the charge's metadata, else from
+        the read models (waiting briefly for them)."""
+        payment_id = data.metadata.get(METADATA_PAYMENT)
+        if payment_id is not None:
+            account_id = ids.account_of(payment_id, "pay")
+            if account_id is not None:
+                return account_id, payment_id
+        attempt_id = data.attempt
         a, p = tables.attempts, tables.payments
         query = (
             sa.select(p.c.account_id, p.c.payment_id)
@@ -369,6 +364,59 @@ def _canonical_signatures(header: str) -> str:
     return " ".join(canonical)
 
 
+class CallbackLog:
+    """The event ids received, written to ``processor_callbacks`` in batches: one
+    statement per ``FLUSH_MS`` (or ``BATCH_MAX`` ids) instead of one round trip per
+    callback. An audit trail only — the engine is what makes a repeated event harmless —
+    so ids still in memory when a process dies are simply not in it."""
+
+    FLUSH_MS: Final = 200
+    BATCH_MAX: Final = 1_000
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self._pending: dict[tuple[str, str], None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, processor: str, event_id: str) -> None:
+        self._pending[(processor, event_id)] = None
+        if len(self._pending) >= self.BATCH_MAX:
+            self._flush_soon()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.FLUSH_MS / 1000, self._flush_soon
+            )
+
+    def _flush_soon(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        batch, self._pending = list(self._pending), {}
+        task = asyncio.get_running_loop().create_task(self._write(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, batch: list[tuple[str, str]]) -> None:
+        try:
+            async with self._engine.begin() as connection:
+                await insert_all_ignoring_conflicts(
+                    connection, tables.processor_callbacks,
+                    [{"processor": p, "event_id": e} for p, e in batch],
+                    keys=["processor", "event_id"],
+                )  # fmt: skip
+        except Exception:
+            log.exception("callback_log_not_written", events=len(batch))
+
+    async def close(self) -> None:
+        """Write what is pending and wait for every write."""
+        self._flush_soon()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 def callback_routes(
     *,
     store: Any,
@@ -396,5 +444,15 @@ def callback_routes(
 
 def add_callback_routes(app: web.Application, **options: Any) -> None:
     """``callback_routes(**options)`` added to ``app``; the route needs no bearer token
-    (the signature is the processor's credential), so auth must let it through."""
-    app.add_routes(callback_routes(**options))
+    (the signature is the processor's credential), so auth must let it through. The
+    received-events log is written out when the app is cleaned up."""
+    routes = callback_routes(**options)
+    app.add_routes(routes)
+    handler = next(iter(routes)).handler
+    assert isinstance(getattr(handler, "__self__", None), _Receiver), handler
+    log_of_receiver = handler.__self__.log  # type: ignore[attr-defined]
+
+    async def close_log(_: web.Application) -> None:
+        await log_of_receiver.close()
+
+    app.on_cleanup.append(close_log)

@@ -44,3 +44,20 @@ async def insert_ignoring_conflicts(
     )
     result = await connection.execute(statement)
     return bool(result.rowcount)
+
+
+async def insert_all_ignoring_conflicts(
+    connection: AsyncConnection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    keys: Sequence[str] | None = None,
+) -> None:
+    """Insert many rows in one statement, skipping any a unique key (``keys``) already
+    holds."""
+    if not rows:
+        return
+    statement = _insert(connection, table).values(list(rows)).on_conflict_do_nothing(
+        index_elements=keys
+    )
+    await connection.execute(statement)

@@ -149,7 +149,8 @@ class CallbackSender:
     async def _deliver(self, event: CallbackEvent, *, attempt: int) -> None:
         status = await self._post(event)
         if status is not None and 200 <= status < 300:
-            log.info(
+            # Debug: one line per delivered callback is the processor's cost, not news.
+            log.debug(
                 "callback %s %s for %s delivered (attempt %d)",
                 event.id,
                 event.type,

@@ -16,6 +16,7 @@ straight to the processor (DESIGN.md 9), and the portal only ever holds the toke
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Protocol
 
@@ -84,10 +85,13 @@ class ProcessorAdapter(Protocol):
     """One card processor. Every method is safe to call again with the same key."""
 
     async def charge(
-        self, token: str, amount_minor: int, currency: str, idempotency_key: str
-    ) -> ChargeResult:
+        self, token: str, amount_minor: int, currency: str, idempotency_key: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ChargeResult:  # fmt: skip
         """Capture ``amount_minor`` on the tokenized card. ``idempotency_key`` is the
-        attempt id: the same key never captures twice."""
+        attempt id: the same key never captures twice. ``metadata`` is kept with the
+        charge and sent back in its callbacks (our payment id: a callback then finds its
+        payment without a lookup)."""
         ...
 
     async def refund(

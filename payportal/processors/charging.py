@@ -17,13 +17,15 @@ from payportal.engine import OutcomeKind, Payment
 
 from .adapter import ChargeResult, ProcessorAdapter, ProcessorRequestError
 
-__all__ = ["DECLINE_CODE_METHOD_UNAVAILABLE", "charge_attempt"]
+__all__ = ["DECLINE_CODE_METHOD_UNAVAILABLE", "METADATA_PAYMENT", "charge_attempt"]
 
 log = logging.getLogger(__name__)
 
 # A saved payment method whose processor token no longer exists: the payer must choose
 # another method, exactly as after a hard decline.
 DECLINE_CODE_METHOD_UNAVAILABLE: Final = "payment_method_unavailable"
+# The charge's metadata key that names our payment; callbacks carry it back.
+METADATA_PAYMENT: Final = "payment"
 
 
 async def charge_attempt(
@@ -42,8 +44,9 @@ async def charge_attempt(
     try:
         async with asyncio.timeout(timeout_s):
             return await processor.charge(
-                token, payment.amount_minor, payment.currency, idempotency_key=attempt_id
-            )
+                token, payment.amount_minor, payment.currency, idempotency_key=attempt_id,
+                metadata={METADATA_PAYMENT: payment.payment_id},
+            )  # fmt: skip
     except TimeoutError:
         return ChargeResult(outcome=OutcomeKind.unknown)
     except ProcessorRequestError:

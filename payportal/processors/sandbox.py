@@ -146,11 +146,19 @@ class WalletTokenRequest(_Inbound, tag="wallet", tag_field="type", frozen=True, 
     card_number: str
 
 
+# Stripe's limits on metadata: 50 keys of at most 40 characters, values of at most 500.
+MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+MetadataValue = Annotated[str, msgspec.Meta(max_length=500)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], msgspec.Meta(max_length=50)]
+
+
 class ChargeRequest(_Inbound, frozen=True, kw_only=True):
     token: str
     amount: PositiveInt
     currency: str
     idempotency_key: IdempotencyKey
+    # Kept with the charge and sent back in its callbacks, as Stripe does.
+    metadata: Metadata = msgspec.field(default_factory=dict)
 
 
 class RefundRequest(_Inbound, frozen=True, kw_only=True):
@@ -195,6 +203,7 @@ class Charge(msgspec.Struct, kw_only=True):
     visa_category: int | None = None
     advice_code: str | None = None
     created: int
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Refund(msgspec.Struct, frozen=True, kw_only=True):
@@ -446,7 +455,8 @@ async def _post_token(request: web.Request) -> web.Response:
         exp_year=exp_year,
         wallet=wallet,
     )
-    log.info("token %s created: %s …%s", token, brand, digits[-4:])
+    # The token can be charged: it is never logged, like the number it stands for.
+    log.debug("token created: %s …%s", brand, digits[-4:])
     return _json(
         200,
         TokenResponse(
@@ -531,6 +541,7 @@ async def _post_charge(request: web.Request) -> web.Response:
         funding=card.funding,
         wallet=card.wallet,
         created=state.now_s(),
+        metadata=dict(body.metadata),
     )
     state.charges[charge.id] = charge
     state.charge_keys[body.idempotency_key] = _KeyEntry(
@@ -589,7 +600,9 @@ async def _decide_charge(
         answer = (200, _ENCODER.encode(charge))
         event_type = "charge.succeeded"
     state.charge_keys[charge.idempotency_key].response = answer
-    log.info(
+    # Debug, not info: a processor answering thousands of charges a second in a load
+    # test should not spend its time writing about each.
+    log.debug(
         "charge %s with key %s %s: %d %s",
         charge.id,
         charge.idempotency_key,
@@ -597,16 +610,25 @@ async def _decide_charge(
         charge.amount,
         charge.currency,
     )
-    data: dict[str, Any] = {
-        "charge": charge.id,
-        "attempt": charge.idempotency_key,
-        "amount": charge.amount,
-        "currency": charge.currency,
-    }
+    data = _event_data(charge, charge.amount)
     if declines:
         data["decline_code"] = charge.decline_code
     state.callbacks.emit(event_type, data)
     return answer
+
+
+def _event_data(charge: Charge, amount_minor: int) -> dict[str, Any]:
+    """A callback's ``data``: the charge, our attempt (its key), the amount the event is
+    about, and the metadata the charge was created with."""
+    data: dict[str, Any] = {
+        "charge": charge.id,
+        "attempt": charge.idempotency_key,
+        "amount": amount_minor,
+        "currency": charge.currency,
+    }
+    if charge.metadata:
+        data["metadata"] = charge.metadata
+    return data
 
 
 def _charge_or_404(state: SandboxState, charge_id: str, param: str) -> Charge:
@@ -752,15 +774,7 @@ async def _post_refund(request: web.Request) -> web.Response:
     answer = (200, _ENCODER.encode(refund))
     state.refund_keys[body.idempotency_key] = _KeyEntry(fingerprint=fingerprint, response=answer)
     log.info("refund %s of %s: %d %s", refund.id, charge.id, amount_minor, charge.currency)
-    state.callbacks.emit(
-        "charge.refunded",
-        {
-            "charge": charge.id,
-            "attempt": charge.idempotency_key,
-            "amount": amount_minor,
-            "currency": charge.currency,
-        },
-    )
+    state.callbacks.emit("charge.refunded", _event_data(charge, amount_minor))
     await state.sleep_ms(state.faults.latency_ms)
     return web.Response(status=answer[0], body=answer[1], content_type="application/json")
 
@@ -779,15 +793,7 @@ async def _post_dispute(request: web.Request) -> web.Response:
         )
     if not charge.disputed:
         charge.disputed = True
-        state.callbacks.emit(
-            "charge.disputed",
-            {
-                "charge": charge.id,
-                "attempt": charge.idempotency_key,
-                "amount": charge.amount,
-                "currency": charge.currency,
-            },
-        )
+        state.callbacks.emit("charge.disputed", _event_data(charge, charge.amount))
     return _json(200, charge)
 
 

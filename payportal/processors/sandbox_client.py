@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Final, Self, TypeVar
 
@@ -159,14 +160,17 @@ class SandboxProcessor:
     # -- ProcessorAdapter -------------------------------------------------------------------
 
     async def charge(
-        self, token: str, amount_minor: int, currency: str, idempotency_key: str
-    ) -> ChargeResult:
-        body = {
+        self, token: str, amount_minor: int, currency: str, idempotency_key: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ChargeResult:  # fmt: skip
+        body: dict[str, object] = {
             "token": token,
             "amount": amount_minor,
             "currency": currency,
             "idempotency_key": idempotency_key,
         }
+        if metadata:
+            body["metadata"] = dict(metadata)
         try:
             status, raw = await self._request("POST", "/v1/charges", json=body)
         except _Timeout:

@@ -262,6 +262,17 @@ async def wired_with_callbacks(portal: Portal) -> AsyncIterator[Wiring]:
         yield wiring
 
 
+async def callback_rows(portal: Portal, count: int) -> list[Any]:
+    """The received-events log once it holds ``count`` rows: the receiver writes it in
+    batches after answering, so a test waits for the batch (and then sees no more)."""
+    async with asyncio.timeout(5):
+        # Polled: the log is written by the receiver, which offers no event to wait on.
+        while len(await portal.rows(tables.processor_callbacks)) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # longer than a batch's wait: a stray extra row would show
+    return list(await portal.rows(tables.processor_callbacks))
+
+
 async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
     """Wait for something the sandbox does on its own (a callback delivery), in real time."""
     async with asyncio.timeout(timeout_s):
@@ -526,12 +537,9 @@ async def test_a_genuine_callback_records_the_outcome_the_charge_reply_never_bro
         lambda: portal.payment(account_id, payment_id).status is PaymentStatus.succeeded
     )
     [event] = wiring.sandbox[SANDBOX].callbacks.events
-    # The event id is recorded after the outcome is applied (callbacks.py, step 5), so the
+    # The event id is recorded after the outcome is applied (callbacks.py, step 4), so the
     # payment can show succeeded a moment before the row exists.
-    async with asyncio.timeout(5):
-        # Polled: the row is written by the receiver, which offers no event to wait on.
-        while not (rows := await portal.rows(tables.processor_callbacks)):  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    rows = await callback_rows(portal, 1)
     assert [(r.processor, r.event_id) for r in rows] == [("sandbox", event.id)]
 
 
@@ -626,7 +634,7 @@ async def test_a_duplicated_callback_is_answered_200_and_changes_nothing(
             200, {"received": True, "duplicate": True},
         )  # fmt: skip
     assert await portal.store.journal(account_id=account_id) == journal
-    assert len(await portal.rows(tables.processor_callbacks)) == 1
+    assert len(await callback_rows(portal, 1)) == 1
 
 
 async def test_sandbox_duplicates_are_applied_once(
@@ -646,7 +654,7 @@ async def test_sandbox_duplicates_are_applied_once(
     await asyncio.sleep(0.3)  # the two copies behind the first
     journal = await portal.store.journal(account_id=account_id)
     assert sum(type(e).__name__ == "AttemptSucceeded" for *_, e in journal) == 1
-    assert len(await portal.rows(tables.processor_callbacks)) == 1
+    assert len(await callback_rows(portal, 1)) == 1
 
 
 async def test_reordered_callbacks_never_move_a_payment_backwards(
@@ -665,7 +673,7 @@ async def test_reordered_callbacks_never_move_a_payment_backwards(
     assert await post(wired.receiver, failed, signed(failed)) == (200, {"received": True})
     assert portal.payment(account_id, payment_id).status is PaymentStatus.succeeded
     assert await portal.store.journal(account_id=account_id) == journal
-    assert len(await portal.rows(tables.processor_callbacks)) == 2
+    assert len(await callback_rows(portal, 2)) == 2
 
 
 async def test_a_dispute_that_overtakes_its_capture_is_applied_once_the_capture_lands(
