@@ -28,7 +28,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from payportal.persistence import Store, directory, verify_api_key
 
 from .errors import authentication_failed, not_found
-from .typedefs import AUTHENTICATOR, PRINCIPAL, STORE
+from .typedefs import AUTHENTICATOR, PRINCIPAL
 
 __all__ = [
     "PAYER_TOKEN_PREFIX",
@@ -81,6 +81,22 @@ class Authenticator:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._cache: dict[str, tuple[Principal, float]] = {}
+        # (payer id, account id) → until: that a payer may see an account changes as
+        # seldom as a session and is cached the same way (``CACHE_TTL_S``). Only a yes is
+        # kept, so an account just linked to a payer is theirs at once.
+        self._owns: dict[tuple[str, str], float] = {}
+
+    async def payer_owns(self, payer_id: str, account_id: str) -> bool:
+        now = time.monotonic()
+        until = self._owns.get((payer_id, account_id))
+        if until is not None and until > now:
+            return True
+        owns = await directory.payer_owns_account(self._store.engine, payer_id, account_id)
+        if owns:
+            if len(self._owns) >= CACHE_ENTRIES_MAX:
+                self._owns.clear()
+            self._owns[(payer_id, account_id)] = now + CACHE_TTL_S
+        return owns
 
     async def principal_for(self, credential: str) -> Principal | None:
         digest = token_hash(credential)
@@ -131,8 +147,7 @@ async def authorize_account(
         return
     if merchant_only:
         raise not_found(param, "account")
-    owns = await directory.payer_owns_account(request.app[STORE].engine, principal.id, account_id)
-    if not owns:
+    if not await request.app[AUTHENTICATOR].payer_owns(principal.id, account_id):
         raise not_found(param, "account")
 
 
