@@ -9,7 +9,11 @@ resolved from the batch's reply list in order.
 Rules:
 - The queue is bounded: past ``queue_max`` outstanding commands a caller is told
   ``Overloaded`` with a retry-after, never left to grow memory without bound.
-- Several batches to one shard may be in flight; the shard applies them one at a time.
+- At most ``IN_FLIGHT_PER_SHARD`` batches to one shard are in flight; more commands wait
+  here and go together when one returns. A shard applies one batch while the one before
+  commits, so a third in flight would only wait in the shard — and each call costs the
+  same Ray overhead whatever it carries, so under load batches grow instead of calls
+  multiplying. When idle, a command still goes within ``batch_max_wait_ms``.
 - A failed call fails every command in it; callers retry with the same idempotency key.
 """
 
@@ -34,12 +38,17 @@ class Overloaded(Exception):
         self.retry_after_ms = retry_after_ms
 
 
+# Batches in flight to one shard at once (see the module's rules).
+IN_FLIGHT_PER_SHARD = 2
+
+
 class _ShardQueue:
     def __init__(self, router: ShardRouter, handle: Any) -> None:
         self._router = router
         self._handle = handle
         self._pending: list[tuple[Command, asyncio.Future[Reply]]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._in_flight = 0
 
     def put(self, command: Command) -> asyncio.Future[Reply]:
         loop = asyncio.get_running_loop()
@@ -47,20 +56,32 @@ class _ShardQueue:
         self._pending.append((command, future))
         if len(self._pending) >= self._router.batch_max_items:
             self.flush()
-        elif self._timer is None:
+        elif self._timer is None and self._in_flight < IN_FLIGHT_PER_SHARD:
             self._timer = loop.call_later(self._router.batch_max_wait_s, self.flush)
         return future
 
-    def flush(self) -> None:
+    def flush(self, *, force: bool = False) -> None:
+        """Send what waits, unless the shard already has its batches in flight (then
+        the next one to return sends it); ``force`` sends regardless (draining)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if not self._pending:
             return
-        batch, self._pending = self._pending, []
+        if self._in_flight >= IN_FLIGHT_PER_SHARD and not force:
+            return
+        max_items = self._router.batch_max_items
+        batch, self._pending = self._pending[:max_items], self._pending[max_items:]
+        self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._router._tasks.add(task)
         task.add_done_callback(self._router._tasks.discard)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, _: asyncio.Task[None]) -> None:
+        self._in_flight -= 1
+        if self._pending:
+            self.flush()
 
     async def _send(self, batch: list[tuple[Command, asyncio.Future[Reply]]]) -> None:
         try:
@@ -134,6 +155,8 @@ class ShardRouter:
     async def drain(self) -> None:
         """Send what is queued now and wait for every batch in flight."""
         for queue in self._queues:
-            queue.flush()
+            queue.flush(force=True)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            for queue in self._queues:
+                queue.flush(force=True)
