@@ -69,6 +69,10 @@ def _static_url(request: web.Request, name: str) -> str:
 async def _context(request: web.Request) -> dict[str, Any]:
     from .pages_auth import current_session
 
+    # aiohttp_jinja2 runs this for every request; an API call renders no template, and
+    # a nonce, a CSRF token and a session lookup per API call were pure cost.
+    if not security.is_page(request):
+        return {}
     return {
         "nonce": security.csp_nonce(request),
         "csrf_token": security.csrf_token(request),
