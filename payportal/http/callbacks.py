@@ -60,6 +60,8 @@ from payportal.persistence.upserts import insert_all_ignoring_conflicts
 from payportal.processors.charging import METADATA_PAYMENT
 
 from . import ids
+from .gateway import RecentOutcomes
+from .typedefs import GATEWAY
 
 __all__ = [
     "CALLBACK_PATH",
@@ -159,8 +161,10 @@ class _Receiver:
         tolerance_s: int,
         lookup_attempts: int,
         lookup_wait_ms: int,
+        recent: RecentOutcomes | None = None,
     ) -> None:
         assert tolerance_s > 0
+        self._recent = recent
         assert lookup_attempts > 0
         # Built once: a malformed secret fails at start-up, not on the first callback.
         self._webhooks = {
@@ -259,14 +263,20 @@ class _Receiver:
             log.warning("callback_type_ignored", processor=processor, event_id=event_id,
                         type=body.type)  # fmt: skip
             return False
-        account_id, payment_id = await self._owner(data)
         command: Command
         if body.type == "charge.disputed":
+            account_id, payment_id = await self._owner(data)
             command = DisputePayment(account_id=account_id, payment_id=payment_id)
         else:
+            outcome_kind = _outcome_of(body.type, data.decline_code)
+            if self._recent is not None and self._recent.recorded(
+                data.attempt, outcome_kind, data.charge, data.decline_code
+            ):
+                return True  # this process recorded it from the charge's own reply
+            account_id, payment_id = await self._owner(data)
             command = RecordOutcome(
                 account_id=account_id, payment_id=payment_id, attempt_id=data.attempt,
-                outcome=_outcome_of(body.type, data.decline_code), charge_id=data.charge,
+                outcome=outcome_kind, charge_id=data.charge,
                 decline_code=data.decline_code, amount_minor=data.amount,
                 currency=data.currency.upper(),
             )  # fmt: skip
@@ -426,16 +436,19 @@ def callback_routes(
     tolerance_s: int = TOLERANCE_S_DEFAULT,
     lookup_attempts: int = LOOKUP_ATTEMPTS,
     lookup_wait_ms: int = LOOKUP_WAIT_MS,
+    recent: RecentOutcomes | None = None,
 ) -> web.RouteTableDef:
     """The callback route. ``secrets`` maps a processor name (the path segment) to its
     Standard Webhooks secrets (``whsec_…``), newest first; during a rotation both the old
     and the new one verify. ``clock_s`` is unix seconds (``time.time`` by default).
 
     The standardwebhooks package also checks the timestamp against the wall clock with
-    its own fixed 5 minutes, so ``clock_s`` may narrow the window but not move it."""
+    its own fixed 5 minutes, so ``clock_s`` may narrow the window but not move it.
+    ``recent`` is the gateway's record of the outcomes it recorded itself (a callback
+    repeating one is answered without a hop to the shard)."""
     receiver = _Receiver(
         store=store, router=router, secrets=secrets, clock_s=clock_s, tolerance_s=tolerance_s,
-        lookup_attempts=lookup_attempts, lookup_wait_ms=lookup_wait_ms,
+        lookup_attempts=lookup_attempts, lookup_wait_ms=lookup_wait_ms, recent=recent,
     )  # fmt: skip
     routes = web.RouteTableDef()
     routes.post(CALLBACK_PATH)(receiver.handle)
@@ -445,7 +458,10 @@ def callback_routes(
 def add_callback_routes(app: web.Application, **options: Any) -> None:
     """``callback_routes(**options)`` added to ``app``; the route needs no bearer token
     (the signature is the processor's credential), so auth must let it through. The
-    received-events log is written out when the app is cleaned up."""
+    received-events log is written out when the app is cleaned up. The app's gateway
+    (``create_app``'s) shares what it recorded, unless ``recent`` is given."""
+    if "recent" not in options and GATEWAY in app:
+        options["recent"] = app[GATEWAY].recent
     routes = callback_routes(**options)
     app.add_routes(routes)
     handler = next(iter(routes)).handler

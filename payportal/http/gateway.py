@@ -14,17 +14,18 @@ Seams for what comes next: the retry timer calls ``charge_attempt`` for a due re
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 import structlog
 
 from payportal.actors import Reply, ShardRouter
-from payportal.engine import AttemptStatus, OutcomeKind, Payment, RecordOutcome
+from payportal.engine import AttemptStatus, OutcomeKind, Payment, RecordOutcome, Result
 from payportal.processors import ChargeResult, ProcessorAdapter
 from payportal.processors.charging import charge_attempt
 
-__all__ = ["CHARGE_TIMEOUT_MS_DEFAULT", "Gateway", "TokenLookup"]
+__all__ = ["CHARGE_TIMEOUT_MS_DEFAULT", "Gateway", "RecentOutcomes", "TokenLookup"]
 
 log = structlog.get_logger("payportal.http.gateway")
 
@@ -36,6 +37,39 @@ CHARGE_TIMEOUT_MS_DEFAULT: Final = 15_000
 TokenLookup = Callable[[str], Awaitable[str | None]]
 
 
+class RecentOutcomes:
+    """Outcomes this process recorded from the processor's own replies, remembered for a
+    while: the callback that reports the same outcome moments later is then answered as
+    the duplicate it is without a hop to the shard (which would answer ``exists``). Only
+    an outcome identical in kind, charge and decline code matches; anything else goes to
+    the engine, which decides."""
+
+    ENTRIES_MAX: Final = 100_000
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[tuple[str, OutcomeKind, str | None, str | None], None] = (
+            OrderedDict()
+        )
+
+    def add(
+        self, attempt_id: str, outcome: OutcomeKind, charge_id: str | None,
+        decline_code: str | None,
+    ) -> None:  # fmt: skip
+        self._seen[(attempt_id, outcome, charge_id, decline_code)] = None
+        if len(self._seen) > self.ENTRIES_MAX:
+            self._seen.popitem(last=False)
+
+    def recorded(
+        self, attempt_id: str, outcome: OutcomeKind, charge_id: str | None,
+        decline_code: str | None,
+    ) -> bool:  # fmt: skip
+        return (attempt_id, outcome, charge_id, decline_code) in self._seen
+
+
+# Outcomes final for their attempt: a callback can only repeat them.
+_REMEMBERED: Final = frozenset({OutcomeKind.succeeded, OutcomeKind.declined})
+
+
 class Gateway:
     def __init__(
         self,
@@ -44,12 +78,14 @@ class Gateway:
         token_for: TokenLookup,
         *,
         charge_timeout_ms: int = CHARGE_TIMEOUT_MS_DEFAULT,
+        recent: RecentOutcomes | None = None,
     ) -> None:
         assert charge_timeout_ms > 0
         self._router = router
         self._processor = processor
         self._token_for = token_for
         self._timeout_s = charge_timeout_ms / 1000
+        self.recent = recent or RecentOutcomes()
 
     @staticmethod
     def needs_charge(payment: Payment) -> bool:
@@ -80,7 +116,11 @@ class Gateway:
             "attempt_outcome", payment_id=payment.payment_id, attempt_id=attempt.attempt_id,
             outcome=result.outcome.value, decline_code=result.decline_code,
         )  # fmt: skip
-        return await self._router.submit(command)
+        recorded = await self._router.submit(command)
+        if recorded.outcome.result is not Result.rejected and result.outcome in _REMEMBERED:
+            self.recent.add(attempt.attempt_id, result.outcome, result.charge_id,
+                            result.decline_code)  # fmt: skip
+        return recorded
 
     async def _charge(self, payment: Payment, attempt_id: str) -> ChargeResult:
         if self._processor is None:

@@ -34,6 +34,7 @@ from payportal.engine import (
 )
 from payportal.engine.retry_policy import DAY_MS, HOUR_MS, MINUTE_MS
 from payportal.http.callbacks import callback_routes
+from payportal.http.gateway import RecentOutcomes
 from payportal.persistence import Store, tables
 from payportal.persistence.tables_janitor import attempt_inquiries
 from payportal.processors import ChargeResult, InquiryStatus
@@ -740,3 +741,46 @@ async def test_an_attempt_stuck_in_processing_is_inquired_then_resent_under_its_
     assert payment.status is PaymentStatus.succeeded
     assert [a.attempt_id for a in payment.attempts] == [attempt_id]
     assert list(charges_by_key(wired.sandbox)) == [attempt_id]
+
+
+async def test_a_callback_repeating_an_outcome_this_process_recorded_skips_the_shard(
+    portal: Portal,
+) -> None:
+    account_id = await open_account(portal)
+    payment_id, attempt_id = await create_payment(portal, account_id, "tok_unused")
+    await portal.settle()
+    await portal.router.submit(RecordOutcome(
+        account_id=account_id, payment_id=payment_id, attempt_id=attempt_id,
+        outcome=OutcomeKind.succeeded, charge_id="ch_1", amount_minor=5_000, currency="USD",
+    ))  # fmt: skip
+    recent = RecentOutcomes()
+    recent.add(attempt_id, OutcomeKind.succeeded, "ch_1", None)
+    submitted: list[Any] = []
+
+    class CountingRouter:
+        async def submit(self, command: Any) -> Any:
+            submitted.append(command)
+            return await portal.router.submit(command)
+
+    receiver_app = web.Application()
+    receiver_app.add_routes(callback_routes(
+        store=portal.store, router=CountingRouter(),  # type: ignore[arg-type]
+        secrets={"sandbox": [SECRET]}, recent=recent,
+    ))  # fmt: skip
+    receiver = TestClient(TestServer(receiver_app))
+    await receiver.start_server()
+    try:
+        same = callback_body("charge.succeeded", attempt_id, charge_id="ch_1",
+                             metadata={"payment": payment_id})  # fmt: skip
+        assert await post(receiver, same, signed(same)) == (
+            200, {"received": True, "duplicate": True},
+        )  # fmt: skip
+        assert submitted == []  # answered from memory
+        # Not the outcome it recorded: the engine decides (and keeps the success).
+        other = callback_body("charge.failed", attempt_id, charge_id="ch_1",
+                              decline_code="do_not_honor", metadata={"payment": payment_id})
+        assert (await post(receiver, other, signed(other)))[0] == 200
+        assert [type(c) for c in submitted] == [RecordOutcome]
+        assert portal.payment(account_id, payment_id).status is PaymentStatus.succeeded
+    finally:
+        await receiver.close()
