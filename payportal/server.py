@@ -111,6 +111,7 @@ async def _serve(
         batch_max_wait_ms=settings.batch_max_wait_ms,
         queue_max=settings.queue_max,
     )
+    router.follow_balances()
     ray_where = settings.ray_address or "local"
     started.append(f"shards       {settings.shards} AccountShard actors on Ray ({ray_where})")
     store = await Store.connect(settings.database_url)
@@ -207,7 +208,7 @@ async def _serve(
         await mail_service.close()
         for each in runners:
             await each.cleanup()
-        await router.drain()
+        await router.close()
         # A clean stop leaves no journal to replay: checkpoint every hot account now.
         await asyncio.gather(*(h.flush_checkpoints.remote() for h in handles))
         if processor is not None:
@@ -316,6 +317,7 @@ async def _worker(
         batch_max_wait_ms=settings.batch_max_wait_ms,
         queue_max=settings.queue_max,
     )
+    router.follow_balances()
     store = await Store.connect(settings.database_url)
     processor = None
     if sandbox:
@@ -337,7 +339,7 @@ async def _worker(
         await stop.wait()
     finally:
         await runner.cleanup()
-        await router.drain()
+        await router.close()
         if processor is not None:
             await processor.close()
         await streams.close()

@@ -143,6 +143,11 @@ class AccountShard:
         core = await self._ready()
         return await core.apply(batch)
 
+    async def changes_since(self, epoch: str, seq: int, wait_s: float) -> bytes:
+        """The balance changes committed after ``seq`` (``feed.BalanceFeed.since``)."""
+        core = await self._ready()
+        return await core.feed.since(epoch, seq, wait_s)
+
     async def advance_clock(self, ms: int) -> int:
         """Tests move the shard's clock forward (retry schedules) without sleeping."""
         self._clock_offset_ms += ms

@@ -25,6 +25,7 @@ from typing import Any
 
 from payportal.engine import Command
 
+from .feed import AccountBalances, follow
 from .protocol import BATCH_ENCODER, REPLIES_DECODER, Reply, shard_for
 
 __all__ = ["Overloaded", "ShardRouter"]
@@ -97,7 +98,10 @@ class _ShardQueue:
             return
         finally:
             self._router._outstanding -= len(batch)
-        for (_, future), reply in zip(batch, replies, strict=True):
+        balances = self._router.balances
+        for (command, future), reply in zip(batch, replies, strict=True):
+            if reply.balance is not None:
+                balances.offer(command.account_id, reply.version, reply.balance)
             if not future.done():
                 future.set_result(reply)
 
@@ -118,6 +122,30 @@ class ShardRouter:
         self._queues = [_ShardQueue(self, handle) for handle in handles]
         self._outstanding = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # What every reply and (once ``follow_balances`` runs) every shard's feed says.
+        self.balances = AccountBalances(len(handles))
+        self._followers: list[asyncio.Task[None]] = []
+
+    def follow_balances(self) -> None:
+        """Keep ``balances`` current with every shard (until ``close``); shards that
+        publish no feed (test doubles) are left unfollowed, and read from the shard."""
+        if self._followers:
+            return
+        for shard_id, queue in enumerate(self._queues):
+            if hasattr(queue._handle, "changes_since"):
+                self._followers.append(
+                    asyncio.get_running_loop().create_task(
+                        follow(self.balances, shard_id, queue._handle)
+                    )
+                )
+
+    async def close(self) -> None:
+        """Stop following the shards' balances, then ``drain``."""
+        for task in self._followers:
+            task.cancel()
+        await asyncio.gather(*self._followers, return_exceptions=True)
+        self._followers = []
+        await self.drain()
 
     @property
     def shards(self) -> int:

@@ -47,6 +47,7 @@ from payportal.engine import (
 )
 from payportal.metrics._shard import ShardMetrics
 
+from .feed import BalanceFeed, FeedChange
 from .protocol import BATCH_DECODER, REPLIES_ENCODER, Balance, Reply
 
 __all__ = ["AccountShardCore", "CommitAborted", "ShardOptions"]
@@ -121,6 +122,8 @@ class AccountShardCore:
         self._batches = 0
         self.stats: dict[str, int] = {"batches": 0, "commands": 0, "events": 0, "loads": 0}
         self.metrics = ShardMetrics()
+        # Committed balance changes, for the front doors' in-memory balances.
+        self.feed = BalanceFeed()
 
     @property
     def store(self) -> Any:
@@ -199,7 +202,15 @@ class AccountShardCore:
         self.stats["commands"] += len(commands)
         # Queued even with nothing to write: a reply read from memory (``exists``, a
         # rejection) may rest on an earlier batch's events, so it too waits for them.
-        commit = self._queue_commit(self._changes(pending, now_ms), generation)
+        changes = self._changes(pending, now_ms)
+        # The balances as this batch leaves them, published once its commit is durable
+        # (later batches may change the live states before then).
+        changed = [
+            (c.account_id, c.state.version, c.state.outstanding_minor, c.state.credit_minor,
+             c.state.currency)
+            for c in changes
+        ]  # fmt: skip
+        commit = self._queue_commit(changes, generation, changed)
         return REPLIES_ENCODER.encode(replies), commit
 
     async def _activate(self, account_ids: set[str]) -> None:
@@ -240,7 +251,9 @@ class AccountShardCore:
             )
         return changes
 
-    def _queue_commit(self, changes: list[Any], generation: int) -> asyncio.Future[None]:
+    def _queue_commit(
+        self, changes: list[Any], generation: int, changed: list[FeedChange] | None = None
+    ) -> asyncio.Future[None]:
         """Queue ``changes`` to commit after every commit queued before them."""
         write: Callable[[], Awaitable[None]] | None = None
         prepare = getattr(self._store, "prepare", None)
@@ -255,7 +268,7 @@ class AccountShardCore:
             write = lambda: self._store.commit(self.shard_id, changes)  # noqa: E731
         events = sum(len(c.events) for c in changes)
         commit = asyncio.ensure_future(
-            self._commit_in_order(self._last_commit, write, generation, events)
+            self._commit_in_order(self._last_commit, write, generation, events, changed or [])
         )
         self._last_commit = commit
         return commit
@@ -266,6 +279,7 @@ class AccountShardCore:
         write: Callable[[], Awaitable[None]] | None,
         generation: int,
         events: int,
+        changed: list[FeedChange],
     ) -> None:
         if previous is not None:
             # Its failure is its own batch's to report; this one only needs it finished.
@@ -289,6 +303,8 @@ class AccountShardCore:
             raise
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self.stats["events"] += events
+        if changed:
+            self.feed.publish(changed)
 
     async def _drain(self) -> None:
         """Wait until every queued commit has finished (whatever its result)."""

@@ -46,7 +46,7 @@ from .schemas import (
     PaymentMethodList,
     PaymentMethodListQuery,
 )
-from .typedefs import METHODS, ROUTER, STORE
+from .typedefs import METHODS, PROFILES, ROUTER, STORE
 from .views import (
     account_row_view,
     account_view,
@@ -81,7 +81,7 @@ async def _merchant(request: web.Request) -> Principal:
 
 
 async def _profile(request: web.Request, account_id: str) -> directory.AccountProfile:
-    profile = await directory.account_profile(request.app[STORE].engine, account_id)
+    profile = await request.app[PROFILES].get(account_id)
     if profile is None:
         raise not_found("id", "account")
     return profile
@@ -135,7 +135,11 @@ async def get_account(request: web.Request) -> web.Response:
     account_id = request.match_info["id"]
     await authorize_account(request, principal, account_id)
     profile = await _profile(request, account_id)
-    reply = await read_account(request.app[ROUTER], account_id)
+    router = request.app[ROUTER]
+    known = router.balances.get(account_id)
+    if known is not None:
+        return respond(account_view(profile, known[1]))
+    reply = await read_account(router, account_id)
     if reply.balance is None:
         raise not_found("id", "account")
     return respond(account_view(profile, reply.balance))

@@ -42,7 +42,15 @@ async def read_account(router: ShardRouter, account_id: str) -> Reply:
 
 async def wait_for_account_projection(request: web.Request, account_id: str) -> None:
     """Read-your-writes for an account's lists: wait (briefly, bounded) until the read
-    models reflect the version the account's shard is at now."""
-    reply = await read_account(request.app[ROUTER], account_id)
-    if reply.balance is not None:
-        await wait_for_projection(request.app[STORE].engine, account_id, reply.version)
+    models reflect the newest version of the account this process knows of — from the
+    balances it keeps (``feed``), else from the account's shard."""
+    router = request.app[ROUTER]
+    known = router.balances.get(account_id)
+    if known is not None:
+        version = known[0]
+    else:
+        reply = await read_account(router, account_id)
+        if reply.balance is None:
+            return
+        version = reply.version
+    await wait_for_projection(request.app[STORE].engine, account_id, version)

@@ -289,18 +289,22 @@ async def list_payment_methods(
 
 async def wait_for_projection(
     engine: AsyncEngine, account_id: str, version: int, *, timeout_s: float = 1.0,
-    poll_s: float = 0.005,
+    poll_s: float = 0.005, poll_s_max: float = 0.04,
 ) -> bool:  # fmt: skip
     """Wait until the account's read models reflect ``version`` (the version a shard
     reply reported), for read-your-writes in lists. False if they did not in time; the
-    caller then answers with what is there (lists may lag; single objects never do)."""
+    caller then answers with what is there (lists may lag; single objects never do).
+    The projection writes every ~50 ms, so the wait between looks doubles up to
+    ``poll_s_max``: a few queries per list under load, not one every 5 ms."""
     deadline = time.monotonic() + timeout_s
     a = accounts.c
     query = sa.select(a.version).where(a.account_id == account_id)
+    wait_s = poll_s
     while True:
         rows = await _rows(engine, query)
         if rows and rows[0].version >= version:
             return True
         if time.monotonic() >= deadline:
             return False
-        await asyncio.sleep(poll_s)
+        await asyncio.sleep(wait_s)
+        wait_s = min(wait_s * 2, poll_s_max)

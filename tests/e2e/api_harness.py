@@ -46,9 +46,17 @@ class DirectHandle:
     def __init__(self, core: AccountShardCore) -> None:
         self.core = core
         self.apply = self
+        self.changes_since = _Remote(core.feed.since)
 
     def remote(self, batch: bytes) -> Any:
         return self.core.apply(batch)
+
+
+class _Remote:
+    """``handle.method.remote(...)`` of a Ray actor, as a direct call."""
+
+    def __init__(self, function: Any) -> None:
+        self.remote = function
 
 
 class Api:
@@ -148,6 +156,7 @@ async def api(database_url: str, aiohttp_server: Any, aiohttp_client: Any) -> As
     app = create_app(router=router, store=store, processor=processor,
                      clock_ms=lambda: clock[0].clock_ms())  # fmt: skip
     client = await aiohttp_client(app)
+    router.follow_balances()
     key = await create_api_key_async(store, "tests")
     try:
         clock.append(Api(client, processor, sandbox_app[SANDBOX], key, store))
@@ -155,6 +164,6 @@ async def api(database_url: str, aiohttp_server: Any, aiohttp_client: Any) -> As
         yield clock[0]
     finally:
         await client.close()
-        await router.drain()
+        await router.close()
         await processor.close()
         await store.close()

@@ -3,6 +3,7 @@ database, then the shard is killed and the recovered account must equal the one 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import signal
@@ -174,3 +175,25 @@ async def test_every_command_path_is_durable_and_survives_a_killed_shard(
         "pay_5": PaymentStatus.processing,
         "pay_6": PaymentStatus.canceled,
     }
+
+
+async def test_a_front_door_follows_balances_another_one_changed_on_ray(
+    local_ray: None, database_url: str
+) -> None:
+    handles = ensure_shards(2, database_url, deployment=uuid.uuid4().hex)
+    mine, theirs = ShardRouter(handles), ShardRouter(handles)
+    mine.follow_balances()
+    try:
+        await theirs.submit(OpenAccount(account_id=ACCOUNT, currency="USD"))
+        await theirs.submit(IssueInvoice(
+            account_id=ACCOUNT, invoice_id="inv_followed", number="F-1", amount_minor=4_200,
+            currency="USD", due_date=dt.date(2026, 1, 1),
+        ))  # fmt: skip
+
+        async with asyncio.timeout(10):
+            while (known := mine.balances.get(ACCOUNT)) is None or known[0] < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert known[1].outstanding_minor == 4_200
+    finally:
+        await mine.close()
+        await theirs.close()
