@@ -30,10 +30,11 @@ from aiohttp import web
 from payportal.actors import Overloaded, ShardRouter
 from payportal.config import Settings
 from payportal.metrics.http import install_metrics
-from payportal.persistence import Store
+from payportal.persistence import Store, directory
 from payportal.processors import ProcessorAdapter
 
 from .auth import Authenticator
+from .cached import ImmutableRows
 from .errors import ApiError, not_found
 from .gateway import Gateway
 from .methods import PaymentMethods
@@ -46,6 +47,7 @@ from .typedefs import (
     IN_FLIGHT,
     METHODS,
     PROCESSOR,
+    PROFILES,
     ROUTER,
     ROUTES,
     SETTINGS,
@@ -174,6 +176,11 @@ def create_app(
     app[PROCESSOR] = processor
 
     methods = app[METHODS] = PaymentMethods(store.engine)
+
+    async def profile(account_id: str) -> directory.AccountProfile | None:
+        return await directory.account_profile(store.engine, account_id)
+
+    app[PROFILES] = ImmutableRows(profile)
     app[IN_FLIGHT] = set()
     options = {} if charge_timeout_ms is None else {"charge_timeout_ms": charge_timeout_ms}
     app[GATEWAY] = Gateway(router, processor, methods.token_for, **options)

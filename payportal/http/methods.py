@@ -12,52 +12,28 @@ keeps and the caller checks.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Final
-
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payportal.actors import ShardRouter
 from payportal.engine import RemovePaymentMethod, Result
 from payportal.persistence import directory
 
-__all__ = ["METHODS_CACHED_MAX", "PaymentMethods", "remove_payment_method"]
+from .cached import ImmutableRows
 
-# ~200 bytes an entry: a million methods in use is ~200 MB, more than a busy front door
-# sees between restarts; the least recently used leave first.
-METHODS_CACHED_MAX: Final = 1_000_000
+__all__ = ["PaymentMethods", "remove_payment_method"]
 
 
-class PaymentMethods:
-    def __init__(self, engine: AsyncEngine, *, entries_max: int = METHODS_CACHED_MAX) -> None:
-        assert entries_max > 0
-        self._engine = engine
-        self._entries_max = entries_max
-        self._rows: OrderedDict[str, directory.PaymentMethodRow] = OrderedDict()
+class PaymentMethods(ImmutableRows[str, directory.PaymentMethodRow]):
+    def __init__(self, engine: AsyncEngine) -> None:
+        async def load(payment_method_id: str) -> directory.PaymentMethodRow | None:
+            return await directory.payment_method(engine, payment_method_id)
 
-    async def get(self, payment_method_id: str) -> directory.PaymentMethodRow | None:
-        row = self._rows.get(payment_method_id)
-        if row is not None:
-            self._rows.move_to_end(payment_method_id)
-            return row
-        row = await directory.payment_method(self._engine, payment_method_id)
-        if row is not None:
-            self._rows[payment_method_id] = row
-            if len(self._rows) > self._entries_max:
-                self._rows.popitem(last=False)
-        return row
+        super().__init__(load)
+        self.engine = engine
 
     async def token_for(self, payment_method_id: str) -> str | None:
         row = await self.get(payment_method_id)
         return None if row is None else row.token
-
-    @property
-    def engine(self) -> AsyncEngine:
-        return self._engine
-
-    def forget(self, payment_method_id: str) -> None:
-        """Drop a method this process changed (deleted), so it is read again."""
-        self._rows.pop(payment_method_id, None)
 
 
 async def remove_payment_method(

@@ -11,9 +11,11 @@ if TYPE_CHECKING:
     from payportal.actors import ShardRouter
     from payportal.config import Settings
     from payportal.persistence import Store
+    from payportal.persistence.directory import AccountProfile
     from payportal.processors import ProcessorAdapter
 
     from .auth import Authenticator, Principal
+    from .cached import ImmutableRows
     from .gateway import Gateway
     from .methods import PaymentMethods
     from .ratelimit import RateLimits
@@ -27,6 +29,7 @@ __all__ = [
     "METHODS",
     "PRINCIPAL",
     "PROCESSOR",
+    "PROFILES",
     "RATE_LIMITS",
     "ROUTER",
     "ROUTES",
@@ -48,6 +51,8 @@ ROUTES: web.AppKey[list[RouteSpec]] = web.AppKey("routes")
 TASKS: web.AppKey[set[Any]] = web.AppKey("tasks")
 # Saved payment methods this process has used (immutable but for deletion).
 METHODS: web.AppKey[PaymentMethods] = web.AppKey("methods")
+# Account profiles this process has read (immutable).
+PROFILES: web.AppKey[ImmutableRows[str, AccountProfile]] = web.AppKey("profiles")
 # (account id, scoped idempotency key) of the payments this process is charging now.
 IN_FLIGHT: web.AppKey[set[tuple[str, str]]] = web.AppKey("in_flight")
 
