@@ -89,6 +89,7 @@ class AccountShard:
         self._ready_lock = asyncio.Lock()
         self._clock_offset_ms = 0
         self._janitor_task: asyncio.Task[None] | None = None
+        self._janitor: Any = None  # the running RetryJanitor
         # A shard process does nothing but apply batches: collect cycles rarely.
         tune_for_throughput()
         if janitor is not None:
@@ -109,12 +110,17 @@ class AccountShard:
                 core = await self._ready()
                 router = ShardRouter(get_shards(janitor.shards, janitor.deployment))
                 processor = SandboxProcessor(janitor.processor_url)
+                self._janitor = RetryJanitor(
+                    router, core.store, processor, clock_ms=self._now_ms,
+                    shard_ids=[self._shard_id],
+                )  # fmt: skip
+                # Commits that schedule work wake it; idle, it looks seldom.
+                core.on_janitor_work = self._janitor.wake_at
                 try:
-                    await RetryJanitor(
-                        router, core.store, processor, clock_ms=self._now_ms,
-                        shard_ids=[self._shard_id],
-                    ).run_forever(janitor.interval_ms)  # fmt: skip
+                    await self._janitor.run_forever(janitor.interval_ms)
                 finally:
+                    core.on_janitor_work = None
+                    self._janitor = None
                     await processor.close()
             except asyncio.CancelledError:
                 raise
@@ -151,6 +157,8 @@ class AccountShard:
     async def advance_clock(self, ms: int) -> int:
         """Tests move the shard's clock forward (retry schedules) without sleeping."""
         self._clock_offset_ms += ms
+        if self._janitor is not None:
+            self._janitor.wake_at(self._now_ms())  # what the jump made due runs now
         return self._now_ms()
 
     async def pid(self) -> int:

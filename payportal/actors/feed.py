@@ -28,7 +28,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -119,6 +119,15 @@ class AccountBalances:
         self._known: dict[str, tuple[int, Balance]] = {}
         # Shards whose balances are not followed right now: nothing of theirs is served.
         self._unfollowed: set[int] = set(range(shards))
+        # Called with a shard's id when its feed brought news (a commit happened there).
+        self._listeners: list[Callable[[int], None]] = []
+
+    def on_news(self, listener: Callable[[int], None]) -> None:
+        self._listeners.append(listener)
+
+    def news(self, shard_id: int) -> None:
+        for listener in self._listeners:
+            listener(shard_id)
 
     def get(self, account_id: str) -> tuple[int, Balance] | None:
         return self._known.get(account_id)
@@ -172,6 +181,8 @@ async def follow(balances: AccountBalances, shard_id: int, handle: Any) -> None:
             balances.following(shard_id)
         balances.apply(page.changes)
         epoch, seq = page.epoch, page.seq
+        if page.changes or page.restart:
+            balances.news(shard_id)
         if page.changes:
             elapsed_ms = (time.monotonic() - started) * 1000
             if elapsed_ms < FOLLOW_INTERVAL_MS:

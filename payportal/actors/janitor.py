@@ -79,6 +79,10 @@ CALL_TIMEOUT_MS_DEFAULT: Final = 15_000
 # How long ``run_forever`` waits after a run that raised, so a broken database is not
 # hammered in a tight loop.
 ERROR_BACKOFF_MS: Final = 1_000
+# The longest an idle janitor waits between looks. What it finds only by looking (an
+# attempt left in ``processing`` by a front door that died mid-charge) waits this much
+# longer than ``processing_stale_ms`` at worst; everything a commit schedules wakes it.
+IDLE_MAX_MS: Final = 30_000
 
 
 class JanitorReport(msgspec.Struct, kw_only=True):
@@ -151,23 +155,57 @@ class RetryJanitor:
         self._processing_stale_ms = processing_stale_ms
         self._call_timeout_s = call_timeout_ms / 1000
         self._attempt_ids = attempt_ids or _new_attempt_id
+        self._next_look_ms: int | None = None
+        self._woken = asyncio.Event()
 
     # -- the loop -----------------------------------------------------------------------
 
-    async def run_forever(self, interval_ms: int) -> None:
-        """``run_once`` every ``interval_ms`` until cancelled; a failed run is logged and
-        the next one tries again (everything due stays due in the database)."""
+    def wake_at(self, at_ms: int) -> None:
+        """Work is due at ``at_ms`` (unix ms, the janitor's clock): a retry was just
+        scheduled, or an outcome left unknown. An idle janitor looks then, not later."""
+        if self._next_look_ms is None or at_ms < self._next_look_ms:
+            self._next_look_ms = at_ms
+            self._woken.set()
+
+    async def run_forever(self, interval_ms: int, *, idle_max_ms: int | None = None) -> None:
+        """``run_once`` every ``interval_ms`` while there is work; after runs that find
+        none, the wait doubles up to ``idle_max_ms`` (default ``IDLE_MAX_MS``), and
+        ``wake_at`` brings the next run forward to when work is due. A failed run is
+        logged and the next one tries again (everything due stays due in the database)."""
         assert interval_ms > 0
+        idle_max_ms = max(interval_ms, IDLE_MAX_MS if idle_max_ms is None else idle_max_ms)
+        wait_ms = interval_ms
         while True:
+            self._next_look_ms = None
+            self._woken.clear()
             try:
                 report = await self.run_once()
             except Exception:
                 log.exception("janitor run failed")
                 await asyncio.sleep(max(interval_ms, ERROR_BACKOFF_MS) / 1000)
                 continue
-            if report.retries_due or report.inquiries_due or report.errors:
+            busy = bool(report.retries_due or report.inquiries_due or report.errors)
+            if busy:
                 log.info("janitor run: %s", report)
-            await asyncio.sleep(interval_ms / 1000)
+            wait_ms = interval_ms if busy else min(wait_ms * 2, idle_max_ms)
+            await self._wait(wait_ms, interval_ms)
+
+    async def _wait(self, wait_ms: int, interval_ms: int) -> None:
+        """Sleep ``wait_ms``, or less if ``wake_at`` names an earlier time (never less
+        than ``interval_ms``: the read models the janitor reads trail the journal)."""
+        deadline_ms = self._clock_ms() + wait_ms
+        while True:
+            until_ms = deadline_ms
+            if self._next_look_ms is not None:
+                until_ms = min(until_ms, max(self._next_look_ms, self._clock_ms()) + interval_ms)
+            remaining_s = (until_ms - self._clock_ms()) / 1000
+            if remaining_s <= 0:
+                return
+            self._woken.clear()
+            try:
+                await asyncio.wait_for(self._woken.wait(), remaining_s)
+            except TimeoutError:
+                return
 
     async def run_once(self) -> JanitorReport:
         """Run everything due now: retries first (money waits on them), then inquiries."""

@@ -35,6 +35,7 @@ import msgspec
 
 from payportal.engine import (
     AccountState,
+    AttemptOutcomeUnknown,
     Command,
     CreatePayment,
     Decision,
@@ -124,6 +125,9 @@ class AccountShardCore:
         self.metrics = ShardMetrics()
         # Committed balance changes, for the front doors' in-memory balances.
         self.feed = BalanceFeed()
+        # Told, after a commit that scheduled a retry or left an outcome unknown, when the
+        # retry janitor next has work (unix ms), so it need not look often to be on time.
+        self.on_janitor_work: Callable[[int], None] | None = None
 
     @property
     def store(self) -> Any:
@@ -210,7 +214,7 @@ class AccountShardCore:
              c.state.currency)
             for c in changes
         ]  # fmt: skip
-        commit = self._queue_commit(changes, generation, changed)
+        commit = self._queue_commit(changes, generation, changed, _janitor_due_ms(changes, now_ms))
         return REPLIES_ENCODER.encode(replies), commit
 
     async def _activate(self, account_ids: set[str]) -> None:
@@ -252,7 +256,8 @@ class AccountShardCore:
         return changes
 
     def _queue_commit(
-        self, changes: list[Any], generation: int, changed: list[FeedChange] | None = None
+        self, changes: list[Any], generation: int, changed: list[FeedChange] | None = None,
+        janitor_due_ms: int | None = None,
     ) -> asyncio.Future[None]:
         """Queue ``changes`` to commit after every commit queued before them."""
         write: Callable[[], Awaitable[None]] | None = None
@@ -268,7 +273,9 @@ class AccountShardCore:
             write = lambda: self._store.commit(self.shard_id, changes)  # noqa: E731
         events = sum(len(c.events) for c in changes)
         commit = asyncio.ensure_future(
-            self._commit_in_order(self._last_commit, write, generation, events, changed or [])
+            self._commit_in_order(
+                self._last_commit, write, generation, events, changed or [], janitor_due_ms
+            )
         )
         self._last_commit = commit
         return commit
@@ -280,6 +287,7 @@ class AccountShardCore:
         generation: int,
         events: int,
         changed: list[FeedChange],
+        janitor_due_ms: int | None = None,
     ) -> None:
         if previous is not None:
             # Its failure is its own batch's to report; this one only needs it finished.
@@ -305,6 +313,8 @@ class AccountShardCore:
         self.stats["events"] += events
         if changed:
             self.feed.publish(changed)
+        if janitor_due_ms is not None and self.on_janitor_work is not None:
+            self.on_janitor_work(janitor_due_ms)
 
     async def _drain(self) -> None:
         """Wait until every queued commit has finished (whatever its result)."""
@@ -389,6 +399,21 @@ def _reply(state: AccountState | None, command: Command, decision: Decision) -> 
     return Reply(
         outcome=outcome, payment=payment, invoice=invoice, balance=balance, version=state.version
     )
+
+
+def _janitor_due_ms(changes: list[Any], now_ms: int) -> int | None:
+    """The earliest time the retry janitor has work from these changes: a retry they
+    scheduled, or now for an outcome they left unknown; None when they gave it none."""
+    due: int | None = None
+    for change in changes:
+        for event in change.events:
+            if isinstance(event, AttemptOutcomeUnknown):
+                at_ms: int | None = now_ms
+            else:
+                at_ms = getattr(event, "next_retry_at_ms", None)
+            if at_ms is not None and (due is None or at_ms < due):
+                due = at_ms
+    return due
 
 
 def _exit_for_restart(error: BaseException) -> None:

@@ -7,6 +7,9 @@ from the read-model projector's) and, in journal id order, appends each row that
 changes a payment status to its account's stream with the journal id as the entry id.
 Rules:
 
+- A round runs when a shard is known to have committed (``wake``, called by the front
+  door's balance feed, ``payportal.actors.feed``), and every shard is read every
+  ``PUBLISH_INTERVAL_MS_DEFAULT`` as a safety net: an idle front door queries nothing.
 - The cursor moves only after every row up to it was appended: a crash in between
   re-publishes those rows, and the streams refuse them as duplicates (the id is not
   above the last). Nothing is skipped, nothing appears twice.
@@ -21,6 +24,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Final
@@ -40,9 +44,9 @@ log = logging.getLogger(__name__)
 # Journal rows read per round trip: large enough to catch up quickly after downtime,
 # small enough that one round holds no long transaction.
 BATCH_ROWS_DEFAULT: Final = 500
-# Live status should feel instant to a payer watching a spinner; one indexed query per
-# shard every 50 ms is cheap.
-PUBLISH_INTERVAL_MS_DEFAULT: Final = 50
+# Rounds run when a shard is known to have committed (``wake``: the front door's balance
+# feed says so within ~50 ms); this is only the safety net for news nobody announced.
+PUBLISH_INTERVAL_MS_DEFAULT: Final = 5_000
 
 
 class StatusPublisher:
@@ -58,6 +62,11 @@ class StatusPublisher:
         self._batch_rows = batch_rows
         # Plain SQL: SQLite and PostgreSQL share the upsert syntax, and the cursor only
         # ever moves forward (a slower, concurrent publisher cannot pull it back).
+        # Shards announced to have news since their last round (``wake``), and the
+        # cursors this publisher already knows (read from the table once).
+        self._woken: set[int] = set()
+        self._news = asyncio.Event()
+        self._cursors: dict[int, int] = {}
         self._sql_cursor_save = sa.text(
             "INSERT INTO status_cursors (shard_id, journal_id) VALUES (:shard_id, :journal_id) "
             "ON CONFLICT (shard_id) DO UPDATE SET journal_id = excluded.journal_id, "
@@ -80,17 +89,35 @@ class StatusPublisher:
                 self._sql_cursor_save, {"shard_id": shard_id, "journal_id": journal_id}
             )
 
-    async def run_once(self) -> int:
-        """Publish everything committed so far on every shard; returns the entries
-        appended (duplicates of an earlier, interrupted run are not counted)."""
+    def wake(self, shard_id: int) -> None:
+        """Shard ``shard_id`` committed something: publish it now, not at the next
+        safety-net round."""
+        if shard_id in self._shard_ids:
+            self._woken.add(shard_id)
+            self._news.set()
+
+    async def run_once(self, shard_ids: Iterable[int] | None = None) -> int:
+        """Publish everything committed so far on every shard (or on ``shard_ids``);
+        returns the entries appended (duplicates of an earlier, interrupted run are not
+        counted)."""
         appended = 0
-        for shard_id in self._shard_ids:
+        for shard_id in self._shard_ids if shard_ids is None else shard_ids:
             appended += await self.publish_shard(shard_id)
         return appended
 
     async def publish_shard(self, shard_id: int) -> int:
         j = tables.journal
-        cursor = await self.cursor(shard_id)
+        try:
+            return await self._publish_shard(shard_id, j)
+        except BaseException:
+            # Where it stopped is in the table, not here: read it again next time.
+            self._cursors.pop(shard_id, None)
+            raise
+
+    async def _publish_shard(self, shard_id: int, j: sa.Table) -> int:
+        cursor = self._cursors.get(shard_id)
+        if cursor is None:
+            cursor = await self.cursor(shard_id)
         appended = 0
         while True:
             async with self._store.engine.connect() as connection:
@@ -113,14 +140,33 @@ class StatusPublisher:
                 cursor = row.id
             # Only now: every row up to ``cursor`` is in its stream.
             await self.save_cursor(shard_id, cursor)
+            self._cursors[shard_id] = cursor
             if len(rows) < self._batch_rows:
                 return appended
 
     async def run_forever(self, interval_ms: int = PUBLISH_INTERVAL_MS_DEFAULT) -> None:
+        """Publish the shards ``wake`` names as they are named, and every shard every
+        ``interval_ms`` whatever was said (news from a process that announces nothing)."""
+        loop = asyncio.get_running_loop()
+        every_shard_at = loop.time()
         while True:
+            due = loop.time() >= every_shard_at
+            shard_ids = self._shard_ids if due else sorted(self._woken)
+            self._woken.clear()
+            self._news.clear()
+            if due:
+                every_shard_at = loop.time() + interval_ms / 1000
             try:
-                await self.run_once()
+                await self.run_once(shard_ids)
             except Exception:
                 # The cursor stayed where the last success left it: the next round retries.
                 log.exception("status publisher failed; retrying")
-            await asyncio.sleep(interval_ms / 1000)
+                self._woken.update(shard_ids)
+                await asyncio.sleep(min(1.0, interval_ms / 1000))
+                continue
+            if self._woken:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._news.wait(), max(0.0, every_shard_at - loop.time())
+                )

@@ -6,6 +6,8 @@ crashed between an append and its cursor save."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -180,3 +182,35 @@ async def test_the_stand_in_keeps_the_newest_entries_and_forgets_idle_streams() 
     await forgetful.append("acct_a", StatusEntry(1, "pay_a", b"{}"))
     await forgetful.append("acct_b", StatusEntry(2, "pay_b", b"{}"))  # sweeps idle acct_a
     assert await forgetful.first_id("acct_a") is None
+
+
+async def test_a_running_publisher_publishes_when_woken_and_polls_nothing_meanwhile(
+    store: Store, streams: StatusStreams
+) -> None:
+    publisher = StatusPublisher(store, streams, shard_ids=[SHARD])
+    rounds: list[list[int]] = []
+    original = publisher.run_once
+
+    async def counted(shard_ids: Any = None) -> int:
+        rounds.append(list(shard_ids) if shard_ids is not None else [SHARD])
+        return await original(shard_ids)
+
+    publisher.run_once = counted  # type: ignore[method-assign]
+    running = asyncio.create_task(publisher.run_forever(interval_ms=60_000))
+    try:
+        await asyncio.sleep(0.2)
+        assert len(rounds) == 1  # the first safety-net round, then nothing while idle
+        account = _paying_account("woken")
+        await store.commit(SHARD, [account.change()])
+        await asyncio.sleep(0.3)
+        assert await _published(streams, account.account_id) == []  # nobody said so yet
+
+        publisher.wake(SHARD)
+        async with asyncio.timeout(5):
+            while len(await _published(streams, account.account_id)) < 4:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert len(rounds) == 2
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
