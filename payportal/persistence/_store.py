@@ -142,6 +142,8 @@ class _ShardProjection:
         self.lock = asyncio.Lock()
         self.write_lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
+        # Set when a commit queues rows: the projection sleeps until then, not in a loop.
+        self.news = asyncio.Event()
 
 
 async def _session_unchanged(connection: Any) -> None:
@@ -290,6 +292,7 @@ class Store:
                 assert last_id is not None, rows.shard_id
                 rows.projection.through_id = last_id
                 shard.pending.merge(rows.projection)
+                shard.news.set()
 
     async def _write_postgres(self, rows: CommitRows) -> int | None:
         import asyncpg  # type: ignore[import-untyped]
@@ -337,18 +340,25 @@ class Store:
 
     def start_projection(self, shard_id: int) -> None:
         """Project ``shard_id``'s commits in the background: catch up from the journal
-        first, then every ``PROJECTION_INTERVAL_MS`` write what the commits touched."""
+        first, then, ``PROJECTION_INTERVAL_MS`` after a commit queues rows, write what the
+        commits touched (nothing runs while no commit comes)."""
         shard = self._shard(shard_id)
         if shard.task is None or shard.task.done():
             shard.task = asyncio.get_running_loop().create_task(self._project_forever(shard_id))
 
     async def _project_forever(self, shard_id: int) -> None:
+        shard = self._shard(shard_id)
         while True:
             try:
                 await self._flush(shard_id)
             except Exception:
                 # The rows stay queued (and the journal has them): the next round retries.
                 log.exception("shard %s: projection failed; retrying", shard_id)
+                shard.news.set()
+            # Idle until a commit queues rows; then a short wait lets a hot account's
+            # commits coalesce into one upsert.
+            await shard.news.wait()
+            shard.news.clear()
             await asyncio.sleep(self.projection_interval_s)
 
     async def project_pending(self, shard_id: int) -> int:
