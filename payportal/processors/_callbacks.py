@@ -56,6 +56,9 @@ class _Delivery(msgspec.Struct, frozen=True, kw_only=True):
     due: float  # loop time
 
 
+# Callbacks in flight to the receiver at once (as a processor's webhook workers would).
+DELIVERIES_MAX: Final = 128
+
 class CallbackSender:
     """Sends the sandbox's events to one URL. ``start`` and ``close`` bracket its life."""
 
@@ -82,11 +85,13 @@ class CallbackSender:
         self._held: list[_Delivery] = []
         self._release_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(DELIVERIES_MAX)
         # Every event emitted, in order; the sandbox's own record, for operators and tests.
         self.events: list[CallbackEvent] = []
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
+        connector = aiohttp.TCPConnector(limit=DELIVERIES_MAX)
+        self._session = aiohttp.ClientSession(connector=connector)
         self._spawn(self._run())
 
     async def close(self) -> None:
@@ -138,12 +143,17 @@ class CallbackSender:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             delivery = await self._queue.get()
-            wait_s = delivery.due - loop.time()
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
+            self._spawn(self._deliver_when_due(delivery))
+
+    async def _deliver_when_due(self, delivery: _Delivery) -> None:
+        # Each on its own, at most DELIVERIES_MAX at once: one at a time, a busy
+        # processor's callbacks would queue behind each other's round trips.
+        wait_s = delivery.due - asyncio.get_running_loop().time()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+        async with self._slots:
             await self._deliver(delivery.event, attempt=1)
 
     async def _deliver(self, event: CallbackEvent, *, attempt: int) -> None:

@@ -38,7 +38,9 @@ __all__ = ["SandboxProcessor"]
 # Long enough for the sandbox's injected latency in development, short enough that a
 # stuck call does not hold a payment in ``processing`` for long.
 TIMEOUT_MS_DEFAULT: Final = 10_000
-CONCURRENCY_MAX_DEFAULT: Final = 64
+# Charges in flight at once: at a processor's few hundred ms a charge, this many
+# connections carry a few thousand charges a second.
+CONCURRENCY_MAX_DEFAULT: Final = 1_024
 
 
 class _ChargeWire(msgspec.Struct, kw_only=True):
