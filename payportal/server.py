@@ -145,6 +145,8 @@ async def _serve(
     # Live status: the publisher turns committed journal rows into per-account streams.
     streams = open_status_streams(settings.redis_url)
     publisher = StatusPublisher(store, streams, shard_ids=range(settings.shards))
+    # Woken by the shards' balance feeds when they commit; a slow timer is the safety net.
+    router.balances.on_news(publisher.wake)
     publisher_task = asyncio.create_task(publisher.run_forever())
     runners.insert(0, await _front_door(settings, router, store, processor, streams, worker=0))
     workers_started = await asyncio.to_thread(_start_workers, settings, workers, sandbox=charging)
