@@ -26,6 +26,7 @@ from payportal.config import Settings, SettingsError, load_settings
 
 EXIT_SETTINGS = 2  # what usage errors exit with, so scripts can tell "fix your config"
 EXIT_NOT_BUILT = 1
+EXIT_FAILED = 1  # the command could not do its work (e.g. its port is taken)
 
 app = typer.Typer(
     name="payportal",
@@ -151,6 +152,27 @@ def sandbox(
                     seed=seed)  # fmt: skip
     except ValueError as error:
         _fail(f"payportal sandbox: {error}", EXIT_SETTINGS)
+
+
+@app.command("mail-catcher")
+def mail_catcher(
+    smtp_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65_535, help="SMTP port [PAYPORTAL_MAIL_CATCHER_PORT]."),
+    ] = None,
+    ui_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65_535, help="The inbox's port [PAYPORTAL_MAIL_UI_PORT]."),
+    ] = None,
+) -> None:
+    """Run the built-in mail catcher and its inbox on loopback, on their own."""
+    settings = _settings()
+    run_catcher = _function("payportal.mail.catcher", "run_catcher_process", "mail-catcher",
+                            "the mail catcher")  # fmt: skip
+    try:
+        run_catcher(settings, smtp_port=smtp_port, ui_port=ui_port)
+    except OSError as error:
+        _fail(f"payportal mail-catcher: {error}", EXIT_FAILED)
 
 
 @app.command()

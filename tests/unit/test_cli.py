@@ -30,7 +30,7 @@ def test_help_lists_the_commands(runner: CliRunner) -> None:
     result = runner.invoke(app, ["--help"])
 
     assert result.exit_code == 0
-    for command in ("serve", "migrate", "keys", "demo", "version"):
+    for command in ("serve", "migrate", "keys", "demo", "version", "mail-catcher"):
         assert command in result.stdout
 
 
