@@ -106,10 +106,12 @@ def serve(
         bool, typer.Option("--sandbox/--no-sandbox", help="Start the sandbox processor.")
     ] = True,
     mail: Annotated[
-        bool, typer.Option("--mail/--no-mail", help="Start the built-in mail catcher.")
+        bool,
+        typer.Option("--mail/--no-mail", help="Start the mail sender and, without "
+                     "PAYPORTAL_SMTP_URL, the built-in mail catcher."),
     ] = True,
-) -> None:
-    """Run the front door, shards, sandbox processor and mail catcher."""
+) -> None:  # fmt: skip
+    """Run the front door, shards, sandbox processor, mail sender and mail catcher."""
     settings = _settings()
     # Command-line options override the environment, the way a one-off run is expected to.
     settings = dataclasses.replace(
@@ -173,6 +175,25 @@ def mail_catcher(
         run_catcher(settings, smtp_port=smtp_port, ui_port=ui_port)
     except OSError as error:
         _fail(f"payportal mail-catcher: {error}", EXIT_FAILED)
+
+
+@app.command()
+def mail(
+    catcher_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65_535, help="The catcher's SMTP port, used when "
+                     "PAYPORTAL_SMTP_URL is unset [PAYPORTAL_MAIL_CATCHER_PORT]."),
+    ] = None,
+    public_url: Annotated[
+        str | None, typer.Option(help="Base of the links in emails [PAYPORTAL_PUBLIC_URL].")
+    ] = None,
+) -> None:  # fmt: skip
+    """Send the outbox's emails, on its own (serve starts one unless told --no-mail)."""
+    settings = _settings()
+    run_sender = _function("payportal.mail.service", "run_sender_process", "mail",
+                           "the mail sender")  # fmt: skip
+    _sqlite_directory_ensure(settings)
+    run_sender(settings, catcher_port=catcher_port, public_url=public_url)
 
 
 @app.command()

@@ -41,7 +41,9 @@ def test_keys_help_lists_create(runner: CliRunner) -> None:
     assert "create" in result.stdout
 
 
-@pytest.mark.parametrize("command", [["serve"], ["migrate"], ["demo", "seed"]])
+@pytest.mark.parametrize(
+    "command", [["serve"], ["migrate"], ["demo", "seed"], ["mail"], ["mail-catcher"]]
+)
 def test_malformed_setting_prints_one_line_and_exits_2(
     runner: CliRunner, command: list[str]
 ) -> None:
