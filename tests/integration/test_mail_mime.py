@@ -1,8 +1,9 @@
 """The sender's hand-written MIME messages read back, through the email package's own
 parser, as exactly the headers, text and HTML they were built from — non-ASCII subjects,
 long lines, leading dots and trailing spaces included — stay within SMTP's line limits,
-are the same bytes on every build of one row, and refuse a header a line break would
-split; checked by building messages and parsing them back."""
+are the same bytes on every build of one row, refuse a header a line break would split,
+and put on the envelope exactly the addresses the SMTP client itself would; checked by
+building messages and parsing them back."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import email.utils
 from email.message import EmailMessage
 from typing import Any
 
+import aiosmtplib.email
 import pytest
 
-from payportal.mail._mime import build_message
+from payportal.mail._mime import build_message, envelope_address
 
 DATE = dt.datetime(2026, 3, 1, 12, 30, tzinfo=dt.UTC)
 TEXT = "Hello Zoë,\n\nYou paid 1.819,50 €.\n.\nA line with trailing spaces   \n" + "x" * 300 + "\n"
@@ -123,3 +125,22 @@ def test_surrounding_whitespace_is_dropped_and_a_non_ascii_address_needs_smtputf
     assert _parsed(trailing.data)["To"] == "ada@example.com"
     assert _parsed(trailing.data)["Subject"] == "Hello"
     assert wide.utf8 is True
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["ada@example.com", "A.B-C_d+tag@Sub.Example.COM", "o'neil@example.com", "a..b@x.com",
+     "Ada Lovelace <ada@example.com>", '"john doe"@example.com', "<a@b.com> trailing",
+     "zoë@example.com", "ada lovelace@example.com", "a<b@example.com>"],
+)  # fmt: skip
+def test_envelope_addresses_follow_the_smtp_clients_own_rules(address: str) -> None:
+    try:
+        expected: str | None = aiosmtplib.email.parse_address(address)
+    except ValueError:
+        expected = None
+
+    if expected is None:
+        with pytest.raises(ValueError, match="cannot be put on an SMTP command line"):
+            envelope_address(address)
+    else:
+        assert envelope_address(address) == expected

@@ -710,25 +710,34 @@ async def test_messages_the_smtp_client_refuses_as_malformed_are_given_up_and_th
             row("bad:address", "ada lovelace@example.com"),
             # A line break in a header would start a header of its own.
             row("bad:header", "bob@example.com", cc=("eve@example.com\nBcc: all@example.com",)),
+            # A control character inside a quoted local part: the SMTP client refuses the
+            # command, after its transaction began.
+            row("bad:command", "dan@example.com", cc=('"dan\x01"@example.com',)),
+            # Non-ASCII, and the catcher does not offer SMTPUTF8.
+            row("bad:utf8", "zoë@example.com"),
             row("good:2", "carol@example.com"),
         ])  # fmt: skip
     clock = Clock()
     sender = _sender(store.engine, catcher.smtp_port, clock)
 
-    assert await sender.run_once() == 4
+    assert await sender.run_once() == 6
     clock.advance(POLICY.interval_ms_max * 10)
     assert await sender.run_once() == 0, "a given-up row is never claimed again"
 
     assert sorted(m.to for m in catcher.inbox.list()) == ["ada@example.com", "carol@example.com"]
     assert catcher.inbox.connections == 1, "the connection outlived the refused messages"
     rows = {r.dedupe_key: r for r in await _pending_rows(store.engine)}
-    for key in ("bad:address", "bad:header"):
+    for key in ("bad:address", "bad:header", "bad:command", "bad:utf8"):
         assert rows[key].failed_at is not None, key
         assert rows[key].sent_at is None, key
         assert rows[key].attempts == 1, key
-    assert "malformed" in rows["bad:address"].last_error
-    assert "ada lovelace@example.com" in rows["bad:address"].last_error
+    assert "'ada lovelace@example.com' cannot be put on an SMTP command line" in (
+        rows["bad:address"].last_error
+    )
     assert "line break" in rows["bad:header"].last_error
+    assert "refused by the SMTP client" in rows["bad:command"].last_error
+    assert "control character" in rows["bad:command"].last_error
+    assert "SMTPUTF8" in rows["bad:utf8"].last_error
     assert rows["good:1"].sent_at is not None
     assert rows["good:2"].sent_at is not None
 
