@@ -17,10 +17,15 @@ payment confirmations (accounts with a contact address, a payer and a saved card
 committed to the outbox in one transaction, as a projection writes them. It measures the
 time until the last row is marked sent (the catcher accepted each one before), the wait
 for the first, the CPU seconds each of the two processes spent per email (psutil), and
-the SMTP connections the catcher saw. ``--baseline REV`` runs the same with the sender
-and catcher of git revision REV (loaded from git; each in a process of its own too, so
-their CPU can be told apart), alternating the arms round by round; compare the two as
-ratios, since wall-clock rates on a shared machine move with its load.
+the SMTP connections the catcher saw.
+
+Idle (``--part idle``): the CPU the sender process spends over ``--idle-s`` seconds with
+nothing to send.
+
+``--baseline REV`` runs delivery and idle with the sender and catcher of git revision REV
+as well (loaded from git; each in a process of its own too, so their CPU can be told
+apart), alternating the arms round by round; compare the two as ratios, since wall-clock
+rates on a shared machine move with its load.
 
     python -m benchmarks.mail_outbox --db sqlite
     python -m benchmarks.mail_outbox --db postgres --part delivery --baseline REV --rounds 3
@@ -388,8 +393,8 @@ async def _delivery(url: str, db: str, rounds: int, emails: int, baseline: str |
         seconds, first = median(arm, "seconds"), median(arm, "first_s")
         connections = [run.connections for run in runs[arm]]
         print(f"  {label:22s} {emails / seconds:7.0f} emails/s end to end "
-              f"({emails / max(seconds - first, 1e-9):7.0f}/s after the first, which took "
-              f"{first * 1000:5.0f} ms); CPU per email: sender "
+              f"({emails / max(seconds - first, 1e-9):7.0f}/s after the first were marked sent, "
+              f"at {first * 1000:5.0f} ms); CPU per email: sender "
               f"{median(arm, 'sender_cpu_s') / emails * 1e6:6.0f} µs, catcher "
               f"{median(arm, 'catcher_cpu_s') / emails * 1e6:6.0f} µs"
               + (f"; SMTP connections {connections}" if connections[0] is not None else ""))
@@ -401,15 +406,46 @@ async def _delivery(url: str, db: str, rounds: int, emails: int, baseline: str |
               f"catcher CPU {ratio['catcher_cpu_s']:.2f}x")  # fmt: skip
 
 
+async def _idle(url: str, db: str, seconds: float, baseline: str | None) -> None:
+    """CPU the sender process spends with nothing to send (and a connected catcher)."""
+    print(f"idle: database={db}, CPU of the sender process over {seconds:.0f} s with an "
+          "empty outbox")  # fmt: skip
+    for arm in ["current"] if baseline is None else [baseline, "current"]:
+        smtp_port, ui_port = _free_port(), _free_port()
+        catcher = _start(arm, "catcher", url, smtp_port, ui_port)
+        sender = None
+        try:
+            while not _accepts(smtp_port):
+                assert catcher.poll() is None, f"{arm} catcher exited"
+                await asyncio.sleep(0.1)
+            sender = _start(arm, "sender", url, smtp_port, ui_port)
+            await _settled(sender)
+            watched = psutil.Process(sender.pid)
+            before = _cpu_s(watched)
+            await asyncio.sleep(seconds)
+            spent = _cpu_s(watched) - before
+        finally:
+            for child in (sender, catcher):
+                if child is not None:
+                    child.terminate()
+                    child.wait(timeout=30)
+        label = "this tree" if arm == "current" else f"baseline {arm}"
+        print(f"  {label:22s} {spent * 1000:7.1f} ms of CPU in {seconds:.0f} s "
+              f"({spent / seconds * 100:.3f} % of a core)")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--part", choices=["projection", "delivery", "all"], default="all")
+    parser.add_argument("--part", choices=["projection", "delivery", "idle", "all"],
+                        default="all")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=None,
                         help="projection: 20; delivery: 3")  # fmt: skip
     parser.add_argument("--sizes", default="1,16,64,256", help="projection batch sizes")
     parser.add_argument("--emails", type=int, default=2_000, help="delivery: emails a round")
-    parser.add_argument("--baseline", metavar="REV", help="delivery: compare with git REV")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="delivery and idle: compare with git REV")  # fmt: skip
+    parser.add_argument("--idle-s", type=float, default=30.0, help="idle: seconds measured")
     # A process of the baseline arm (started by this benchmark itself).
     parser.add_argument("--child", choices=["sender", "catcher"], help=argparse.SUPPRESS)
     parser.add_argument("--rev", help=argparse.SUPPRESS)
@@ -427,6 +463,8 @@ async def main() -> None:
             await _projection(url, args.rounds or 20, args.sizes, rng)
         if args.part in ("delivery", "all"):
             await _delivery(url, args.db, args.rounds or 3, args.emails, args.baseline)
+        if args.part in ("idle", "all"):
+            await _idle(url, args.db, args.idle_s, args.baseline)
     finally:
         if drop is not None:
             await drop()
