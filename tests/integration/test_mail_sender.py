@@ -5,9 +5,10 @@ with the reason recorded, shares the outbox between senders without sending a ro
 and never puts a card number in an email. It works in batches: one read renders a batch,
 one statement marks it sent, and one SMTP connection carries round after round until it
 idles out (or the server drops it); on PostgreSQL a committed row wakes an idle sender
-through NOTIFY. Checked on real SQLite and PostgreSQL databases against a real aiosmtpd
-server (the built-in catcher, which counts connections, or handlers that answer 451/550),
-with the journal's own payment rows."""
+through NOTIFY (its safety net finds one written without), on SQLite a poll does.
+Checked on real SQLite and PostgreSQL databases against a real aiosmtpd server (the
+built-in catcher, which counts connections, or handlers that answer 451/550), with the
+journal's own payment rows."""
 
 from __future__ import annotations
 
@@ -783,6 +784,31 @@ async def test_on_postgresql_a_committed_row_wakes_the_idle_sender_without_its_t
     assert sorted(m.to for m in catcher.inbox.list()) == [
         "billing@example.com", "bob@example.com", "carol@example.com"
     ]
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_on_postgresql_a_row_written_without_a_notification_is_found_by_the_safety_net(
+    store: Store, catcher: MailCatcher
+) -> None:
+    policy = msgspec.structs.replace(POLICY, poll_interval_ms=3_600_000, safety_interval_ms=200)
+    sender = _sender(store.engine, catcher.smtp_port, None, policy=policy)
+    running = asyncio.create_task(sender.run())
+    try:
+        await _until(lambda: sender.listens_opened == 1, "the sender did not LISTEN")
+        payload = msgspec.msgpack.encode(
+            OutboxEmail(to=("ada@example.com",), subject="Hello", text="Hi.", html="<p>Hi.</p>")
+        )
+        async with store.engine.begin() as connection:  # a plain insert: no NOTIFY
+            await connection.execute(sa.insert(tables.outbox).values(
+                kind="email", dedupe_key="quiet:1", payload=payload, due_at_ms=0
+            ))  # fmt: skip
+        await _until(lambda: catcher.inbox.deliveries == 1, "the safety net missed the row")
+    finally:
+        sender.stop()
+        await asyncio.wait_for(running, 30)
+    assert sender.listens_opened == 1, "its probes ran over the LISTEN connection, alive"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
