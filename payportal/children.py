@@ -3,7 +3,8 @@
 The model: the sandbox processor and the mail service are other processes in production
 (a real processor, a real SMTP server), so ``serve`` runs them as processes of their own
 too; their CPU is then not taken from the front door's event loop, and benchmarks see
-the shape a deployment has. A child is ready when its port accepts connections. Stopping
+the shape a deployment has. A child is ready when its port accepts connections (one that
+listens on nothing, the mail sender, once it is started). Stopping
 is SIGTERM, a bounded wait, then SIGKILL. On Linux a child also asks for SIGTERM when
 ``serve`` dies without stopping it (``die_with_parent``), so none is left behind.
 """
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 import structlog
 
-__all__ = ["Child", "die_with_parent", "start_child", "stop_children"]
+__all__ = ["Child", "ChildFailed", "die_with_parent", "start_child", "stop_children"]
 
 log = structlog.get_logger("payportal.children")
 
@@ -40,7 +41,7 @@ class ChildFailed(RuntimeError):
 
 
 class Child:
-    def __init__(self, name: str, process: asyncio.subprocess.Process, port: int) -> None:
+    def __init__(self, name: str, process: asyncio.subprocess.Process, port: int | None) -> None:
         self.name = name
         self.process = process
         self.port = port
@@ -84,17 +85,21 @@ async def start_child(
     name: str,
     argv: Sequence[str],
     *,
-    port: int,
+    port: int | None,
     host: str = "127.0.0.1",
     ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> Child:
-    """Start ``argv`` and return once it accepts connections on ``host:port``."""
-    if await _accepts(host, port):
+    """Start ``argv`` and return once it accepts connections on ``host:port`` (with no
+    port: once it is started)."""
+    if port is not None and await _accepts(host, port):
         raise ChildFailed(f"{name}: {host}:{port} is already in use")
     process = await asyncio.create_subprocess_exec(
         *argv, env={**os.environ, PARENT_PID_ENV: str(os.getpid())}
     )
     child = Child(name, process, port)
+    if port is None:
+        log.info("child_started", child=name, pid=process.pid)
+        return child
     deadline = time.monotonic() + ready_timeout_s
     while not await _accepts(host, port):
         if process.returncode is not None:

@@ -26,6 +26,7 @@ from payportal.config import Settings, SettingsError, load_settings
 
 EXIT_SETTINGS = 2  # what usage errors exit with, so scripts can tell "fix your config"
 EXIT_NOT_BUILT = 1
+EXIT_FAILED = 1  # the command could not do its work (e.g. its port is taken)
 
 app = typer.Typer(
     name="payportal",
@@ -105,10 +106,12 @@ def serve(
         bool, typer.Option("--sandbox/--no-sandbox", help="Start the sandbox processor.")
     ] = True,
     mail: Annotated[
-        bool, typer.Option("--mail/--no-mail", help="Start the built-in mail catcher.")
+        bool,
+        typer.Option("--mail/--no-mail", help="Start the mail sender and, without "
+                     "PAYPORTAL_SMTP_URL, the built-in mail catcher."),
     ] = True,
-) -> None:
-    """Run the front door, shards, sandbox processor and mail catcher."""
+) -> None:  # fmt: skip
+    """Run the front door, shards, sandbox processor, mail sender and mail catcher."""
     settings = _settings()
     # Command-line options override the environment, the way a one-off run is expected to.
     settings = dataclasses.replace(
@@ -151,6 +154,46 @@ def sandbox(
                     seed=seed)  # fmt: skip
     except ValueError as error:
         _fail(f"payportal sandbox: {error}", EXIT_SETTINGS)
+
+
+@app.command("mail-catcher")
+def mail_catcher(
+    smtp_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65_535, help="SMTP port [PAYPORTAL_MAIL_CATCHER_PORT]."),
+    ] = None,
+    ui_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65_535, help="The inbox's port [PAYPORTAL_MAIL_UI_PORT]."),
+    ] = None,
+) -> None:
+    """Run the built-in mail catcher and its inbox on loopback, on their own."""
+    settings = _settings()
+    run_catcher = _function("payportal.mail.catcher", "run_catcher_process", "mail-catcher",
+                            "the mail catcher")  # fmt: skip
+    try:
+        run_catcher(settings, smtp_port=smtp_port, ui_port=ui_port)
+    except OSError as error:
+        _fail(f"payportal mail-catcher: {error}", EXIT_FAILED)
+
+
+@app.command()
+def mail(
+    catcher_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65_535, help="The catcher's SMTP port, used when "
+                     "PAYPORTAL_SMTP_URL is unset [PAYPORTAL_MAIL_CATCHER_PORT]."),
+    ] = None,
+    public_url: Annotated[
+        str | None, typer.Option(help="Base of the links in emails [PAYPORTAL_PUBLIC_URL].")
+    ] = None,
+) -> None:  # fmt: skip
+    """Send the outbox's emails, on its own (serve starts one unless told --no-mail)."""
+    settings = _settings()
+    run_sender = _function("payportal.mail.service", "run_sender_process", "mail",
+                           "the mail sender")  # fmt: skip
+    _sqlite_directory_ensure(settings)
+    run_sender(settings, catcher_port=catcher_port, public_url=public_url)
 
 
 @app.command()

@@ -156,11 +156,13 @@ async def _serve(
     started.append(f"metrics      {base}/metrics  (Prometheus; merchant API key as bearer)")
     if workers > 1:
         started.append(f"             {workers} processes sharing the port (SO_REUSEPORT)")
-    from payportal.mail.service import start_mail
+    from payportal.mail.service import start_mail_processes
 
-    # The catcher and inbox (unless --no-mail or an SMTP URL), and the outbox sender.
-    mail_service = await start_mail(settings, store.engine, catcher=mail)
-    started.extend(mail_service.banner)
+    # Processes of their own, off the request path: the catcher and its inbox (unless an
+    # SMTP URL is set) and the outbox sender; none with --no-mail.
+    mail_lines, mail_children = await start_mail_processes(settings, mail=mail)
+    children.extend(mail_children)
+    started.extend(mail_lines)
 
     if janitor is not None:
         started.append(
@@ -207,7 +209,6 @@ async def _serve(
         accounting_task.cancel()
         if billing_task is not None:
             billing_task.cancel()
-        await mail_service.close()
         for each in runners:
             await each.cleanup()
         await router.close()

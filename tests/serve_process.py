@@ -34,8 +34,11 @@ def free_port() -> int:
 class Served:
     port: int
     sandbox_port: int
+    mail_port: int
+    mail_ui_port: int
     log: Path
     banner: str = ""
+    pid: int = 0  # serve's process
     returncode: int | None = None  # set once serve has stopped
 
     @property
@@ -45,6 +48,10 @@ class Served:
     @property
     def sandbox(self) -> str:
         return f"http://127.0.0.1:{self.sandbox_port}"
+
+    @property
+    def inbox(self) -> str:
+        return f"http://127.0.0.1:{self.mail_ui_port}"
 
     def output(self) -> str:
         return self.log.read_text()
@@ -56,11 +63,14 @@ def serving(
 ) -> Iterator[Served]:
     """Start serve in ``workdir``, wait for its banner, stop it with Ctrl-C (SIGINT) on
     leaving. Its output goes to a file: a pipe nobody reads would fill and stall it."""
-    served = Served(port=free_port(), sandbox_port=free_port(), log=workdir / "serve.log")
+    served = Served(port=free_port(), sandbox_port=free_port(), mail_port=free_port(),
+                    mail_ui_port=free_port(), log=workdir / "serve.log")  # fmt: skip
     environment = {
         **os.environ,
         "PAYPORTAL_PORT": str(served.port),
         "PAYPORTAL_SANDBOX_PORT": str(served.sandbox_port),
+        "PAYPORTAL_MAIL_CATCHER_PORT": str(served.mail_port),
+        "PAYPORTAL_MAIL_UI_PORT": str(served.mail_ui_port),
         "PAYPORTAL_SHARDS": "2",
     }
     for name in _EXTERNAL:
@@ -71,6 +81,7 @@ def serving(
             [sys.executable, "-m", "payportal", "serve", "--seed-demo", *args],
             cwd=workdir, env=environment, stdout=out, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
+    served.pid = process.pid
     try:
         deadline = time.monotonic() + STARTUP_S_MAX
         while BANNER_END not in served.output():

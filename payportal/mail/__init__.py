@@ -6,8 +6,11 @@
 - Payment confirmations and decline notices are written by the journal's group commit
   itself (``payportal.persistence._rows``) and rendered here when sent
   (``payportal.mail.payments``).
-- ``payportal.mail.sender``: the worker that delivers due rows over SMTP (aiosmtplib).
+- ``payportal.mail.sender``: the worker that delivers due rows over SMTP (aiosmtplib),
+  in batches over a kept connection; ``_mime`` writes its messages.
 - ``payportal.mail.catcher``: an aiosmtpd SMTP server and an inbox page for development.
+- ``payportal.mail.service``: both as processes of their own (``payportal mail``,
+  ``payportal mail-catcher``), and how ``serve`` starts them.
 """
 
 from ._outbox import KIND_EMAIL, OutboxEmail, configure_public_url, enqueue_email, public_url

@@ -6,7 +6,8 @@ now and stored as one ``outbox`` row (kind ``email``); if the transaction rolls 
 email never existed. ``dedupe_key`` names the effect ("password_reset:{token_id}"): a
 second call with the same key inserts nothing and returns False, so a retried request
 cannot send a second email. The sender worker (``payportal.mail.sender``) delivers rows
-at least once, with a ``Message-ID`` derived from the key.
+at least once, with a ``Message-ID`` derived from the key; on PostgreSQL the insert
+also NOTIFYs it, so it sends at the caller's commit rather than at its next look.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
+import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -99,4 +101,8 @@ async def enqueue_email(
         insert = sqlite.insert(tables.outbox)
     statement = insert.values(values).on_conflict_do_nothing(index_elements=["dedupe_key"])
     result = await connection.execute(statement.returning(tables.outbox.c.id))
-    return result.first() is not None
+    inserted = result.first() is not None
+    if inserted and dialect == "postgresql":
+        # Wakes a LISTENing sender when the caller commits (never, if it rolls back).
+        await connection.execute(sa.select(sa.func.pg_notify(tables.OUTBOX_CHANNEL, "")))
+    return inserted

@@ -48,6 +48,8 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # Package files, not edited while running: no stat() of each template per render.
+        auto_reload=False,
     )  # fmt: skip
     environment.filters["money"] = format_money
     return environment

@@ -5,11 +5,17 @@ server: ``payportal serve`` starts it when ``PAYPORTAL_SMTP_URL`` is unset, on
 127.0.0.1:8025 (SMTP, aiosmtpd) and 127.0.0.1:8026 (the inbox, aiohttp;
 ``PAYPORTAL_MAIL_CATCHER_PORT`` and ``PAYPORTAL_MAIL_UI_PORT`` move them).
 
+``payportal mail-catcher`` runs it as a process of its own (``run_catcher_process``), as
+a real mail server would be; ``serve`` starts that process.
+
 The model: messages live in memory, newest last, at most ``MESSAGES_MAX``; a restart
 empties the inbox. A message whose ``Message-ID`` is already there is accepted and
 dropped, as a receiving mailbox would — this is what makes the sender's resend after a
 crash (same Message-ID, see ``sender.py``) show once. ``deliveries`` counts every SMTP
-transaction anyway, so tests can see the resend happened.
+transaction anyway, so tests can see the resend happened, and ``connections`` every SMTP
+connection accepted, so they can see a sender keep one. Receiving reads only the
+Message-ID; the rest of a message is parsed when the inbox first shows it (parsing with
+the email package costs milliseconds, most of the catcher's CPU per message otherwise).
 
 The inbox: ``GET /`` lists messages, ``GET /messages/{n}`` shows one (headers, the text
 part, and the HTML part in a sandboxed iframe: no scripts, no same-origin access, links
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import datetime as dt
 import email
 import email.policy
@@ -33,6 +40,8 @@ import html
 import itertools
 import logging
 import re
+import signal
+import sys
 from email.message import EmailMessage
 from typing import Any, Final
 
@@ -40,7 +49,7 @@ import msgspec
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-__all__ = ["CatchedMessage", "MailCatcher", "MailInbox", "start_catcher"]
+__all__ = ["CatchedMessage", "MailCatcher", "MailInbox", "run_catcher_process", "start_catcher"]
 
 log = logging.getLogger(__name__)
 
@@ -71,53 +80,91 @@ def _header(message: EmailMessage, name: str) -> str:
     return " ".join(str(message.get(name, "")).split())
 
 
+# The Message-ID header in a message's header block, with its folded continuation lines.
+_MESSAGE_ID: Final = re.compile(rb"(?im)^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)")
+_HEADER_END: Final = re.compile(rb"\r?\n\r?\n")
+
+
+def _message_id(content: bytes) -> str:
+    """The unfolded Message-ID, read from the header block without parsing the message."""
+    end = _HEADER_END.search(content)
+    found = _MESSAGE_ID.search(content, 0, end.start() if end else len(content))
+    if found is None:
+        return ""
+    return " ".join(found.group(1).decode("utf-8", "replace").split())
+
+
+class _Received(msgspec.Struct, kw_only=True):
+    id: int
+    message_id: str
+    received_at: str
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+    parsed: CatchedMessage | None = None
+
+
+def _parsed(received: _Received) -> CatchedMessage:
+    if received.parsed is not None:
+        return received.parsed
+    content = received.content
+    parsed = email.message_from_bytes(content, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    text_part = parsed.get_body(preferencelist=("plain",))
+    html_part = parsed.get_body(preferencelist=("html",))
+    received.parsed = CatchedMessage(
+        id=received.id, message_id=received.message_id, received_at=received.received_at,
+        mail_from=received.mail_from, rcpt_tos=received.rcpt_tos,
+        from_=_header(parsed, "From"), to=_header(parsed, "To"), cc=_header(parsed, "Cc"),
+        subject=_header(parsed, "Subject"), date=_header(parsed, "Date"),
+        text=text_part.get_content() if text_part is not None else "",
+        html=html_part.get_content() if html_part is not None else "",
+        raw=content.decode("utf-8", "replace"),
+    )  # fmt: skip
+    return received.parsed
+
+
 class MailInbox:
     """The messages, deduplicated by Message-ID."""
 
     def __init__(self, messages_max: int = MESSAGES_MAX) -> None:
-        self.messages: collections.OrderedDict[str, CatchedMessage] = collections.OrderedDict()
+        self.messages: collections.OrderedDict[str, _Received] = collections.OrderedDict()
         self.messages_max = messages_max
         # Every accepted SMTP transaction, duplicates included.
         self.deliveries = 0
+        # Every SMTP connection accepted.
+        self.connections = 0
         self._ids = itertools.count(1)
-        self._changed = asyncio.Condition()
 
     def add(self, mail_from: str, rcpt_tos: list[str], content: bytes) -> bool:
         """Keep a message; False when its Message-ID was already here (then it is dropped)."""
         self.deliveries += 1
-        parsed = email.message_from_bytes(content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        message_id = _header(parsed, "Message-ID")
+        message_id = _message_id(content)
         if not message_id:
             # Without one there is nothing to deduplicate on; the content stands in.
             message_id = "<sha256-" + hashlib.sha256(content).hexdigest() + "@catcher>"
         if message_id in self.messages:
             return False
-        text_part = parsed.get_body(preferencelist=("plain",))
-        html_part = parsed.get_body(preferencelist=("html",))
-        self.messages[message_id] = CatchedMessage(
+        self.messages[message_id] = _Received(
             id=next(self._ids), message_id=message_id,
             received_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            mail_from=mail_from, rcpt_tos=list(rcpt_tos),
-            from_=_header(parsed, "From"), to=_header(parsed, "To"), cc=_header(parsed, "Cc"),
-            subject=_header(parsed, "Subject"), date=_header(parsed, "Date"),
-            text=text_part.get_content() if text_part is not None else "",
-            html=html_part.get_content() if html_part is not None else "",
-            raw=content.decode("utf-8", "replace"),
+            mail_from=mail_from, rcpt_tos=list(rcpt_tos), content=content,
         )  # fmt: skip
         while len(self.messages) > self.messages_max:
             self.messages.popitem(last=False)
         return True
 
     def list(self) -> list[CatchedMessage]:
-        return list(self.messages.values())
+        return [_parsed(received) for received in self.messages.values()]
 
     def get(self, number: int) -> CatchedMessage | None:
-        return next((m for m in self.messages.values() if m.id == number), None)
+        found = next((m for m in self.messages.values() if m.id == number), None)
+        return None if found is None else _parsed(found)
 
     def clear(self) -> None:
         self.messages.clear()
         self.deliveries = 0
+        self.connections = 0
 
 
 class _Handler:
@@ -251,7 +298,10 @@ async def _raw(request: web.Request) -> web.Response:
 
 async def _api_list(request: web.Request) -> web.Response:
     inbox = request.app[INBOX]
-    body = msgspec.json.encode({"messages": inbox.list(), "deliveries": inbox.deliveries})
+    body = msgspec.json.encode(
+        {"messages": inbox.list(), "deliveries": inbox.deliveries,
+         "connections": inbox.connections}
+    )  # fmt: skip
     return web.Response(body=body, content_type="application/json", headers=_headers(_CSP_PAGE))
 
 
@@ -280,16 +330,30 @@ class MailCatcher:
 
     def __init__(
         self, inbox: MailInbox, smtp_server: asyncio.Server, runner: web.AppRunner | None,
-        smtp_port: int, ui_port: int | None,
+        smtp_port: int, ui_port: int | None, sessions: set[SMTP],
     ) -> None:  # fmt: skip
         self.inbox = inbox
         self._smtp_server = smtp_server
         self._runner = runner
+        self._sessions = sessions
         self.smtp_port = smtp_port
         self.ui_port = ui_port
 
+    @property
+    def open_sessions(self) -> int:
+        """SMTP connections open now."""
+        return len(self._sessions)
+
+    def drop_sessions(self) -> None:
+        """End every open SMTP connection, as a server does with idle ones."""
+        for session in list(self._sessions):
+            if session.transport is not None:
+                session.transport.close()
+
     async def close(self) -> None:
         self._smtp_server.close()
+        # A sender keeps its connection open between messages: end those sessions too.
+        self.drop_sessions()
         if self._runner is not None:
             await self._runner.cleanup()
         await self._smtp_server.wait_closed()
@@ -299,22 +363,38 @@ def _bound_port(server: Any) -> int:
     return int(server.sockets[0].getsockname()[1])
 
 
+class _CountedSMTP(SMTP):
+    """aiosmtpd's server protocol, counted into the inbox and tracked while connected."""
+
+    def __init__(self, handler: Any, *, inbox: MailInbox, sessions: set[SMTP],
+                 **options: Any) -> None:  # fmt: skip
+        super().__init__(handler, **options)
+        self._inbox = inbox
+        self._sessions = sessions
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inbox.connections += 1
+        self._sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._sessions.discard(self)
+        super().connection_lost(error)
+
+
 async def start_catcher(
     *, host: str = "127.0.0.1", smtp_port: int = 8025, ui_port: int | None = 8026,
     inbox: MailInbox | None = None, handler: Any = None,
 ) -> MailCatcher:  # fmt: skip
-    """Start the SMTP server (and, unless ``ui_port`` is None, the inbox) on this loop.
-    Port 0 picks a free port; the bound ones are on the result. ``handler`` replaces the
-    default aiosmtpd handler (tests use one that answers 4xx/5xx)."""
+    """Start the inbox (unless ``ui_port`` is None) and then the SMTP server on this loop,
+    so once SMTP accepts connections both are up. Port 0 picks a free port; the bound ones
+    are on the result. ``handler`` replaces the default aiosmtpd handler (tests use one
+    that answers 4xx/5xx)."""
     inbox = inbox if inbox is not None else MailInbox()
     loop = asyncio.get_running_loop()
-    smtp_server = await loop.create_server(
-        functools.partial(SMTP, handler if handler is not None else _Handler(inbox),
-                          hostname="payportal-catcher", loop=loop),
-        host, smtp_port,
-    )  # fmt: skip
     runner = None
     bound_ui = None
+    sessions: set[SMTP] = set()
     try:
         if ui_port is not None:
             runner = web.AppRunner(create_inbox_app(inbox), access_log=None)
@@ -322,9 +402,47 @@ async def start_catcher(
             site = web.TCPSite(runner, host, ui_port)
             await site.start()
             bound_ui = int(runner.addresses[0][1])
+        smtp_server = await loop.create_server(
+            functools.partial(_CountedSMTP, handler if handler is not None else _Handler(inbox),
+                              inbox=inbox, sessions=sessions, hostname="payportal-catcher",
+                              loop=loop),
+            host, smtp_port,
+        )  # fmt: skip
     except BaseException:
-        smtp_server.close()
         if runner is not None:
             await runner.cleanup()
         raise
-    return MailCatcher(inbox, smtp_server, runner, _bound_port(smtp_server), bound_ui)
+    return MailCatcher(inbox, smtp_server, runner, _bound_port(smtp_server), bound_ui, sessions)
+
+
+def run_catcher_process(settings: Any, *, smtp_port: int | None = None,
+                        ui_port: int | None = None) -> None:  # fmt: skip
+    """``payportal mail-catcher``: the catcher and its inbox in this process, on uvloop,
+    until SIGINT or SIGTERM. Raises ``OSError`` when a port cannot be bound."""
+    from payportal.children import die_with_parent
+
+    die_with_parent()
+    with contextlib.suppress(ImportError):  # uvloop is a dependency; Windows lacks it
+        import uvloop
+
+        uvloop.install()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # aiosmtpd logs every connection and command at INFO: noise, and CPU, per message.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    smtp_port = settings.mail_catcher_port if smtp_port is None else smtp_port
+    ui_port = settings.mail_ui_port if ui_port is None else ui_port
+    asyncio.run(_serve_catcher(smtp_port, ui_port))
+
+
+async def _serve_catcher(smtp_port: int, ui_port: int) -> None:
+    catcher = await start_catcher(smtp_port=smtp_port, ui_port=ui_port)
+    print(f"mail catcher: SMTP on 127.0.0.1:{catcher.smtp_port}, inbox on "
+          f"http://127.0.0.1:{catcher.ui_port}/", file=sys.stderr, flush=True)  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await catcher.close()

@@ -1,11 +1,19 @@
-"""Mail in ``payportal serve``: the catcher (when no SMTP server is configured) and the
-sender worker, started together and stopped together.
+"""Mail as processes of its own: ``payportal mail`` (the outbox sender) and ``payportal
+mail-catcher`` (the built-in catcher and its inbox), and how ``serve`` starts them.
 
-One process (``serve``'s worker 0) runs the sender; more could, since rows are leased.
-Without ``PAYPORTAL_SMTP_URL`` the sender delivers to the built-in catcher. If the catcher
-cannot listen (its port is taken), ``serve`` still starts: no sender runs, the emails
-wait in the outbox, and the banner says why. With ``--no-mail`` and no SMTP URL neither
-runs, and emails likewise wait.
+Why processes: rendering an email, the SMTP client's work and the SMTP server's work
+cost CPU per message; in ``serve``'s own event loop that was taken from the request path.
+A real mail server is another process in production, so the catcher is one here too,
+and the sender runs beside the front door rather than in it.
+
+``serve`` starts them as children (``payportal.children``): the catcher first when
+``PAYPORTAL_SMTP_URL`` is unset, then the sender, which delivers to the SMTP URL or to
+that catcher; it stops them with SIGTERM on its way out, and each asks to be ended if
+``serve`` dies without stopping it. If the catcher cannot listen (a port is taken),
+``serve`` still starts: no sender runs, the emails wait in the outbox, and the banner
+says why. With ``--no-mail`` neither runs and emails likewise wait; ``payportal mail``
+on its own sends them later. One sender is the default; more could run, since rows are
+leased.
 """
 
 from __future__ import annotations
@@ -13,68 +21,106 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import sys
+from typing import Final
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from payportal.children import Child, ChildFailed, die_with_parent, start_child
 from payportal.config import Settings
 
-from ._outbox import configure_public_url
-from .catcher import MailCatcher, start_catcher
-from .sender import OutboxSender, smtp_target
-
-__all__ = ["MailService", "start_mail"]
+__all__ = ["run_sender_process", "start_mail_processes"]
 
 log = logging.getLogger(__name__)
 
-
-class MailService:
-    def __init__(
-        self, banner: list[str], catcher: MailCatcher | None, sender: OutboxSender | None
-    ) -> None:
-        self.banner = banner
-        self.catcher = catcher
-        self.sender = sender
-        self._task = asyncio.create_task(sender.run()) if sender is not None else None
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self.catcher is not None:
-            await self.catcher.close()
+# On SIGTERM the round in progress finishes (so what it sent is marked sent, not resent
+# later) for at most this long; ``serve`` kills a child that takes longer than 10 s.
+STOP_GRACE_S: Final = 5.0
 
 
-async def start_mail(settings: Settings, engine: AsyncEngine, *, catcher: bool) -> MailService:
-    """Start what ``settings`` and the ``--mail`` flag ask for; ``banner`` says what ran."""
-    configure_public_url(settings.public_url)
-    if settings.smtp_url is not None:
-        target = smtp_target(settings.smtp_url)
-        sender = OutboxSender(engine, smtp=target, base_url=settings.public_url)
-        return MailService([f"mail         emails sent to {target!r}"], None, sender)
-    if not catcher:
-        return MailService(
-            ["mail         not sent (--no-mail and no PAYPORTAL_SMTP_URL): emails wait in "
-             "the outbox"], None, None,
-        )  # fmt: skip
-    try:
-        running = await start_catcher(
-            smtp_port=settings.mail_catcher_port, ui_port=settings.mail_ui_port
-        )
-    except OSError as error:
-        log.warning("mail catcher did not start: %s", error)
-        return MailService(
-            [f"mail         catcher could not listen on 127.0.0.1:{settings.mail_catcher_port}"
-             f"/{settings.mail_ui_port} ({error.strerror or error}); emails wait in the "
-             "outbox (PAYPORTAL_MAIL_CATCHER_PORT, PAYPORTAL_MAIL_UI_PORT move it)"],
-            None, None,
-        )  # fmt: skip
-    sender = OutboxSender(
-        engine, smtp=smtp_target(None, catcher_port=running.smtp_port),
-        base_url=settings.public_url,
+async def start_mail_processes(settings: Settings, *, mail: bool) -> tuple[list[str], list[Child]]:
+    """Start what ``settings`` and ``--mail/--no-mail`` ask for: (banner lines, children)."""
+    if not mail:
+        return ["mail         not sent (--no-mail): emails wait in the outbox until "
+                "`payportal mail` runs"], []  # fmt: skip
+    lines: list[str] = []
+    children: list[Child] = []
+    smtp_port, ui_port = settings.mail_catcher_port, settings.mail_ui_port
+    if settings.smtp_url is None:
+        try:
+            catcher = await start_child(
+                "mail-catcher",
+                [sys.executable, "-m", "payportal", "mail-catcher",
+                 "--smtp-port", str(smtp_port), "--ui-port", str(ui_port)],
+                port=smtp_port,  # bound after the inbox: accepting means both are up
+            )  # fmt: skip
+        except ChildFailed as error:
+            log.warning("mail catcher did not start: %s", error)
+            return [f"mail         catcher could not listen on 127.0.0.1:{smtp_port}/{ui_port} "
+                    f"({error}); emails wait in the outbox (PAYPORTAL_MAIL_CATCHER_PORT, "
+                    "PAYPORTAL_MAIL_UI_PORT move it)"], []  # fmt: skip
+        children.append(catcher)
+        lines.append(f"mail inbox   http://127.0.0.1:{ui_port}/  (every email the portal sends; "
+                     f"SMTP catcher on 127.0.0.1:{smtp_port}, pid {catcher.pid})")  # fmt: skip
+    from .sender import smtp_target
+
+    target = smtp_target(settings.smtp_url, catcher_port=smtp_port)
+    sender = await start_child(
+        "mail",
+        [sys.executable, "-m", "payportal", "mail", "--catcher-port", str(smtp_port),
+         "--public-url", settings.public_url],
+        port=None,  # it listens on nothing
     )  # fmt: skip
-    banner = [
-        f"mail inbox   http://127.0.0.1:{running.ui_port}/  (every email the portal sends; "
-        f"SMTP catcher on 127.0.0.1:{running.smtp_port})"
-    ]
-    return MailService(banner, running, sender)
+    children.append(sender)
+    where = "the catcher" if settings.smtp_url is None else f"{target!r}"
+    lines.append(f"mail sender  the outbox sent to {where}  (payportal mail, pid {sender.pid})")
+    return lines, children
+
+
+def run_sender_process(
+    settings: Settings, *, catcher_port: int | None = None, public_url: str | None = None
+) -> None:
+    """``payportal mail``: the outbox sender in this process, on uvloop, until SIGINT or
+    SIGTERM. It delivers to ``PAYPORTAL_SMTP_URL``, else to the catcher on this machine."""
+    die_with_parent()
+    with contextlib.suppress(ImportError):  # uvloop is a dependency; Windows lacks it
+        import uvloop
+
+        uvloop.install()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    asyncio.run(_send_until_stopped(settings, catcher_port, public_url))
+
+
+async def _send_until_stopped(
+    settings: Settings, catcher_port: int | None, public_url: str | None
+) -> None:
+    from payportal.gc_tuning import tune_for_throughput
+    from payportal.persistence._engine import create_engine_for
+
+    from ._outbox import configure_public_url
+    from .sender import OutboxSender, smtp_target
+
+    public_url = public_url or settings.public_url
+    configure_public_url(public_url)
+    target = smtp_target(settings.smtp_url, catcher_port=catcher_port or settings.mail_catcher_port)
+    # One connection for the rounds, one for the odd concurrent read; LISTEN has its own.
+    engine = create_engine_for(settings.database_url, pool_size=2)
+    sender = OutboxSender(engine, smtp=target, base_url=public_url)
+    print(f"mail sender: the outbox sent to {target!r}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    running = asyncio.create_task(sender.run())
+    tune_for_throughput()
+    try:
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        sender.stop()
+        try:
+            await asyncio.wait_for(running, STOP_GRACE_S)  # cancelled when it runs out
+        except TimeoutError:
+            log.warning("mail sender: stopped mid-round; its rows are sent again later")
+    finally:
+        await sender.close()
+        await engine.dispose()

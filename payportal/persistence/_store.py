@@ -204,9 +204,20 @@ class Store:
         )  # fmt: skip
         # Payment emails (payportal/mail): written with the read models that show their
         # event, once per dedupe key however often an event is projected.
-        self._sql_projected["outbox"] = _insert_sql(
+        insert_outbox = _insert_sql(
             dialect, tables.outbox, COLUMNS["outbox"], "ON CONFLICT (dedupe_key) DO NOTHING"
         )
+        if dialect == "postgresql":
+            # The idle mail sender LISTENs: NOTIFY it when a row is new, in the same
+            # statement (no extra round trip), delivered at commit. Notifying transactions
+            # queue at commit for a global lock; a shard projects at most every 50 ms, so
+            # these are few.
+            insert_outbox = (
+                f"WITH inserted AS ({insert_outbox} RETURNING 1) "
+                f"SELECT pg_notify('{tables.OUTBOX_CHANNEL}', '') "
+                "WHERE EXISTS (SELECT 1 FROM inserted)"
+            )
+        self._sql_projected["outbox"] = insert_outbox
         cursor_params = "($1, $2)" if dialect == "postgresql" else "(?, ?)"
         self._sql_cursor = (
             f"INSERT INTO projection_cursors (shard_id, journal_id) VALUES {cursor_params} "

@@ -18,6 +18,7 @@ from typing import Final
 import sqlalchemy as sa
 
 __all__ = [
+    "OUTBOX_CHANNEL",
     "account_checkpoints",
     "accounts",
     "allocations",
@@ -296,6 +297,10 @@ outbox = sa.Table(
         sqlite_where=sa.text("sent_at IS NULL AND failed_at IS NULL"),
     ),
 )  # fmt: skip
+
+# PostgreSQL: a transaction that writes pending outbox rows notifies this channel, so an
+# idle sender (LISTEN) wakes at its commit instead of polling. SQLite has no equivalent.
+OUTBOX_CHANNEL: Final = "payportal_outbox"
 
 api_keys = sa.Table(
     "api_keys",

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests.serve_process import free_port, serving
+from tests.serve_process import serving
 
 CHROMIUM = os.environ.get("PAYPORTAL_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -55,15 +55,12 @@ def chromium_path() -> str:
 def stack(tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Iterator[Stack]:
     """``payportal serve --seed-demo`` as ``make run`` starts it, on free ports."""
     workdir = tmp_path_factory.mktemp("serve")
-    smtp_port, mail_ui_port = free_port(), free_port()
-    mail = {"PAYPORTAL_MAIL_CATCHER_PORT": str(smtp_port),
-            "PAYPORTAL_MAIL_UI_PORT": str(mail_ui_port)}  # fmt: skip
-    with serving(workdir, env=mail) as served:
+    with serving(workdir) as served:
         login = next(line for line in served.banner.splitlines() if "payer login" in line)
         email, _, password = login.split("payer login", 1)[1].strip().partition(" / ")
         yield Stack(
             base=served.base, sandbox=served.sandbox,
-            mail_ui=f"http://127.0.0.1:{mail_ui_port}", payer_email=email.strip(),
+            mail_ui=served.inbox, payer_email=email.strip(),
             payer_password=password.strip(), log=served.log,
         )  # fmt: skip
     output = served.output()

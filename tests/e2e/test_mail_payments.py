@@ -40,15 +40,18 @@ async def _deliver(
     rounds run out), then once more; returns the wanted messages."""
     sender = OutboxSender(api.store.engine, smtp=SmtpTarget(hostname="127.0.0.1",
                           port=catcher.smtp_port), base_url=BASE_URL)  # fmt: skip
-    for _ in range(ROUNDS_MAX):
-        # Once every shard is projected, the outbox holds every email of what committed.
-        for shard_id in range(SHARDS):
-            await api.store.project_pending(shard_id)
+    try:
+        for _ in range(ROUNDS_MAX):
+            # Once every shard is projected, the outbox holds every email of what committed.
+            for shard_id in range(SHARDS):
+                await api.store.project_pending(shard_id)
+            await sender.run_once()
+            if any(wanted(m) for m in catcher.inbox.list()):
+                break
+            await asyncio.sleep(0.05)
         await sender.run_once()
-        if any(wanted(m) for m in catcher.inbox.list()):
-            break
-        await asyncio.sleep(0.05)
-    await sender.run_once()
+    finally:
+        await sender.close()  # it keeps its SMTP connection between rounds
     return [m for m in catcher.inbox.list() if wanted(m)]
 
 

@@ -1,15 +1,18 @@
 """What `make run` does, end to end: `payportal serve --seed-demo` in a fresh directory
-starts everything, prints where to go and working credentials, takes a real payment, and
-stops cleanly on Ctrl-C."""
+starts everything, prints where to go and working credentials, takes a real payment whose
+confirmation reaches the mail catcher's inbox, and stops cleanly on Ctrl-C, its mail
+processes (catcher and sender, children of its own) gone with it."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.serve_process import serving
@@ -27,6 +30,27 @@ def _call(method: str, url: str, body: dict[str, Any] | None = None, **headers: 
         return json.loads(response.read())
 
 
+# The confirmation passes projection, the sender's next look (1 s on SQLite) and SMTP:
+# seconds; generous for a machine others share.
+MAIL_WAIT_S = 60.0
+
+
+def _mail_pids(banner: str) -> dict[str, int]:
+    """The mail processes serve says it started: {"mail-catcher": pid, "mail": pid}."""
+    catcher = re.search(r"mail inbox .*\(.*pid (\d+)\)", banner)
+    sender = re.search(r"mail sender .*\(payportal mail, pid (\d+)\)", banner)
+    assert catcher is not None, banner
+    assert sender is not None, banner
+    return {"mail-catcher": int(catcher.group(1)), "mail": int(sender.group(1))}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _worker_of(url: str) -> str:
     with urllib.request.urlopen(url, timeout=30) as response:
         return str(response.headers["X-Payportal-Worker"])
@@ -38,6 +62,10 @@ def test_serve_seeds_the_demo_prints_where_to_go_and_takes_a_payment(
 ) -> None:
     with serving(tmp_path, args=["--workers", str(workers)]) as served:
         text = served.banner
+        mail_pids = _mail_pids(text)
+        assert f"{served.inbox}/" in text, text
+        children = {c.pid for c in psutil.Process(served.pid).children()}
+        assert children >= set(mail_pids.values()), "the mail processes are serve's children"
         port, sandbox_port = served.port, served.sandbox_port
         assert f"http://127.0.0.1:{port}" in text, text
         api_key = re.search(r"API key\s+(sk_\S+)", text)
@@ -76,7 +104,16 @@ def test_serve_seeds_the_demo_prints_where_to_go_and_takes_a_payment(
         assert payment["status"] == "succeeded"
         after = _call("GET", f"{base}/v1/accounts/acct_demo_acme", **merchant)
         assert after["balance"]["outstanding"] == outstanding_minor - 1_000
+
+        deadline = time.monotonic() + MAIL_WAIT_S
+        while not (received := [m for m in _call("GET", f"{served.inbox}/api/messages")["messages"]
+                                if payment["id"] in m["text"]]):  # fmt: skip
+            assert time.monotonic() < deadline, "no confirmation in the inbox"
+            time.sleep(0.2)
+        assert received[0]["subject"] == "Payment received: 10.00 USD"
     output = served.output()
     assert served.returncode == 0, output
     assert "payportal stopped" in output
+    for name, pid in mail_pids.items():
+        assert _gone(pid), f"{name} (pid {pid}) outlived serve"
     assert "4242424242424242" not in output

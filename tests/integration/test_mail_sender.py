@@ -1,9 +1,14 @@
 """The outbox sender delivers each email exactly once as a receiver sees it — across a
 sender that dies before sending or between sending and marking, SMTP 4xx replies and
-refused connections — gives up on 5xx with the reason recorded, shares the outbox between
-senders without sending a row twice, and never puts a card number in an email. Checked on
-real SQLite and PostgreSQL databases against a real aiosmtpd server (the built-in catcher,
-or handlers that answer 451/550), with the journal's own payment rows."""
+refused connections — gives up on 5xx and on messages the SMTP client refuses as malformed
+with the reason recorded, shares the outbox between senders without sending a row twice,
+and never puts a card number in an email. It works in batches: one read renders a batch,
+one statement marks it sent, and one SMTP connection carries round after round until it
+idles out (or the server drops it); on PostgreSQL a committed row wakes an idle sender
+through NOTIFY (its safety net finds one written without), on SQLite a poll does.
+Checked on real SQLite and PostgreSQL databases against a real aiosmtpd server (the
+built-in catcher, which counts connections, or handlers that answer 451/550), with the
+journal's own payment rows."""
 
 from __future__ import annotations
 
@@ -17,12 +22,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import asyncpg
+import msgspec
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payportal.engine import OutcomeKind
-from payportal.mail import enqueue_email
+from payportal.mail import OutboxEmail, enqueue_email
 from payportal.mail.catcher import MailCatcher, MailInbox, start_catcher
 from payportal.mail.sender import (
     OutboxSender,
@@ -112,12 +119,25 @@ async def catcher() -> AsyncIterator[MailCatcher]:
         await catcher.close()
 
 
+# Senders a test made; each keeps an SMTP connection open, closed after the test.
+_senders: list[OutboxSender] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_senders() -> AsyncIterator[None]:
+    yield
+    while _senders:
+        await _senders.pop().close()
+
+
 def _sender(
-    engine: AsyncEngine, port: int, clock: Clock, *, owner: str = "sender-a",
-    cls: type[OutboxSender] = OutboxSender,
+    engine: AsyncEngine, port: int, clock: Clock | None, *, owner: str = "sender-a",
+    cls: type[OutboxSender] = OutboxSender, policy: SendPolicy = POLICY,
 ) -> OutboxSender:  # fmt: skip
-    return cls(engine, smtp=SmtpTarget(hostname="127.0.0.1", port=port), policy=POLICY,
-               owner=owner, base_url=BASE_URL, clock_ms=clock)  # fmt: skip
+    sender = cls(engine, smtp=SmtpTarget(hostname="127.0.0.1", port=port), policy=policy,
+                 owner=owner, base_url=BASE_URL, clock_ms=clock)  # fmt: skip
+    _senders.append(sender)
+    return sender
 
 
 async def _contacts(engine: AsyncEngine, account_id: str, *, payer_email: str | None) -> None:
@@ -226,7 +246,7 @@ async def test_a_sender_dying_between_send_and_mark_resends_the_same_message_onc
     store: Store, new_account: type[AccountDriver]
 ) -> None:
     class DiesAfterSending(OutboxSender):
-        async def _mark_sent(self, row: Any, note: str | None = None) -> None:
+        async def _record(self, results: Any) -> None:
             raise asyncio.CancelledError  # the process is killed here
 
     inbox = MailInbox()
@@ -549,3 +569,280 @@ def test_the_smtp_url_gives_the_target_and_its_repr_hides_the_password() -> None
     assert (target.username, target.password) == ("mailer", "p@ss")
     assert "p@ss" not in repr(target)
     assert (catcher.hostname, catcher.port, catcher.use_tls) == ("127.0.0.1", 2525, False)
+
+
+# -- batches, the kept connection, malformed messages, waking -----------------------------
+
+
+async def _paid_accounts(store: Store, new_account: type[AccountDriver], count: int) -> None:
+    """``count`` accounts, each with a contact address, a payer and one succeeded payment."""
+    changes = []
+    async with store.engine.begin() as connection:
+        for n in range(count):
+            account = new_account(f"acct_batch_{n}")
+            account.open()
+            account.invoice(10_000)
+            account.pay(1_000 * (n + 1))
+            changes.append(account.change())
+            await connection.execute(sa.insert(account_profiles).values(
+                account_id=f"acct_batch_{n}", name=f"Customer {n}",
+                email=f"billing{n}@example.com", currency="USD",
+            ))  # fmt: skip
+            await connection.execute(
+                sa.insert(payers).values(id=f"payer_{n}", email=f"payer{n}@example.com")
+            )
+            await connection.execute(sa.insert(payer_accounts).values(
+                payer_id=f"payer_{n}", account_id=f"acct_batch_{n}"
+            ))  # fmt: skip
+    await store.commit(0, changes)
+    await store.project_pending(0)
+
+
+def _count_statements(engine: AsyncEngine) -> list[str]:
+    """Every SQL statement ``engine`` runs from now on, whitespace-normalized."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    return seen
+
+
+async def _pending_rows(engine: AsyncEngine) -> list[Any]:
+    async with engine.connect() as connection:
+        return list((await connection.execute(
+            sa.select(tables.outbox).order_by(tables.outbox.c.id)
+        )).all())  # fmt: skip
+
+
+async def test_a_batch_is_rendered_with_one_read_and_marked_sent_in_one_statement(
+    store: Store, new_account: type[AccountDriver], catcher: MailCatcher
+) -> None:
+    await _paid_accounts(store, new_account, 6)
+    sender = _sender(store.engine, catcher.smtp_port, Clock())
+    statements = _count_statements(store.engine)
+
+    assert await sender.run_once() == 6
+
+    contact_reads = [s for s in statements if "account_profiles" in s]
+    outbox_updates = [s for s in statements if s.startswith("UPDATE outbox")]
+    assert len(contact_reads) == 1, contact_reads
+    assert len(outbox_updates) == 2, "one claim, one mark for the whole batch"
+    received = {m.to: m for m in catcher.inbox.list()}
+    assert sorted(received) == [f"billing{n}@example.com" for n in range(6)]
+    for n in range(6):
+        assert received[f"billing{n}@example.com"].cc == f"payer{n}@example.com"
+        assert f"Hello Customer {n}" in received[f"billing{n}@example.com"].text
+    rows = await _pending_rows(store.engine)
+    assert all(r.sent_at is not None and r.lease_owner is None for r in rows)
+
+
+async def test_one_smtp_connection_carries_every_round_until_it_idles_out(
+    store: Store, catcher: MailCatcher
+) -> None:
+    policy = msgspec.structs.replace(POLICY, smtp_idle_s=0.3, poll_interval_ms=50)
+    sender = _sender(store.engine, catcher.smtp_port, None, policy=policy)
+
+    async def enqueue(first: int, count: int) -> None:
+        async with store.engine.begin() as connection:
+            for n in range(first, first + count):
+                await enqueue_email(connection, dedupe_key=f"kept:{n}",
+                                    to=f"payer{n}@example.com", template="payment_declined",
+                                    context=_DECLINE_CONTEXT)  # fmt: skip
+
+    await enqueue(0, 3)
+    assert await sender.run_once() == 3
+    await enqueue(3, 2)
+    assert await sender.run_once() == 2
+    assert catcher.inbox.deliveries == 5
+    assert catcher.inbox.connections == 1, "the second round reused the first's connection"
+
+    running = asyncio.create_task(sender.run())
+    try:
+        await _until(lambda: catcher.open_sessions == 0, "the idle connection was not closed")
+        await enqueue(5, 1)
+        sender.wake()
+        await _until(lambda: catcher.inbox.deliveries == 6, "the sixth email was not sent")
+    finally:
+        sender.stop()
+        await asyncio.wait_for(running, 30)
+    assert catcher.inbox.connections == 2, "reopened on demand after closing when idle"
+    assert sender.connections_opened == 2
+
+
+async def test_a_kept_connection_the_server_dropped_is_replaced_without_a_failed_attempt(
+    store: Store, catcher: MailCatcher
+) -> None:
+    sender = _sender(store.engine, catcher.smtp_port, None)
+    async with store.engine.begin() as connection:
+        await enqueue_email(connection, dedupe_key="drop:1", to="a@example.com",
+                            template="payment_declined", context=_DECLINE_CONTEXT)  # fmt: skip
+    assert await sender.run_once() == 1
+    catcher.drop_sessions()  # the server ends the idle connection; the sender is not told
+    await _until(lambda: catcher.open_sessions == 0, "the catcher kept the connection")
+    async with store.engine.begin() as connection:
+        await enqueue_email(connection, dedupe_key="drop:2", to="b@example.com",
+                            template="payment_declined", context=_DECLINE_CONTEXT)  # fmt: skip
+
+    assert await sender.run_once() == 1
+
+    assert catcher.inbox.deliveries == 2
+    assert catcher.inbox.connections == 2
+    second = (await _pending_rows(store.engine))[1]
+    assert second.sent_at is not None
+    assert second.attempts == 1
+    assert second.last_error is None
+
+
+async def test_messages_the_smtp_client_refuses_as_malformed_are_given_up_and_the_rest_sent(
+    store: Store, catcher: MailCatcher
+) -> None:
+    def row(key: str, to: str, cc: tuple[str, ...] = ()) -> dict[str, Any]:
+        payload = msgspec.msgpack.encode(
+            OutboxEmail(to=(to,), cc=cc, subject="Hello", text="Hi.", html="<p>Hi.</p>")
+        )
+        return {"kind": "email", "dedupe_key": key, "payload": payload, "due_at_ms": 0}
+
+    async with store.engine.begin() as connection:
+        await connection.execute(sa.insert(tables.outbox), [
+            row("good:1", "ada@example.com"),
+            # Whitespace inside an address: it cannot go on an SMTP command line.
+            row("bad:address", "ada lovelace@example.com"),
+            # A line break in a header would start a header of its own.
+            row("bad:header", "bob@example.com", cc=("eve@example.com\nBcc: all@example.com",)),
+            # A control character inside a quoted local part: the SMTP client refuses the
+            # command, after its transaction began.
+            row("bad:command", "dan@example.com", cc=('"dan\x01"@example.com',)),
+            # Non-ASCII, and the catcher does not offer SMTPUTF8.
+            row("bad:utf8", "zoë@example.com"),
+            row("good:2", "carol@example.com"),
+        ])  # fmt: skip
+    clock = Clock()
+    sender = _sender(store.engine, catcher.smtp_port, clock)
+
+    assert await sender.run_once() == 6
+    clock.advance(POLICY.interval_ms_max * 10)
+    assert await sender.run_once() == 0, "a given-up row is never claimed again"
+
+    assert sorted(m.to for m in catcher.inbox.list()) == ["ada@example.com", "carol@example.com"]
+    assert catcher.inbox.connections == 1, "the connection outlived the refused messages"
+    rows = {r.dedupe_key: r for r in await _pending_rows(store.engine)}
+    for key in ("bad:address", "bad:header", "bad:command", "bad:utf8"):
+        assert rows[key].failed_at is not None, key
+        assert rows[key].sent_at is None, key
+        assert rows[key].attempts == 1, key
+    assert "'ada lovelace@example.com' cannot be put on an SMTP command line" in (
+        rows["bad:address"].last_error
+    )
+    assert "line break" in rows["bad:header"].last_error
+    assert "refused by the SMTP client" in rows["bad:command"].last_error
+    assert "control character" in rows["bad:command"].last_error
+    assert "SMTPUTF8" in rows["bad:utf8"].last_error
+    assert rows["good:1"].sent_at is not None
+    assert rows["good:2"].sent_at is not None
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_on_postgresql_a_committed_row_wakes_the_idle_sender_without_its_timers(
+    store: Store, new_account: type[AccountDriver], catcher: MailCatcher, database_url: str
+) -> None:
+    # Timers an hour long: only a notification can deliver within the test's wait.
+    policy = msgspec.structs.replace(POLICY, poll_interval_ms=3_600_000,
+                                     safety_interval_ms=3_600_000)  # fmt: skip
+    sender = _sender(store.engine, catcher.smtp_port, None, policy=policy)
+    running = asyncio.create_task(sender.run())
+    try:
+        await _until(lambda: sender.listens_opened == 1, "the sender did not LISTEN")
+        await asyncio.sleep(0.2)  # its first round found nothing; it is idle now
+        # The projection's insert notifies.
+        await _paid_account(store, new_account, payer_email="ada@example.com")
+        await _until(lambda: catcher.inbox.deliveries == 1, "the projection's row waited")
+        # So does enqueue_email.
+        async with store.engine.begin() as connection:
+            await enqueue_email(connection, dedupe_key="notify:1", to="bob@example.com",
+                                template="payment_declined", context=_DECLINE_CONTEXT)  # fmt: skip
+        await _until(lambda: catcher.inbox.deliveries == 2, "enqueue_email's row waited")
+
+        # The LISTEN connection dies: the sender opens another and hears the next row.
+        killer = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            await killer.fetchval("SELECT pg_terminate_backend($1)", sender.listener_pid)
+        finally:
+            await killer.close()
+        await _until(lambda: sender.listens_opened == 2, "the LISTEN was not reopened")
+        await asyncio.sleep(0.2)
+        async with store.engine.begin() as connection:
+            await enqueue_email(connection, dedupe_key="notify:2", to="carol@example.com",
+                                template="payment_declined", context=_DECLINE_CONTEXT)  # fmt: skip
+        await _until(lambda: catcher.inbox.deliveries == 3, "no wake-up after reconnecting")
+    finally:
+        sender.stop()
+        await asyncio.wait_for(running, 30)
+    assert sorted(m.to for m in catcher.inbox.list()) == [
+        "billing@example.com", "bob@example.com", "carol@example.com"
+    ]
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_on_postgresql_a_row_written_without_a_notification_is_found_by_the_safety_net(
+    store: Store, catcher: MailCatcher
+) -> None:
+    policy = msgspec.structs.replace(POLICY, poll_interval_ms=3_600_000, safety_interval_ms=200)
+    sender = _sender(store.engine, catcher.smtp_port, None, policy=policy)
+    running = asyncio.create_task(sender.run())
+    try:
+        await _until(lambda: sender.listens_opened == 1, "the sender did not LISTEN")
+        payload = msgspec.msgpack.encode(
+            OutboxEmail(to=("ada@example.com",), subject="Hello", text="Hi.", html="<p>Hi.</p>")
+        )
+        async with store.engine.begin() as connection:  # a plain insert: no NOTIFY
+            await connection.execute(sa.insert(tables.outbox).values(
+                kind="email", dedupe_key="quiet:1", payload=payload, due_at_ms=0
+            ))  # fmt: skip
+        await _until(lambda: catcher.inbox.deliveries == 1, "the safety net missed the row")
+    finally:
+        sender.stop()
+        await asyncio.wait_for(running, 30)
+    assert sender.listens_opened == 1, "its probes ran over the LISTEN connection, alive"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_on_sqlite_an_idle_sender_finds_a_new_row_by_polling(
+    store: Store, catcher: MailCatcher
+) -> None:
+    policy = msgspec.structs.replace(POLICY, poll_interval_ms=100, safety_interval_ms=3_600_000)
+    sender = _sender(store.engine, catcher.smtp_port, None, policy=policy)
+    statements = _count_statements(store.engine)
+    running = asyncio.create_task(sender.run())
+    try:
+        await asyncio.sleep(0.5)  # idle: a few polls
+        claims_idle = [s for s in statements if s.startswith("UPDATE outbox")]
+        assert len(claims_idle) == 1, "only the first round claims; idle polls only read"
+        async with store.engine.begin() as connection:
+            await enqueue_email(connection, dedupe_key="poll:1", to="ada@example.com",
+                                template="payment_declined", context=_DECLINE_CONTEXT)  # fmt: skip
+        await _until(lambda: catcher.inbox.deliveries == 1, "the polled row was not sent")
+    finally:
+        sender.stop()
+        await asyncio.wait_for(running, 30)
+
+
+_DECLINE_CONTEXT: dict[str, Any] = {
+    "account_name": "A", "amount_minor": 100, "currency": "USD", "method": None,
+    "hard": False, "reason": "Soft.", "advice": "Wait.", "payment_id": "pay_x",
+    "outstanding_minor": 0,
+}  # fmt: skip
+# Generous: these wait for the event loop and a database, never for a timer to run out.
+WAIT_S = 30.0
+
+
+async def _until(condition: Any, failure: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(0.02)

@@ -30,7 +30,7 @@ def test_help_lists_the_commands(runner: CliRunner) -> None:
     result = runner.invoke(app, ["--help"])
 
     assert result.exit_code == 0
-    for command in ("serve", "migrate", "keys", "demo", "version"):
+    for command in ("serve", "migrate", "keys", "demo", "version", "mail-catcher"):
         assert command in result.stdout
 
 
@@ -41,7 +41,9 @@ def test_keys_help_lists_create(runner: CliRunner) -> None:
     assert "create" in result.stdout
 
 
-@pytest.mark.parametrize("command", [["serve"], ["migrate"], ["demo", "seed"]])
+@pytest.mark.parametrize(
+    "command", [["serve"], ["migrate"], ["demo", "seed"], ["mail"], ["mail-catcher"]]
+)
 def test_malformed_setting_prints_one_line_and_exits_2(
     runner: CliRunner, command: list[str]
 ) -> None:
