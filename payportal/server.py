@@ -21,6 +21,7 @@ from aiohttp import web
 
 from payportal.config import Settings
 from payportal.gc_tuning import tune_for_throughput
+from payportal.logs import configure_logging
 
 __all__ = ["run", "sandbox_webhook_secret"]
 
@@ -48,6 +49,7 @@ def run(
     sandbox: bool = True,
     mail: bool = True,
 ) -> None:
+    configure_logging()
     try:
         import uvloop
 
@@ -272,6 +274,7 @@ def _stop_workers(children: list[Any]) -> None:
 def _worker_main(
     settings: Settings, address: str, worker: int, sandbox: bool, ready: Any
 ) -> None:
+    configure_logging()
     try:
         import uvloop
 

@@ -958,7 +958,9 @@ def main(argv: list[str] | None = None) -> int:
     except msgspec.MsgspecError as error:
         print(f"--faults is malformed: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from payportal.logs import configure_logging
+
+    configure_logging()
     print(f"sandbox processor on http://{args.host}:{args.port}", file=sys.stderr)
     run_sandbox(
         args.host,
