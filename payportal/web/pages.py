@@ -48,7 +48,7 @@ from payportal.persistence import directory, queries
 
 from . import sessions
 from .pages_auth import require_payer
-from .security import is_json_route, is_page
+from .security import is_json_route, is_page, read_form
 
 __all__ = ["add_routes", "format_date", "format_datetime", "format_money", "page_error"]
 
@@ -392,7 +392,7 @@ async def pay(request: web.Request) -> web.Response:
     from payportal.http.handlers_payments import create_and_charge
 
     session = await require_payer(request)
-    form = await request.post()
+    form = await read_form(request)
     account, choices = await _chosen(request, session, _form_str(form, "account", 64))
     chosen = [v for v in form.getall("invoice", []) if isinstance(v, str)][:INVOICES_SHOWN_MAX]
     method = _form_str(form, "method", 64)
@@ -644,7 +644,7 @@ def _back_to_methods(account_id: str, done: str) -> web.Response:
 
 async def method_add(request: web.Request) -> web.Response:
     session = await require_payer(request)
-    form = await request.post()
+    form = await read_form(request)
     account, _ = await _chosen(request, session, _form_str(form, "account", 64))
     method_id, problem = await _new_method(request, account.account_id, form, keep=True)
     if problem is not None or method_id is None:
@@ -683,7 +683,7 @@ async def method_default(request: web.Request) -> web.Response:
 
 async def autopay(request: web.Request) -> web.Response:
     session = await require_payer(request)
-    form = await request.post()
+    form = await read_form(request)
     account, _ = await _chosen(request, session, _form_str(form, "account", 64))
     billing = _billing()
     if billing is None:

@@ -44,7 +44,7 @@ from payportal.http.typedefs import RATE_LIMITS, STORE, TASKS
 from payportal.persistence import directory
 
 from . import sessions
-from .security import SESSION_COOKIE, clear_session_cookie, rotate_session_cookie
+from .security import SESSION_COOKIE, clear_session_cookie, read_form, rotate_session_cookie
 
 __all__ = ["add_routes", "current_session", "require_payer"]
 
@@ -203,7 +203,7 @@ async def _sign_in(request: web.Request, payer_id: str, location: str) -> web.Re
 async def signin(request: web.Request) -> web.Response:
     from . import render
 
-    form = await request.post()
+    form = await read_form(request)
     email = _field(form, "email").strip().lower()
     password = _field(form, "password")
     target = _safe_next(_field(form, "next"))
@@ -250,7 +250,7 @@ async def reset_form(request: web.Request) -> web.Response:
 async def reset_request(request: web.Request) -> web.Response:
     from . import render
 
-    form = await request.post()
+    form = await read_form(request)
     email = _field(form, "email").strip().lower()
     if "@" not in email or len(email) > 320:
         return render(request, "reset_request.html", {
@@ -306,7 +306,7 @@ async def _link_use(request: web.Request, purpose: sessions.LinkPurpose) -> web.
     from . import render
 
     token = request.match_info["token"]
-    form = await request.post()
+    form = await read_form(request)
     password = _field(form, "password")
     problem = _password_problem(password, _field(form, "confirm"))
     engine = request.app[STORE].engine
@@ -365,7 +365,7 @@ async def security_page(request: web.Request) -> web.Response:
 
 async def change_password(request: web.Request) -> web.Response:
     session = await require_payer(request)
-    form = await request.post()
+    form = await read_form(request)
     new = _field(form, "new_password")
     problem = _password_problem(new, _field(form, "confirm"))
     if problem is not None:
