@@ -247,3 +247,32 @@ async def test_openapi_lists_the_event_streams_as_text_event_stream(live: Live) 
     for path in ("/v1/accounts/{id}/events", "/v1/payments/{id}/events"):
         content = document["paths"][path]["get"]["responses"]["200"]["content"]
         assert list(content) == ["text/event-stream"]
+
+
+# Not ids this API could have sent: past the database's 64-bit ids, signed, not ASCII
+# digits (str.isdigit takes "²"), not decimal.
+OUT_OF_RANGE_IDS = ["9999999999999999999", "9223372036854775808", "-1", "²", "1e3", "0x10",
+                    "12 13", "99999999999999999999999"]  # fmt: skip
+
+
+async def test_a_last_event_id_that_is_no_event_id_is_a_400_before_the_stream_starts(
+    live: Live,
+) -> None:
+    api = live.api
+    account_id = await _account_with_invoice(api)
+    status, payment, _ = await api.pay(account_id, 5_000, await api.payment_method(account_id))
+    assert status == 200
+    await live.publisher.run_once()
+    for path in (f"/v1/accounts/{account_id}/events", f"/v1/payments/{payment['id']}/events"):
+        for value in OUT_OF_RANGE_IDS:
+            response = await api.client.get(path, headers={**api.merchant, "Last-Event-ID": value})
+            assert response.status == 400, (path, value, response.content_type)
+            assert response.content_type == "application/json"
+            error = (await response.json())["error"]
+            assert error["type"] == "invalid_request_error", (path, value)
+            assert error["code"] == "parameter_invalid", (path, value)
+            assert error["param"] == "Last-Event-ID", (path, value)
+        # The largest id there can be is one: nothing comes after it, and nothing fails.
+        newest = await _subscribe(api, path, last_event_id=2**63 - 1)
+        await _nothing_more(newest)
+        newest.close()
