@@ -12,8 +12,9 @@ row is rendered (payment rows; see ``payments.py``), sent with aiosmtplib and ma
 Failures: a temporary one (SMTP 4xx, a refused or dropped connection, a timeout) puts
 the row back with exponential backoff (``SendPolicy``: data, jitter from an injected
 random source) and records the error; after ``attempts_max`` it is given up. A permanent
-one (SMTP 5xx, an account with nobody to write to, a payload that cannot be rendered)
-records the error and sets ``failed_at`` at once: retrying cannot help.
+one (SMTP 5xx, an account with nobody to write to, a payload that cannot be rendered, a
+message the SMTP client refuses to send as malformed) records the error and sets
+``failed_at`` at once: retrying cannot help.
 
 The delivery guarantee, honestly: AT LEAST ONCE to the SMTP server. A crash (or an
 expired lease) after the server accepted a message but before ``sent_at`` was written
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import email.errors
 import email.utils
 import hashlib
 import logging
@@ -147,6 +149,10 @@ class _Temporary(Exception):
 
 class _Permanent(Exception):
     """Trying again cannot help."""
+
+
+class _Malformed(Exception):
+    """The SMTP client refused to send the message as it is."""
 
 
 def _classify(error: BaseException) -> Exception:
@@ -345,6 +351,18 @@ class OutboxSender:
         message.add_alternative(stored.html, subtype="html")
         return message
 
+    @staticmethod
+    async def _reset(smtp: aiosmtplib.SMTP | None) -> aiosmtplib.SMTP | None:
+        """The connection, reset for the next message; None if it cannot be."""
+        if smtp is None:
+            return None
+        try:
+            await smtp.rset()
+        except Exception:
+            smtp.close()
+            return None
+        return smtp
+
     async def _connect(self) -> aiosmtplib.SMTP:
         target = self.smtp
         smtp = aiosmtplib.SMTP(
@@ -370,7 +388,17 @@ class OutboxSender:
         try:
             if smtp is None or not smtp.is_connected:
                 smtp = await self._connect()
-            refused, _ = await smtp.send_message(message)
+            try:
+                refused, _ = await smtp.send_message(message)
+            except (ValueError, email.errors.MessageError) as error:
+                raise _Malformed(str(error)) from None
+        except _Malformed as error:
+            # aiosmtplib checks addresses and commands as it sends (a control character, an
+            # address it cannot parse) and raises ValueError mid-transaction: the same
+            # message fails the same way every time, so it is given up, not retried.
+            log.warning("mail %s: refused as malformed: %s", row.id, error)
+            await self._give_up(row, f"malformed: {error}")
+            return await self._reset(smtp)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             outcome = _classify(error)
             if isinstance(error, aiosmtplib.SMTPResponseException) and smtp is not None:

@@ -17,12 +17,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payportal.engine import OutcomeKind
-from payportal.mail import enqueue_email
+from payportal.mail import KIND_EMAIL, OutboxEmail, enqueue_email
 from payportal.mail.catcher import MailCatcher, MailInbox, start_catcher
 from payportal.mail.sender import (
     OutboxSender,
@@ -440,6 +441,40 @@ async def test_an_account_with_nobody_to_write_to_gives_up_with_the_reason(
     assert row.failed_at is not None
     assert "no contact email and no payers" in row.last_error
     assert catcher.inbox.deliveries == 0
+
+
+async def test_a_message_the_smtp_client_refuses_as_malformed_is_given_up_with_the_reason(
+    store: Store, catcher: MailCatcher
+) -> None:
+    # Rows written before addresses were checked whole: aiosmtplib refuses a control
+    # character in RCPT TO, and an address that parses to nothing, with a ValueError.
+    addresses = {"nul": "payer\x00@example.com", "empty": "x@@example.com",
+                 "good": "payer@example.com"}  # fmt: skip
+    async with store.engine.begin() as connection:
+        for key, to in addresses.items():
+            payload = msgspec.msgpack.encode(
+                OutboxEmail(to=(to,), subject="Receipt", text="Paid.", html="<p>Paid.</p>")
+            )
+            await connection.execute(sa.insert(tables.outbox).values(
+                kind=KIND_EMAIL, dedupe_key=key, payload=payload, due_at_ms=0,
+            ))  # fmt: skip
+    clock = Clock()
+    sender = _sender(store.engine, catcher.smtp_port, clock)
+
+    assert await sender.run_once() == 3
+    clock.advance(POLICY.lease_ms + POLICY.interval_ms_max * POLICY.attempts_max)
+    assert await sender.run_once() == 0, "a given-up row is never claimed again"
+
+    async with store.engine.connect() as connection:
+        rows = {r.dedupe_key: r for r in await connection.execute(sa.select(tables.outbox))}
+    for key in ("nul", "empty"):
+        assert rows[key].sent_at is None, key
+        assert rows[key].failed_at is not None, key
+        assert rows[key].attempts == 1, key
+        assert rows[key].last_error.startswith("malformed: "), rows[key].last_error
+    # The next row in the same claim went out on the same connection.
+    assert rows["good"].sent_at is not None
+    assert [m.rcpt_tos for m in catcher.inbox.list()] == [["payer@example.com"]]
 
 
 async def test_two_senders_share_the_outbox_and_send_every_row_once(
