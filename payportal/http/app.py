@@ -56,7 +56,7 @@ log = structlog.get_logger("payportal.http")
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 # A client's request id is kept only if it is short and plain: it goes into every log line.
-_REQUEST_ID_OK: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID_OK: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Charges in flight when the server stops get this long to record their outcome.
 SHUTDOWN_GRACE_S: Final = 20.0
 
@@ -97,7 +97,7 @@ def _logged_path(request: web.Request) -> str:
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     supplied = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = supplied if _REQUEST_ID_OK.match(supplied) else f"req_{uuid.uuid4().hex}"
+    request_id = supplied if _REQUEST_ID_OK.fullmatch(supplied) else f"req_{uuid.uuid4().hex}"
     started = time.perf_counter()
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         try:

@@ -63,10 +63,22 @@ UNIX_SECONDS_MAX = 253_402_300_799
 UnixSeconds = Annotated[
     int, msgspec.Meta(ge=0, le=UNIX_SECONDS_MAX, description="Unix time in seconds.")
 ]
+# Patterns end in ``$(?!\n)``: msgspec matches them with Python's ``re``, whose ``$`` also
+# matches before a final newline ("x@y.io\n" would pass, be stored and go into headers);
+# ``\Z`` would fix that, but the OpenAPI document's regexes are ECMA-262, which has no
+# ``\Z`` and whose ``$`` is the very end, where the lookahead is true too.
 Currency = Annotated[
-    str, msgspec.Meta(pattern="^[A-Za-z]{3}$", description="ISO 4217 code, e.g. USD.")
+    str, msgspec.Meta(pattern=r"^[A-Za-z]{3}$(?!\n)", description="ISO 4217 code, e.g. USD.")
 ]
-Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern="^[^@\\s]+@[^@\\s]+$")]
+# An address has no spaces, control characters or second "@"; the mail server decides the
+# rest.
+Email = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=3, max_length=320,
+        pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$(?!\n)",
+    ),
+]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
 ObjectId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
@@ -129,7 +141,7 @@ class PaymentMethodCreate(_In, frozen=True, kw_only=True):
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
     type: Literal["card", "debit", "wallet"] = "card"
     brand: Annotated[str, msgspec.Meta(max_length=32)] = "unknown"
-    last4: Annotated[str, msgspec.Meta(pattern="^[0-9]{4}$")] | None = None
+    last4: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}$(?!\n)")] | None = None
     exp_month: Annotated[int, msgspec.Meta(ge=1, le=12)] | None = None
     exp_year: Annotated[int, msgspec.Meta(ge=2000, le=2200)] | None = None
     wallet: Literal["apple_pay", "google_pay"] | None = None

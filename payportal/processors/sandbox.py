@@ -117,7 +117,10 @@ WALLET_EXPIRY_YEARS: Final = 3
 # Cards are not issued for longer than this; a later year is a typing mistake.
 EXPIRY_YEARS_MAX: Final = 50
 
-IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[ -~]+$")]
+# ``(?!\n)``: Python's ``$`` also matches before a final newline.
+IdempotencyKey = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[ -~]+$(?!\n)")
+]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 
 
