@@ -139,6 +139,7 @@ async def create_and_charge(
             currency=body.currency.upper(), payment_method=method,
             allocations=tuple(Allocation(invoice_id=a.invoice, amount_minor=a.amount)
                               for a in body.allocations),
+            description=body.description or None,
         )
     )  # fmt: skip
     if reply.outcome.result is Result.rejected:

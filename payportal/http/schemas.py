@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from payportal.engine import DESCRIPTION_CHARS_MAX
+
 __all__ = [
     "Account",
     "AccountCreate",
@@ -79,6 +81,16 @@ Email = Annotated[
         pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$(?!\n)",
     ),
 ]
+# What an invoice or a payment is for, in the merchant's words: one line a person reads
+# on pages, statements and emails, so no control characters (C0, DEL, C1) at all.
+Description = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=DESCRIPTION_CHARS_MAX, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$(?!\n)",
+        description=f"Free text, at most {DESCRIPTION_CHARS_MAX} characters, no control "
+        "characters; shown to payers.",
+    ),
+]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
 ObjectId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
@@ -110,7 +122,7 @@ class InvoiceCreate(_In, frozen=True, kw_only=True):
     amount: PositiveMinor
     due_date: dt.date
     number: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
-    description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    description: Description | None = None
     service_period: ServicePeriodBody | None = None
 
 
@@ -126,7 +138,7 @@ class PaymentCreate(_In, frozen=True, kw_only=True):
     payment_method: ObjectId | None = None
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
     allocations: list[AllocationRequest] = []
-    description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    description: Description | None = None
 
 
 class RefundCreate(_In, frozen=True, kw_only=True):
@@ -231,6 +243,7 @@ class Invoice(_Out, frozen=True, kw_only=True):
     status: Literal["open", "paid", "void"]
     due_date: dt.date
     service_period: ServicePeriodBody | None
+    description: str | None
 
 
 class InvoiceList(_Out, frozen=True, kw_only=True):
@@ -267,6 +280,7 @@ class Payment(_Out, frozen=True, kw_only=True):
     processing_ms: int | None
     next_retry_at: UnixSeconds | None
     created: UnixSeconds
+    description: str | None
 
 
 class PaymentList(_Out, frozen=True, kw_only=True):

@@ -79,6 +79,8 @@ class PaymentNotice(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     decline_code: str | None = None
     decline_class: str | None = None
     advice_code: str | None = None
+    # The payment's description; rows written before it existed end before it.
+    description: str | None = None
 
 
 _decoder: Final = msgspec.msgpack.Decoder(PaymentNotice)
@@ -214,6 +216,7 @@ async def render_payment_email(
         "amount_minor": notice.amount_minor, "currency": notice.currency,
         "method": await _method(connection, notice),
         "outstanding_minor": notice.outstanding_minor, "credit_minor": notice.credit_minor,
+        "description": notice.description,
     }  # fmt: skip
     if kind == KIND_PAYMENT_SUCCEEDED:
         context["paid_on"] = _date(notice.at_ms)
