@@ -208,6 +208,7 @@ async def _front_door(
     run one (SO_REUSEPORT), all sending to the same named shards."""
     from payportal.http.app import create_app
     from payportal.http.callbacks import add_callback_routes
+    from payportal.http.connections import ClientLimits, GuardedSite
     from payportal.http.events import STATUS_STREAMS
     from payportal.mail import configure_public_url
     from payportal.metrics.http import METRICS
@@ -230,7 +231,10 @@ async def _front_door(
     app.on_response_prepare.append(tag_worker)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port, reuse_port=True).start()
+    await GuardedSite(
+        runner, settings.host, settings.port, reuse_port=True,
+        limits=ClientLimits.from_settings(settings),
+    ).start()
     return runner
 
 

@@ -4,8 +4,12 @@ The middleware does two things for every request: it gives the request an id
 (``X-Request-Id``, taken from the client when sane, else generated) that is bound into
 structlog's context — so every log line of the request carries it — and returned in the
 response headers; and it turns every failure into the contract's error shape
-(``errors.ApiError``; ``Overloaded`` → 429 with Retry-After; anything unexpected → 500
-``api_error``, logged with its traceback and never with a request body).
+(``errors.ApiError``; ``Overloaded`` → 429 with Retry-After; a client that left, or was
+cut off as too slow, before its body arrived → logged as abandoned; anything unexpected
+→ 500 ``api_error``, logged with its traceback and never with a request body).
+Outside it, ``connections.connection_phase_middleware`` tells the connection guard when a
+request's headers are in and when its handler is done (only the request counter of
+``payportal.metrics`` sits further out).
 
 Inside it, ``ratelimit.rate_limit_middleware`` applies the per-address and per-principal
 limits and the login lockout, so its 429s take the same shape.
@@ -34,6 +38,7 @@ from payportal.persistence import Store, directory
 from payportal.processors import ProcessorAdapter
 
 from .auth import Authenticator
+from .connections import connection_phase_middleware
 from .errors import ApiError, not_found
 from .gateway import Gateway
 from .ratelimit import RateLimits, install_rate_limits, rate_limit_middleware
@@ -94,6 +99,19 @@ def _logged_path(request: web.Request) -> str:
     return request.path
 
 
+def _failed(request: web.Request) -> web.Response:
+    log.exception("request_failed", method=request.method, path=_logged_path(request))
+    return _error_response(ApiError(
+        500, "api_error", "api_error",
+        "Something went wrong on our side; retry with the same Idempotency-Key.",
+    ))  # fmt: skip
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     supplied = request.headers.get(REQUEST_ID_HEADER, "")
@@ -117,12 +135,20 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = _error_response(_http_error(error))
         except asyncio.CancelledError:
             raise
+        except ConnectionResetError as error:
+            if not _client_gone(request):
+                response = _failed(request)
+            else:
+                # The client left (or was cut off as too slow) before its body arrived:
+                # not our failure, and nobody will read this answer.
+                log.info("request_abandoned", method=request.method, path=_logged_path(request),
+                         error=type(error).__name__)  # fmt: skip
+                response = _error_response(ApiError(
+                    400, "invalid_request_error", "parameter_invalid",
+                    "The connection closed before the request arrived.",
+                ))  # fmt: skip
         except Exception:
-            log.exception("request_failed", method=request.method, path=_logged_path(request))
-            response = _error_response(ApiError(
-                500, "api_error", "api_error",
-                "Something went wrong on our side; retry with the same Idempotency-Key.",
-            ))  # fmt: skip
+            response = _failed(request)
         page_errors = request.app.get(PAGE_ERRORS)
         if page_errors is not None and response.status >= 400:
             response = page_errors(request, response)  # type: ignore[arg-type]
@@ -151,8 +177,11 @@ def create_app(
     and closes it on cleanup. ``clock_ms`` is for tests and future time-based features.
     ``rate_limits`` (the caller closes it) replaces the limiter built from ``settings``.
     """
-    # The limiter sits inside the error middleware, so its 429s get the contract's shape.
-    app = web.Application(middlewares=[request_middleware, rate_limit_middleware])
+    # The limiter sits inside the error middleware, so its 429s get the contract's shape;
+    # the connection guard's marks (headers in, handler done) wrap everything.
+    app = web.Application(
+        middlewares=[connection_phase_middleware, request_middleware, rate_limit_middleware]
+    )
     app[ROUTER] = router
     app[STORE] = store
     app[SETTINGS] = settings
