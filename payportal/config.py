@@ -55,6 +55,10 @@ SHARDS_LIMIT = 4_096
 BILLING_INTERVAL_S_LIMIT = 86_400
 # Enough to lift every request limit out of a loopback load test's way.
 RATE_LIMITS_SCALE_LIMIT = 1_000_000
+# A client allowed an hour to send its headers, or to pause its body, is not cut off.
+CLIENT_TIMEOUT_MS_LIMIT = 3_600_000
+# Past this a cap per address is no cap (a process has far fewer file descriptors).
+CONNECTIONS_PER_ADDRESS_LIMIT = 1_000_000
 
 # Names in these families belong to the test suite and benchmarks, not to the server.
 NON_SETTING_PREFIXES = ("PAYPORTAL_TEST_", "PAYPORTAL_BENCH_")
@@ -109,6 +113,12 @@ class Settings:
     # A sandbox processor run on its own (`payportal sandbox`); None: serve starts one on
     # sandbox_port.
     sandbox_url_configured: str | None = None
+    # Slow clients (payportal.http.connections): a request's line and headers must arrive
+    # within header_timeout_ms, a body may pause at most body_timeout_ms, and one address
+    # may hold connections_per_address connections at a time (per front-door process).
+    header_timeout_ms: int = 10_000
+    body_timeout_ms: int = 30_000
+    connections_per_address: int = 256
 
     @property
     def public_url(self) -> str:
@@ -203,6 +213,11 @@ def load_settings(
         billing_interval_s=_int(raw, "BILLING_INTERVAL_S", 60, 0, BILLING_INTERVAL_S_LIMIT),
         billing_timezone=_billing_timezone(raw),
         sandbox_url_configured=_url(raw, "SANDBOX_URL", ("http", "https"), host_required=True),
+        header_timeout_ms=_int(raw, "HEADER_TIMEOUT_MS", 10_000, 50, CLIENT_TIMEOUT_MS_LIMIT),
+        body_timeout_ms=_int(raw, "BODY_TIMEOUT_MS", 30_000, 50, CLIENT_TIMEOUT_MS_LIMIT),
+        connections_per_address=_int(
+            raw, "CONNECTIONS_PER_ADDRESS", 256, 1, CONNECTIONS_PER_ADDRESS_LIMIT
+        ),
     )
 
 
@@ -266,6 +281,9 @@ SETTING_NAMES = frozenset(
         "MAIL_UI_PORT",
         "BILLING_INTERVAL_S",
         "BILLING_TIMEZONE",
+        "HEADER_TIMEOUT_MS",
+        "BODY_TIMEOUT_MS",
+        "CONNECTIONS_PER_ADDRESS",
     )
 )
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from payportal.children import Child, start_child, stop_children
 from payportal.config import Settings
 from payportal.gc_tuning import tune_for_throughput
+from payportal.logs import configure_logging
 
 __all__ = ["front_door_url", "run", "sandbox_webhook_secret"]
 
@@ -60,6 +61,7 @@ def run(
     sandbox: bool = True,
     mail: bool = True,
 ) -> None:
+    configure_logging()
     try:
         import uvloop
 
@@ -231,6 +233,7 @@ async def _front_door(
     run one (SO_REUSEPORT), all sending to the same named shards."""
     from payportal.http.app import create_app
     from payportal.http.callbacks import add_callback_routes
+    from payportal.http.connections import ClientLimits, GuardedSite
     from payportal.http.events import STATUS_STREAMS
     from payportal.mail import configure_public_url
     from payportal.metrics.http import METRICS
@@ -253,7 +256,10 @@ async def _front_door(
     app.on_response_prepare.append(tag_worker)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port, reuse_port=True).start()
+    await GuardedSite(
+        runner, settings.host, settings.port, reuse_port=True,
+        limits=ClientLimits.from_settings(settings),
+    ).start()
     return runner
 
 
@@ -297,6 +303,7 @@ def _stop_workers(children: list[Any]) -> None:
 def _worker_main(
     settings: Settings, address: str, worker: int, sandbox: bool, ready: Any
 ) -> None:
+    configure_logging()
     try:
         import uvloop
 

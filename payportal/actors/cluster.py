@@ -30,6 +30,7 @@ if not os.environ.get("PAYPORTAL_RAY_ADDRESS"):
 import ray  # after the flag above, deliberately
 
 from payportal.gc_tuning import tune_for_throughput
+from payportal.logs import configure_logging
 
 from .protocol import NAMESPACE, shard_name
 from .shard import AccountShardCore, ShardOptions
@@ -81,7 +82,7 @@ class AccountShard:
         options: ShardOptions,
         janitor: ShardJanitor | None = None,
     ) -> None:
-        logging.basicConfig(level=logging.INFO)
+        configure_logging()
         self._shard_id = shard_id
         self._database_url = database_url
         self._options = options

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import re
 from enum import StrEnum
 from typing import Final
 
@@ -41,6 +42,7 @@ import msgspec
 from .allocation import Allocation, AllocationResult, OpenInvoice, allocate, allocate_oldest_first
 from .ledger import Entry, LedgerAccount, apply_entry, entry
 from .messages import (
+    DESCRIPTION_CHARS_MAX,
     AccountOpened,
     AnswerRequest,
     AttemptDeclined,
@@ -130,6 +132,8 @@ __all__ = [
 # Card reattempt history older than the longest network window is never consulted again.
 REATTEMPT_HISTORY_MS: Final = 30 * 24 * 3600 * 1000
 IDEMPOTENCY_KEY_LENGTH_MAX: Final = 255
+# Unicode's control characters (category Cc): C0, DEL and C1.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DAY_MS: Final = 86_400_000
 _EPOCH: Final = dt.date(1970, 1, 1)
 
@@ -152,6 +156,8 @@ class Invoice(msgspec.Struct, kw_only=True):
     due_date: dt.date
     issued_at_ms: int
     service_period: ServicePeriod | None = None
+    # Checkpoints written before descriptions existed decode with None.
+    description: str | None = None
     amount_paid_minor: int = 0
     status: InvoiceStatus = InvoiceStatus.open
     # Revenue recognized so far per month of service (YYYY-MM); emptied by a void.
@@ -222,6 +228,7 @@ class Payment(msgspec.Struct, kw_only=True):
     # is answered from this copy, byte for byte, however the payment moved on since.
     request_hash: str = ""
     answer: Payment | None = None
+    description: str | None = None
 
     @property
     def captured_charge_id(self) -> str | None:
@@ -401,6 +408,14 @@ def _decide_open_account(state: AccountState | None, command: OpenAccount, now_m
     return _ok((event,))
 
 
+def _description_is_valid(description: str | None) -> bool:
+    """At most ``DESCRIPTION_CHARS_MAX`` characters, none of them a control character:
+    a description goes into pages, PDFs, CSV cells and emails as one line of text."""
+    if description is None:
+        return True
+    return len(description) <= DESCRIPTION_CHARS_MAX and _CONTROL.search(description) is None
+
+
 def _invoice_field_rejection(command: IssueInvoice) -> Rejection | None:
     if command.amount_minor <= 0:
         return Rejection.amount_must_be_positive
@@ -409,6 +424,8 @@ def _invoice_field_rejection(command: IssueInvoice) -> Rejection | None:
     period = command.service_period
     if period is not None and period.end < period.start:
         return Rejection.service_period_must_be_ordered
+    if not _description_is_valid(command.description):
+        return Rejection.description_must_be_valid
     return None
 
 
@@ -429,6 +446,8 @@ def _decide_issue_invoice(state: AccountState, command: IssueInvoice, now_ms: in
             return _rejected(Rejection.exists_with_different_number, **ids)
         if existing.service_period != command.service_period:
             return _rejected(Rejection.exists_with_different_service_period, **ids)
+        if existing.description != command.description:
+            return _rejected(Rejection.exists_with_different_description, **ids)
         return _exists(**ids)
     if command.currency != state.currency:
         return _rejected(Rejection.currency_must_match_account, **ids)
@@ -436,7 +455,7 @@ def _decide_issue_invoice(state: AccountState, command: IssueInvoice, now_ms: in
         InvoiceIssued(
             at_ms=now_ms, invoice_id=command.invoice_id, number=command.number,
             amount_minor=command.amount_minor, due_date=command.due_date,
-            service_period=command.service_period,
+            service_period=command.service_period, description=command.description,
         )
     ]  # fmt: skip
     # Credit is applied to new invoices at once (API.md), so credit and an open balance
@@ -511,6 +530,8 @@ def _payment_field_rejection(command: CreatePayment) -> Rejection | None:
         return Rejection.allocation_invoice_must_be_unique
     if sum(a.amount_minor for a in command.allocations) > command.amount_minor:
         return Rejection.allocations_must_not_exceed_amount
+    if not _description_is_valid(command.description):
+        return Rejection.description_must_be_valid
     return None
 
 
@@ -542,6 +563,8 @@ def _decide_create_payment(state: AccountState, command: CreatePayment, now_ms: 
             return _rejected(Rejection.exists_with_different_initiator, **ids)
         if original.schedule is not command.schedule:
             return _rejected(Rejection.exists_with_different_schedule, **ids)
+        if original.description != command.description:
+            return _rejected(Rejection.exists_with_different_description, **ids)
         return _exists(**ids)
     ids = {"payment_id": command.payment_id}
     if command.payment_id in state.payments:
@@ -565,6 +588,7 @@ def _decide_create_payment(state: AccountState, command: CreatePayment, now_ms: 
         currency=command.currency, payment_method=command.payment_method,
         allocations=command.allocations, initiator=command.initiator, schedule=command.schedule,
         request_hash=command.request_hash,
+        description=command.description,
     )  # fmt: skip
     return _ok((event,), **ids)
 
@@ -953,6 +977,7 @@ def _evolve(state: AccountState, event: Event) -> Entry | None:
         invoice = Invoice(
             invoice_id=event.invoice_id, number=event.number, amount_due_minor=event.amount_minor,
             due_date=event.due_date, issued_at_ms=event.at_ms, service_period=event.service_period,
+            description=event.description,
         )  # fmt: skip
         state.invoices[invoice.invoice_id] = invoice
         # Earned only as recognition runs, even a one-off purchase (on its invoice date).
@@ -1002,6 +1027,7 @@ def _evolve(state: AccountState, event: Event) -> Entry | None:
                               payment_method_id=event.payment_method.id,
                               created_at_ms=event.at_ms)],
             series_started_at_ms=event.at_ms, request_hash=event.request_hash,
+            description=event.description,
         )  # fmt: skip
         state.idempotency[event.idempotency_key] = event.payment_id
         return None

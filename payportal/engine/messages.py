@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
+from typing import Final
 
 import msgspec
 
@@ -20,6 +21,7 @@ from .rejections import Rejection
 from .retry_policy import DeclineClass, Initiator, RetrySchedule
 
 __all__ = [
+    "DESCRIPTION_CHARS_MAX",
     "AccountOpened",
     "AnswerRequest",
     "AttemptDeclined",
@@ -66,6 +68,11 @@ __all__ = [
 ]
 
 
+# The longest free-text description an invoice or a payment may carry: a line a person
+# reads on a statement, a receipt and an email.
+DESCRIPTION_CHARS_MAX: Final = 500
+
+
 class _Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
 
@@ -108,6 +115,8 @@ class IssueInvoice(_Message, tag="issue_invoice", frozen=True, kw_only=True):
     currency: str
     due_date: dt.date
     service_period: ServicePeriod | None = None
+    # What the invoice is for, in the merchant's words; shown to payers, never parsed.
+    description: str | None = None
 
 
 class VoidInvoice(_Message, tag="void_invoice", frozen=True, kw_only=True):
@@ -129,6 +138,7 @@ class CreatePayment(_Message, tag="create_payment", frozen=True, kw_only=True):
     # What "the same request" means to the caller (the API hashes method, path and body):
     # a key sent again with another request is refused, whatever fields differ.
     request_hash: str = ""
+    description: str | None = None
 
 
 class OutcomeKind(StrEnum):
@@ -262,6 +272,8 @@ class InvoiceIssued(_Event, tag="invoice_issued", frozen=True, kw_only=True):
     amount_minor: int
     due_date: dt.date
     service_period: ServicePeriod | None = None
+    # Events journaled before descriptions existed decode with None.
+    description: str | None = None
 
 
 class CreditApplied(_Event, tag="credit_applied", frozen=True, kw_only=True):
@@ -293,6 +305,7 @@ class PaymentCreated(_Event, tag="payment_created", frozen=True, kw_only=True):
     initiator: Initiator = Initiator.customer
     schedule: RetrySchedule = RetrySchedule.one_off
     request_hash: str = ""
+    description: str | None = None
 
 
 class PaymentMethodRemoved(_Event, tag="payment_method_removed", frozen=True, kw_only=True):

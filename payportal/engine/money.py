@@ -21,7 +21,8 @@ __all__ = [
 ]
 
 AmountMinor = Annotated[int, msgspec.Meta(ge=0)]
-Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+# ``(?!\n)``: Python's ``$`` also matches before a final newline.
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$(?!\n)")]
 
 # ISO 4217 codes in circulation with their minor-unit exponent. Held as data rather than
 # fetched so the engine stays free of I/O; a code missing here is refused, not guessed.

@@ -24,6 +24,7 @@ class Rejection(StrEnum):
     allocation_invoice_must_be_unique = auto()
     allocations_must_not_exceed_amount = auto()
     fee_must_be_within_amount = auto()
+    description_must_be_valid = auto()
     # -- identity and idempotency: the same id seen before with other fields ------------
     account_not_found = auto()
     exists_with_different_currency = auto()
@@ -36,6 +37,7 @@ class Rejection(StrEnum):
     exists_with_different_initiator = auto()
     exists_with_different_schedule = auto()
     exists_with_different_request = auto()
+    exists_with_different_description = auto()
     exists_with_different_idempotency_key = auto()
     exists_with_different_payment = auto()
     exists_with_different_outcome = auto()
@@ -78,6 +80,8 @@ _PARAMS: dict[Rejection, str] = {
     Rejection.exists_with_different_due_date: "due_date",
     Rejection.exists_with_different_number: "number",
     Rejection.exists_with_different_service_period: "service_period",
+    Rejection.description_must_be_valid: "description",
+    Rejection.exists_with_different_description: "description",
     Rejection.exists_with_different_payment_method: "payment_method",
     Rejection.exists_with_different_allocations: "allocations",
     Rejection.exists_with_different_initiator: "initiator",

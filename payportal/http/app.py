@@ -4,8 +4,12 @@ The middleware does two things for every request: it gives the request an id
 (``X-Request-Id``, taken from the client when sane, else generated) that is bound into
 structlog's context — so every log line of the request carries it — and returned in the
 response headers; and it turns every failure into the contract's error shape
-(``errors.ApiError``; ``Overloaded`` → 429 with Retry-After; anything unexpected → 500
-``api_error``, logged with its traceback and never with a request body).
+(``errors.ApiError``; ``Overloaded`` → 429 with Retry-After; a client that left, or was
+cut off as too slow, before its body arrived → logged as abandoned; anything unexpected
+→ 500 ``api_error``, logged with its traceback and never with a request body).
+Outside it, ``connections.connection_phase_middleware`` tells the connection guard when a
+request's headers are in and when its handler is done (only the request counter of
+``payportal.metrics`` sits further out).
 
 Inside it, ``ratelimit.rate_limit_middleware`` applies the per-address and per-principal
 limits and the login lockout, so its 429s take the same shape.
@@ -35,6 +39,7 @@ from payportal.processors import ProcessorAdapter
 
 from .auth import Authenticator
 from .cached import ImmutableRows
+from .connections import connection_phase_middleware
 from .errors import ApiError, not_found
 from .gateway import Gateway
 from .methods import PaymentMethods
@@ -61,7 +66,7 @@ log = structlog.get_logger("payportal.http")
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 # A client's request id is kept only if it is short and plain: it goes into every log line.
-_REQUEST_ID_OK: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID_OK: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Charges in flight when the server stops get this long to record their outcome.
 SHUTDOWN_GRACE_S: Final = 20.0
 
@@ -99,10 +104,23 @@ def _logged_path(request: web.Request) -> str:
     return request.path
 
 
+def _failed(request: web.Request) -> web.Response:
+    log.exception("request_failed", method=request.method, path=_logged_path(request))
+    return _error_response(ApiError(
+        500, "api_error", "api_error",
+        "Something went wrong on our side; retry with the same Idempotency-Key.",
+    ))  # fmt: skip
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     supplied = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = supplied if _REQUEST_ID_OK.match(supplied) else f"req_{uuid.uuid4().hex}"
+    request_id = supplied if _REQUEST_ID_OK.fullmatch(supplied) else f"req_{uuid.uuid4().hex}"
     started = time.perf_counter()
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         try:
@@ -122,12 +140,20 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = _error_response(_http_error(error))
         except asyncio.CancelledError:
             raise
+        except ConnectionResetError as error:
+            if not _client_gone(request):
+                response = _failed(request)
+            else:
+                # The client left (or was cut off as too slow) before its body arrived:
+                # not our failure, and nobody will read this answer.
+                log.info("request_abandoned", method=request.method, path=_logged_path(request),
+                         error=type(error).__name__)  # fmt: skip
+                response = _error_response(ApiError(
+                    400, "invalid_request_error", "parameter_invalid",
+                    "The connection closed before the request arrived.",
+                ))  # fmt: skip
         except Exception:
-            log.exception("request_failed", method=request.method, path=_logged_path(request))
-            response = _error_response(ApiError(
-                500, "api_error", "api_error",
-                "Something went wrong on our side; retry with the same Idempotency-Key.",
-            ))  # fmt: skip
+            response = _failed(request)
         page_errors = request.app.get(PAGE_ERRORS)
         if page_errors is not None and response.status >= 400:
             response = page_errors(request, response)  # type: ignore[arg-type]
@@ -156,8 +182,11 @@ def create_app(
     and closes it on cleanup. ``clock_ms`` is for tests and future time-based features.
     ``rate_limits`` (the caller closes it) replaces the limiter built from ``settings``.
     """
-    # The limiter sits inside the error middleware, so its 429s get the contract's shape.
-    app = web.Application(middlewares=[request_middleware, rate_limit_middleware])
+    # The limiter sits inside the error middleware, so its 429s get the contract's shape;
+    # the connection guard's marks (headers in, handler done) wrap everything.
+    app = web.Application(
+        middlewares=[connection_phase_middleware, request_middleware, rate_limit_middleware]
+    )
     app[ROUTER] = router
     app[STORE] = store
     app[SETTINGS] = settings

@@ -21,8 +21,9 @@ attempt's outcome by a signed Standard Webhooks v1 request. The receiver is thin
 Answers: 200 for every verified, understood event, including one whose effect the engine
 refused as stale (an outcome arriving out of order never moves a payment backwards; it
 is logged); 400 in the contract's error shape for a missing header, a malformed or
-out-of-tolerance timestamp (``timestamp_out_of_tolerance``), a signature that does not
-verify (``signature_invalid``) or a body that is not the documented JSON; 404 for a
+out-of-tolerance timestamp (``timestamp_out_of_tolerance``), a body that is not UTF-8
+(``parameter_invalid``), a signature that does not verify (``signature_invalid``) or a
+body that is not the documented JSON; 404 for a
 processor we hold no secret for; 503 (``api_error``) when the shards or the read models
 cannot take the event now — the processor retries. Headers, signatures, secrets and
 bodies are never logged.
@@ -230,6 +231,10 @@ class _Receiver:
         if skew_s > self._tolerance_s:
             raise _invalid("timestamp_out_of_tolerance",
                            "The webhook-timestamp is too far ahead.", HEADER_TIMESTAMP)  # fmt: skip
+        if not _is_utf8(raw):
+            # Standard Webhooks signs the body as text: bytes that are not UTF-8 cannot be
+            # a genuine event, and their decoding error would carry the body on.
+            raise _invalid("parameter_invalid", "The callback body is not valid UTF-8.")
         signatures = _canonical_signatures(values[HEADER_SIGNATURE])
         if not signatures:
             raise _invalid("signature_invalid", "No signature matches the callback.",
@@ -351,6 +356,14 @@ def _outcome_of(type_: str, decline_code: str | None) -> OutcomeKind:
     # A processor failure before any decision is retried under the same key, as when
     # the charge's own reply says so.
     return OutcomeKind.errored if decline_code in TECHNICAL_CODES else OutcomeKind.declined
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _canonical_signatures(header: str) -> str:

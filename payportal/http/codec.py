@@ -2,7 +2,8 @@
 
 Bodies are decoded strictly (types as declared, unknown fields rejected); query strings
 loosely (``"10"`` is the integer 10, ``"true"`` a boolean), since every value in a URL is
-text. A failure is a 400 naming the field in ``param``.
+text. A failure is a 400 naming the field in ``param``; a body that is not UTF-8 is a 400
+too (msgspec raises ``UnicodeDecodeError`` for it, not one of its own errors).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Any, Final, TypeVar
 import msgspec
 from aiohttp import web
 
-from .errors import from_validation, parameter_invalid
+from .errors import ApiError, from_validation, parameter_invalid
 
-__all__ = ["decode_body", "decode_query", "encode", "respond"]
+__all__ = ["decode_body", "decode_query", "encode", "not_utf8", "respond"]
 
 T = TypeVar("T")
 
@@ -22,6 +23,10 @@ _ENCODER: Final = msgspec.json.Encoder()
 # Bodies larger than this are not a request of this API (the biggest is a payment with
 # its allocations); refused before decoding.
 BODY_BYTES_MAX: Final = 256 * 1024
+
+
+def not_utf8(where: str) -> ApiError:
+    return parameter_invalid(None, f"The request {where} is not valid UTF-8.")
 
 
 async def decode_body(request: web.Request, type_: type[T]) -> tuple[T, bytes]:
@@ -33,6 +38,9 @@ async def decode_body(request: web.Request, type_: type[T]) -> tuple[T, bytes]:
         value = msgspec.json.decode(raw or b"{}", type=type_)
     except msgspec.MsgspecError as error:
         raise from_validation(error) from None
+    except UnicodeDecodeError:
+        # ``from None``: the error holds the whole body, which must not travel further.
+        raise not_utf8("body") from None
     return value, _ENCODER.encode(value)
 
 

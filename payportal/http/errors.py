@@ -116,6 +116,7 @@ _FIELD_RULES: Final = frozenset({
     Rejection.currency_must_be_valid,
     Rejection.idempotency_key_must_be_valid,
     Rejection.service_period_must_be_ordered,
+    Rejection.description_must_be_valid,
     Rejection.allocation_amount_must_be_positive,
     Rejection.allocation_invoice_must_be_unique,
     Rejection.allocations_must_not_exceed_amount,

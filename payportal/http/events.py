@@ -22,6 +22,7 @@ resuming is "everything above ``Last-Event-ID``". Rules:
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from aiohttp import web
@@ -40,8 +41,8 @@ from .errors import not_found, parameter_invalid
 from .typedefs import STORE
 
 __all__ = [
-    "LIVE_WAIT_S", "STATUS_STREAMS", "account_events", "last_event_id", "payment_events",
-    "serve_status_stream",
+    "EVENT_ID_MAX", "LIVE_WAIT_S", "STATUS_STREAMS", "account_events", "last_event_id",
+    "parse_event_id", "payment_events", "serve_status_stream",
 ]  # fmt: skip
 
 # Set by whoever runs the status publisher (``payportal serve``, tests): the same
@@ -54,17 +55,36 @@ LIVE_WAIT_S_DEFAULT: Final = 5.0
 # Proxies and mobile networks drop connections idle for 30-60 s; 15 s keeps them open.
 PING_INTERVAL_S: Final = 15.0
 LAST_EVENT_ID: Final = "Last-Event-ID"
+# Event ids are journal ids: the database's signed 64-bit keys.
+EVENT_ID_MAX: Final = 2**63 - 1
+_EVENT_ID: Final = re.compile(r"[0-9]{1,19}")
+
+
+def parse_event_id(raw: str) -> int | None:
+    """An event id as this API sends them (a journal id: ASCII digits, 0 to
+    ``EVENT_ID_MAX``), or None. ``str.isdigit`` would take "²" and "٣", which ``int``
+    refuses or reads; and a number past the database's 64-bit ids fails only once the
+    stream has been answered 200."""
+    value = raw.strip()
+    if _EVENT_ID.fullmatch(value) is None:
+        return None
+    number = int(value)
+    return number if number <= EVENT_ID_MAX else None
 
 
 def last_event_id(request: web.Request) -> int | None:
-    """The ``Last-Event-ID`` a reconnecting EventSource sent (None: a first connection)."""
+    """The ``Last-Event-ID`` a reconnecting EventSource sent (None: a first connection);
+    400 for anything that is not an id we could have sent, before the stream starts."""
     raw = request.headers.get(LAST_EVENT_ID)
     if raw is None or not raw.strip():
         return None
-    value = raw.strip()
-    if not value.isdigit() or len(value) > 19:
-        raise parameter_invalid(LAST_EVENT_ID, "Last-Event-ID must be an event id we sent.")
-    return int(value)
+    value = parse_event_id(raw)
+    if value is None:
+        raise parameter_invalid(
+            LAST_EVENT_ID,
+            f"Last-Event-ID must be an event id we sent: an integer from 0 to {EVENT_ID_MAX}.",
+        )
+    return value
 
 
 def _streams(request: web.Request) -> StatusStreams:

@@ -198,6 +198,8 @@ async def create_invoice(request: web.Request) -> web.Response:
                 due_date=body.due_date,
                 service_period=None if period is None
                 else ServicePeriod(start=period.start, end=period.end),
+                # An empty description is none: nothing to show.
+                description=body.description or None,
             )
         )  # fmt: skip
         if reply.outcome.result is Result.rejected:

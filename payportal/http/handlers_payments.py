@@ -160,6 +160,7 @@ async def create_and_charge(
             allocations=tuple(Allocation(invoice_id=a.invoice, amount_minor=a.amount)
                               for a in body.allocations),
             request_hash=hashed,
+            description=body.description or None,
         )
     )  # fmt: skip
     if reply.outcome.result is Result.rejected:

@@ -35,10 +35,50 @@ def _json_content(ref: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": ref}}
 
 
+def _event_stream_content(data_ref: dict[str, Any]) -> dict[str, Any]:
+    """``text/event-stream`` whose every event carries ``data_ref`` as JSON.
+
+    OpenAPI 3.1 has no way to say "each item of a stream"; 3.2 added ``itemSchema`` for
+    it. Until the document moves to 3.2, ``schema`` describes one event as the HTML
+    standard parses it (the fields ``event``, ``data``, ``id``, ``retry``), which is how
+    3.2 describes an item and how validators (schemathesis among them) read ``schema``
+    of an event stream in a 3.1 document. ``data`` is a string of JSON:
+    ``contentMediaType`` and ``contentSchema`` say of what."""
+    event = {
+        "type": "object",
+        "description": (
+            "One Server-Sent Event. Comments (': ping', every 15 s) keep the connection "
+            "open and carry no event."
+        ),
+        "required": ["data", "id"],
+        "properties": {
+            "event": {
+                "type": "string", "enum": ["message"],
+                "description": "Not sent: every event is of the default type.",
+            },
+            "id": {
+                # As the schemas' patterns: "$(?!\n)" is the end in Python and ECMA-262.
+                "type": "string", "pattern": r"^[0-9]{1,19}$(?!\n)",
+                "description": "Grows with every event of the account; send the last one "
+                "seen as the Last-Event-ID header to resume after it.",
+            },
+            "data": {
+                "type": "string", "contentMediaType": "application/json",
+                "contentSchema": data_ref,
+            },
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    }  # fmt: skip
+    return {"text/event-stream": {"schema": event}}
+
+
 def openapi_document(routes: list[Any], *, version: str = "0.1.0") -> dict[str, Any]:
     types: list[Any] = [ErrorResponse]
     for route in routes:
-        types.extend(t for t in (route.body, route.query, route.response) if t is not None)
+        types.extend(
+            t for t in (route.body, route.query, route.response, getattr(route, "events", None))
+            if t is not None
+        )
     schemas, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
     by_type = dict(zip(types, schemas, strict=True))
     error_ref = by_type[ErrorResponse]
@@ -74,8 +114,12 @@ def openapi_document(routes: list[Any], *, version: str = "0.1.0") -> dict[str, 
         if route.body is not None:
             body = _json_content(by_type[route.body])
             operation["requestBody"] = {"required": True, "content": body}
+        events = getattr(route, "events", None)
         if route.response is not None:
             ok = {"description": "OK", "content": _json_content(by_type[route.response])}
+        elif events is not None:
+            ok = {"description": "An event stream, open until the client closes it",
+                  "content": _event_stream_content(by_type[events])}  # fmt: skip
         elif route.response_content_type != "application/json":
             content = {route.response_content_type: {"schema": {"type": "string"}}}
             ok = {"description": "OK", "content": content}
@@ -149,7 +193,12 @@ def render_docs(document: dict[str, Any]) -> str:
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             body = operation.get("requestBody", {}).get("content", {}).get("application/json")
-            answer = operation["responses"]["200"].get("content", {}).get("application/json")
+            content = operation["responses"]["200"].get("content", {})
+            answer = content.get("application/json")
+            stream = content.get("text/event-stream", {}).get("schema", {})
+            data = stream.get("properties", {}).get("data", {}).get("contentSchema")
+            if data is not None:
+                answer = {"schema": {"type": f"events of {_type_of(data)}"}}
             out.append(
                 f"<tr><td class=m>{e(method.upper())}</td><td><code>{e(path)}</code></td>"
                 f"<td>{e(operation['summary'])}</td>"

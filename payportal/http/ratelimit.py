@@ -358,8 +358,8 @@ class _PaymentFields(msgspec.Struct):
 async def _login_email(request: web.Request) -> str | None:
     try:
         fields = msgspec.json.decode(await request.read() or b"{}", type=_LoginFields)
-    except msgspec.MsgspecError:
-        return None
+    except (msgspec.MsgspecError, UnicodeDecodeError):
+        return None  # the handler answers it
     email = fields.email.strip().lower()  # as the handler looks it up
     return email or None
 
@@ -371,8 +371,8 @@ async def _payment_account(request: web.Request, payer: Principal) -> str | None
     # aiohttp keeps the body read here for the handler's own read.
     try:
         fields = msgspec.json.decode(await request.read() or b"{}", type=_PaymentFields)
-    except msgspec.MsgspecError:
-        return None
+    except (msgspec.MsgspecError, UnicodeDecodeError):
+        return None  # the handler answers it
     if not fields.account:
         return None
     owns = await request.app[AUTHENTICATOR].payer_owns(payer.id, fields.account)

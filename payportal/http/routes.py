@@ -10,6 +10,7 @@ from typing import Any, Literal
 import msgspec
 from aiohttp import web
 
+from payportal.live import StatusEvent
 from payportal.metrics import http as metrics
 
 from . import events
@@ -43,6 +44,8 @@ class RouteSpec(msgspec.Struct, frozen=True, kw_only=True):
     in_openapi: bool = True
     # Other content types the 200 may have (chosen by a query parameter), as strings.
     response_alternatives: tuple[str, ...] = ()
+    # For an event stream: the type of each event's JSON ``data``.
+    events: Any = None
 
 
 def _r(method: str, path: str, handler: Handler, operation_id: str, summary: str, tag: str,
@@ -112,10 +115,11 @@ ROUTE_TABLE: list[RouteSpec] = [
        response_alternatives=("application/pdf", "text/csv")),
     _r("GET", "/v1/accounts/{id}/events", events.account_events, "streamAccountEvents",
        "Server-Sent Events of the account's payment status changes (resume with "
-       "Last-Event-ID)", "events", response_content_type="text/event-stream"),
+       "Last-Event-ID)", "events", response_content_type="text/event-stream",
+       events=StatusEvent),
     _r("GET", "/v1/payments/{id}/events", events.payment_events, "streamPaymentEvents",
        "Server-Sent Events of the payment's status changes (resume with Last-Event-ID)",
-       "events", response_content_type="text/event-stream"),
+       "events", response_content_type="text/event-stream", events=StatusEvent),
     # --- metrics ---
     _r("GET", "/v1/metrics/summary", metrics.metrics_summary, "getMetricsSummary",
        "The headline figures (average processing time, success rate, revenue recognition "

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from payportal.engine import DESCRIPTION_CHARS_MAX
+
 __all__ = [
     "Account",
     "AccountCreate",
@@ -63,10 +65,32 @@ UNIX_SECONDS_MAX = 253_402_300_799
 UnixSeconds = Annotated[
     int, msgspec.Meta(ge=0, le=UNIX_SECONDS_MAX, description="Unix time in seconds.")
 ]
+# Patterns end in ``$(?!\n)``: msgspec matches them with Python's ``re``, whose ``$`` also
+# matches before a final newline ("x@y.io\n" would pass, be stored and go into headers);
+# ``\Z`` would fix that, but the OpenAPI document's regexes are ECMA-262, which has no
+# ``\Z`` and whose ``$`` is the very end, where the lookahead is true too.
 Currency = Annotated[
-    str, msgspec.Meta(pattern="^[A-Za-z]{3}$", description="ISO 4217 code, e.g. USD.")
+    str, msgspec.Meta(pattern=r"^[A-Za-z]{3}$(?!\n)", description="ISO 4217 code, e.g. USD.")
 ]
-Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern="^[^@\\s]+@[^@\\s]+$")]
+# An address has no spaces, control characters or second "@"; the mail server decides the
+# rest.
+Email = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=3, max_length=320,
+        pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$(?!\n)",
+    ),
+]
+# What an invoice or a payment is for, in the merchant's words: one line a person reads
+# on pages, statements and emails, so no control characters (C0, DEL, C1) at all.
+Description = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=DESCRIPTION_CHARS_MAX, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$(?!\n)",
+        description=f"Free text, at most {DESCRIPTION_CHARS_MAX} characters, no control "
+        "characters; shown to payers.",
+    ),
+]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
 ObjectId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
@@ -98,7 +122,7 @@ class InvoiceCreate(_In, frozen=True, kw_only=True):
     amount: PositiveMinor
     due_date: dt.date
     number: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
-    description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    description: Description | None = None
     service_period: ServicePeriodBody | None = None
 
 
@@ -114,7 +138,7 @@ class PaymentCreate(_In, frozen=True, kw_only=True):
     payment_method: ObjectId | None = None
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
     allocations: list[AllocationRequest] = []
-    description: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    description: Description | None = None
 
 
 class RefundCreate(_In, frozen=True, kw_only=True):
@@ -129,7 +153,7 @@ class PaymentMethodCreate(_In, frozen=True, kw_only=True):
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
     type: Literal["card", "debit", "wallet"] = "card"
     brand: Annotated[str, msgspec.Meta(max_length=32)] = "unknown"
-    last4: Annotated[str, msgspec.Meta(pattern="^[0-9]{4}$")] | None = None
+    last4: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}$(?!\n)")] | None = None
     exp_month: Annotated[int, msgspec.Meta(ge=1, le=12)] | None = None
     exp_year: Annotated[int, msgspec.Meta(ge=2000, le=2200)] | None = None
     wallet: Literal["apple_pay", "google_pay"] | None = None
@@ -219,6 +243,7 @@ class Invoice(_Out, frozen=True, kw_only=True):
     status: Literal["open", "paid", "void"]
     due_date: dt.date
     service_period: ServicePeriodBody | None
+    description: str | None
 
 
 class InvoiceList(_Out, frozen=True, kw_only=True):
@@ -255,6 +280,7 @@ class Payment(_Out, frozen=True, kw_only=True):
     processing_ms: int | None
     next_retry_at: UnixSeconds | None
     created: UnixSeconds
+    description: str | None
 
 
 class PaymentList(_Out, frozen=True, kw_only=True):

@@ -73,6 +73,7 @@ def invoice_view(account_id: str, currency: str, invoice: EngineInvoice) -> Invo
         due_date=invoice.due_date,
         service_period=None if period is None else ServicePeriodBody(start=period.start,
                                                                      end=period.end),
+        description=invoice.description,
     )  # fmt: skip
 
 
@@ -85,7 +86,7 @@ def invoice_row_view(row: InvoiceRow, currency: str) -> Invoice:
         id=row.invoice_id, account=row.account_id, number=row.number, currency=currency,
         amount_due=row.amount_due_minor, amount_paid=row.amount_paid_minor,
         amount_remaining=remaining, status=row.status,  # type: ignore[arg-type]
-        due_date=row.due_date, service_period=period,
+        due_date=row.due_date, service_period=period, description=row.description,
     )  # fmt: skip
 
 
@@ -107,7 +108,7 @@ def payment_view(account_id: str, payment: EnginePayment) -> Payment:
         processing_ms=payment.processing_ms,
         next_retry_at=None if payment.next_retry_at_ms is None
         else seconds(payment.next_retry_at_ms),
-        created=seconds(payment.created_at_ms),
+        created=seconds(payment.created_at_ms), description=payment.description,
     )  # fmt: skip
 
 
@@ -128,7 +129,7 @@ def payment_row_view(row: PaymentRow) -> Payment:
         amount_applied=row.amount_applied_minor, amount_unapplied=row.amount_unapplied_minor,
         amount_refunded=row.amount_refunded_minor, processing_ms=processing_ms,
         next_retry_at=None if row.next_retry_at_ms is None else seconds(row.next_retry_at_ms),
-        created=seconds(row.created_at_ms),
+        created=seconds(row.created_at_ms), description=row.description,
     )  # fmt: skip
 
 

@@ -86,6 +86,8 @@ class PaymentNotice(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     decline_code: str | None = None
     decline_class: str | None = None
     advice_code: str | None = None
+    # The payment's description; rows written before it existed end before it.
+    description: str | None = None
 
 
 _decoder: Final = msgspec.msgpack.Decoder(PaymentNotice)
@@ -245,6 +247,7 @@ def render_payment_notice(
         "amount_minor": notice.amount_minor, "currency": notice.currency,
         "method": contacts.method(notice),
         "outstanding_minor": notice.outstanding_minor, "credit_minor": notice.credit_minor,
+        "description": notice.description,
     }  # fmt: skip
     if kind == KIND_PAYMENT_SUCCEEDED:
         context["paid_on"] = _date(notice.at_ms)

@@ -43,12 +43,13 @@ METRICS: Final = web.AppKey("payportal_metrics", FrontDoorMetrics)
 # headline, and would scan the whole table.
 WINDOW_DAYS_MAX: Final = 366
 _UNIT_SECONDS: Final = {"m": 60, "h": 3_600, "d": 86_400}
-_WINDOW: Final = re.compile(r"^([1-9][0-9]{0,5})([mhd])$")
+_WINDOW: Final = re.compile(r"([1-9][0-9]{0,5})([mhd])")
 
 Window = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[1-9][0-9]{0,5}[mhd]$",
+        # ``(?!\n)``: Python's ``$`` also matches before a final newline.
+        pattern=r"^[1-9][0-9]{0,5}[mhd]$(?!\n)",
         description="A duration: minutes (m), hours (h) or days (d), e.g. 24h; at most 366d.",
     ),
 ]
@@ -87,7 +88,7 @@ async def _merchant(request: web.Request) -> None:
 
 
 def window_seconds(window: str) -> int:
-    match = _WINDOW.match(window)
+    match = _WINDOW.fullmatch(window)
     if match is None:
         raise parameter_invalid("window", "window is a number and m, h or d, e.g. 24h.")
     seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]

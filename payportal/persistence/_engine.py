@@ -61,6 +61,9 @@ def create_engine_for(url: str | URL, *, pool_size: int = 5, **kwargs: Any) -> A
     """
     parsed = async_url(url)
     path = _sqlite_file(parsed) if is_sqlite(parsed) else None
+    # A statement's parameters are password hashes, tokens and email bodies: its errors
+    # (logged with their traceback) name the statement, not the values.
+    kwargs.setdefault("hide_parameters", True)
     # A file database or a server gets a queue pool; an in-memory SQLite one a static pool.
     if "poolclass" not in kwargs and (path is not None or not is_sqlite(parsed)):
         kwargs.setdefault("pool_size", pool_size)

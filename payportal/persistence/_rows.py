@@ -64,13 +64,13 @@ COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "accounts": ("account_id", "currency", "outstanding_minor", "credit_minor", "version"),
     "invoices": (
         "invoice_id", "account_id", "number", "amount_due_minor", "amount_paid_minor",
-        "status", "due_date", "service_start", "service_end", "version",
+        "status", "due_date", "service_start", "service_end", "version", "description",
     ),
     "payments": (
         "payment_id", "account_id", "amount_minor", "currency", "status",
         "payment_method_id", "amount_applied_minor", "amount_unapplied_minor",
         "amount_refunded_minor", "created_at_ms", "finished_at_ms", "next_retry_at_ms",
-        "idempotency_key", "version",
+        "idempotency_key", "version", "description",
     ),
     "attempts": (
         "attempt_id", "payment_id", "status", "decline_code", "decline_class", "charge_id",
@@ -275,7 +275,7 @@ def _add_invoice(projection: Projection, state: AccountState, invoice_id: str) -
         invoice.amount_paid_minor, invoice.status.value, invoice.due_date,
         period.start if period is not None else None,
         period.end if period is not None else None,
-        state.version,
+        state.version, invoice.description,
     )  # fmt: skip
 
 
@@ -289,6 +289,7 @@ def _add_payment(projection: Projection, state: AccountState, payment_id: str) -
         payment.status.value, payment.payment_method.id, payment.amount_applied_minor,
         payment.amount_unapplied_minor, payment.amount_refunded_minor, payment.created_at_ms,
         payment.finished_at_ms, payment.next_retry_at_ms, payment.idempotency_key, version,
+        payment.description,
     )  # fmt: skip
     for attempt in payment.attempts:
         decline_class = attempt.decline_class
@@ -343,6 +344,9 @@ def project_outbox(outbox: list[Row], state: AccountState, version: int, event: 
             for a in event.allocations
         ]  # fmt: skip
         notice += [allocations, event.unapplied_minor]
+        if payment.description is not None:
+            # After the decline fields, which a success leaves at their defaults.
+            notice += [None, False, None, None, None, payment.description]
     else:
         status = getattr(event, "status", PaymentStatus.failed)
         if status not in _DECLINE_TERMINAL:
@@ -362,4 +366,6 @@ def project_outbox(outbox: list[Row], state: AccountState, version: int, event: 
             decline_class.value if decline_class is not None else None,
             attempt.advice_code if attempt is not None else None,
         ]  # fmt: skip
+        if payment.description is not None:
+            notice.append(payment.description)
     outbox.append((kind, dedupe_key, _encoder.encode(notice), event.at_ms))

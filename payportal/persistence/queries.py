@@ -69,6 +69,7 @@ class InvoiceRow(msgspec.Struct, frozen=True, kw_only=True):
     due_date: dt.date
     service_start: dt.date | None
     service_end: dt.date | None
+    description: str | None = None
 
 
 class AttemptRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,6 +99,7 @@ class PaymentRow(msgspec.Struct, frozen=True, kw_only=True):
     next_retry_at_ms: int | None
     attempts: list[AttemptRow]
     allocations: list[AllocationRow]
+    description: str | None = None
 
 
 class PaymentMethodListRow(msgspec.Struct, frozen=True, kw_only=True):

@@ -159,6 +159,8 @@ invoices = sa.Table(
     sa.Column("service_start", sa.Date, nullable=True),
     sa.Column("service_end", sa.Date, nullable=True),
     sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
+    # The merchant's words for what it is (migration 0012); NULL when none was given.
+    sa.Column("description", sa.String(500), nullable=True),
     sa.Index(None, "account_id", "due_date"),
 )
 
@@ -179,6 +181,7 @@ payments = sa.Table(
     sa.Column("next_retry_at_ms", _Ms, nullable=True),
     sa.Column("idempotency_key", sa.String(255), nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("description", sa.String(500), nullable=True),  # migration 0012
     sa.UniqueConstraint("account_id", "idempotency_key"),
     sa.Index(None, "account_id", "created_at_ms"),
     # The retry timer scans for due payments. Partial: only the few payments waiting for a

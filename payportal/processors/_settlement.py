@@ -59,7 +59,8 @@ class Discrepancy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     kind: DiscrepancyKind
     charge: str | None = None  # every kind but unknown_charge names a charge
     amount: int = 0
-    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] | None = None
+    # ``(?!\n)``: Python's ``$`` also matches before a final newline.
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$(?!\n)")] | None = None
 
 
 class SettlementKnobs(msgspec.Struct, kw_only=True):

@@ -117,7 +117,10 @@ WALLET_EXPIRY_YEARS: Final = 3
 # Cards are not issued for longer than this; a later year is a typing mistake.
 EXPIRY_YEARS_MAX: Final = 50
 
-IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[ -~]+$")]
+# ``(?!\n)``: Python's ``$`` also matches before a final newline.
+IdempotencyKey = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[ -~]+$(?!\n)")
+]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 
 
@@ -1005,7 +1008,9 @@ def main(argv: list[str] | None = None) -> int:
     except msgspec.MsgspecError as error:
         print(f"--faults is malformed: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from payportal.logs import configure_logging
+
+    configure_logging()
     print(f"sandbox processor on http://{args.host}:{args.port}", file=sys.stderr)
     run_sandbox(
         args.host,

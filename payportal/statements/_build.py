@@ -214,7 +214,7 @@ class _Lines:
             if period is not None:
                 due += f", service {period.start.isoformat()} to {period.end.isoformat()}"
             self.add(version, at_ms, LineKind.invoice, reference=event.number,
-                     description=f"Invoice {event.number} ({due})",
+                     description=_with(f"Invoice {event.number} ({due})", event.description),
                      amount_minor=event.amount_minor, outstanding_minor=outstanding_minor,
                      invoice_id=event.invoice_id, invoice_number=event.number)  # fmt: skip
             self.totals.add(invoices_count=1, invoiced_minor=event.amount_minor)
@@ -245,7 +245,8 @@ class _Lines:
             payment = state.payments[event.payment_id]
             method = payment.payment_method
             self.add(version, at_ms, LineKind.payment, reference=payment.payment_id,
-                     description=f"Payment received ({method.brand} {method.kind})",
+                     description=_with(f"Payment received ({method.brand} {method.kind})",
+                                       payment.description),
                      amount_minor=payment.amount_minor, outstanding_minor=outstanding_minor,
                      credit_minor=credit_minor, payment_id=payment.payment_id)  # fmt: skip
             for allocation in event.allocations:
@@ -285,6 +286,11 @@ class _Lines:
                      payment_id=getattr(event, "payment_id", None))  # fmt: skip
             self.totals.add(adjustments_outstanding_minor=outstanding_minor,
                             adjustments_credit_minor=credit_minor)  # fmt: skip
+
+
+def _with(line: str, description: str | None) -> str:
+    """A line's text followed by the merchant's description of the invoice or payment."""
+    return line if not description else f"{line}: {description}"
 
 
 def _is_money_event(event: Event, moved: dict[LedgerAccount, int]) -> bool:

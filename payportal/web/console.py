@@ -63,7 +63,7 @@ from payportal.persistence.tables_payers import account_profiles
 from payportal.persistence.tables_portal import portal_sessions
 
 from . import render
-from .security import delete_cookie, set_cookie
+from .security import delete_cookie, read_form, set_cookie
 
 __all__ = [
     "CONSOLE_COOKIE",
@@ -216,7 +216,7 @@ async def signin(request: web.Request) -> web.StreamResponse:
             SIGNIN_FAILURES, "console-signin", address,
             message="Too many failed sign-ins; try again after the Retry-After delay.",
         )  # fmt: skip
-    form = await request.post()
+    form = await read_form(request)
     raw = form.get("api_key")
     key = raw.strip() if isinstance(raw, str) else ""
     engine = request.app[STORE].engine
@@ -444,7 +444,7 @@ async def exceptions_page(request: web.Request, *, errors: dict[str, str] | None
 
 
 async def resolve(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    form = await read_form(request)
     resolution, note = form.get("resolution"), form.get("note")
     exception_id = request.match_info["id"][:64]
     if not isinstance(resolution, str) or resolution not in RESOLUTIONS:

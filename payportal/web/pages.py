@@ -49,7 +49,7 @@ from payportal.persistence import directory, queries
 
 from . import sessions
 from .pages_auth import require_payer
-from .security import is_json_route, is_page
+from .security import is_json_route, is_page, read_form
 
 __all__ = ["add_routes", "format_date", "format_datetime", "format_money", "page_error"]
 
@@ -61,8 +61,10 @@ INVOICES_SHOWN_MAX: Final = 100
 RECENT_PAYMENTS: Final = 5
 HISTORY_PAGE: Final = 25
 # "1,234.56": digits with optional thousands commas, and at most the currency's decimals.
-_AMOUNT: Final = re.compile(r"^\d{1,3}(,\d{3})*(\.\d+)?$|^\d+(\.\d+)?$")
-_DATE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Matched whole (fullmatch), with ASCII digits only: ``\d`` also takes other scripts'
+# digits, which int() reads.
+_AMOUNT: Final = re.compile(r"[0-9]{1,3}(,[0-9]{3})*(\.[0-9]+)?|[0-9]+(\.[0-9]+)?")
+_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 STATUS_WORDS: Final = {
     "processing": "Processing",
@@ -117,7 +119,7 @@ def format_datetime(value: dt.datetime | int | None) -> str:
 def parse_amount(raw: str, currency: str) -> int | None:
     """Minor units from what a person types ("1,234.5" → 123450), or None."""
     text = raw.strip().replace(" ", "")
-    if not _AMOUNT.match(text):
+    if not _AMOUNT.fullmatch(text):
         return None
     whole, _, fraction = text.replace(",", "").partition(".")
     exponent = CURRENCY_EXPONENTS.get(currency, 2)
@@ -358,6 +360,11 @@ async def _money_limits(request: web.Request, payer_id: str, account_id: str) ->
     await limits.hit(limits.scaled(ADDRESS_MONEY_POSTS), "address-money", address)
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 async def _new_method(
     request: web.Request, account_id: str, form: Any, *, keep: bool
 ) -> tuple[str | None, str | None]:
@@ -378,10 +385,10 @@ async def _new_method(
             request.app[STORE].engine,
             {"id": method_id, "account_id": account_id, "token": token,
              "type": "wallet" if wallet else "card", "brand": brand,
-             "last4": last4 if len(last4) == 4 and last4.isdigit() else None,
-             "exp_month": int(exp_month) if exp_month.isdigit() and len(exp_month) <= 2
+             "last4": last4 if len(last4) == 4 and _digits(last4) else None,
+             "exp_month": int(exp_month) if _digits(exp_month) and len(exp_month) <= 2
              else None,
-             "exp_year": int(exp_year) if exp_year.isdigit() and len(exp_year) == 4 else None,
+             "exp_year": int(exp_year) if _digits(exp_year) and len(exp_year) == 4 else None,
              "wallet": wallet,
              # Not kept for reuse unless asked: in the history, not in the list.
              "deleted_at": None if keep else dt.datetime.now(dt.UTC)},
@@ -393,7 +400,7 @@ async def pay(request: web.Request) -> web.Response:
     from payportal.http.handlers_payments import create_and_charge
 
     session = await require_payer(request)
-    form = await request.post()
+    form = await read_form(request)
     account, choices = await _chosen(request, session, _form_str(form, "account", 64))
     chosen = [v for v in form.getall("invoice", []) if isinstance(v, str)][:INVOICES_SHOWN_MAX]
     method = _form_str(form, "method", 64)
@@ -530,7 +537,7 @@ async def payment_page(request: web.Request) -> web.Response:
 
 
 def _day_ms(raw: str, *, end: bool) -> int | None:
-    if not _DATE.match(raw):
+    if not _DATE.fullmatch(raw):
         return None
     try:
         day = dt.date.fromisoformat(raw)
@@ -641,7 +648,7 @@ def _back_to_methods(account_id: str, done: str) -> web.Response:
 
 async def method_add(request: web.Request) -> web.Response:
     session = await require_payer(request)
-    form = await request.post()
+    form = await read_form(request)
     account, _ = await _chosen(request, session, _form_str(form, "account", 64))
     method_id, problem = await _new_method(request, account.account_id, form, keep=True)
     if problem is not None or method_id is None:
@@ -680,7 +687,7 @@ async def method_default(request: web.Request) -> web.Response:
 
 async def autopay(request: web.Request) -> web.Response:
     session = await require_payer(request)
-    form = await request.post()
+    form = await read_form(request)
     account, _ = await _chosen(request, session, _form_str(form, "account", 64))
     billing = _billing()
     if billing is None:
@@ -702,7 +709,7 @@ def _period(query: Any) -> tuple[dt.date | None, dt.date | None, dict[str, str]]
         value = None
         if raw:
             try:
-                value = dt.date.fromisoformat(raw) if _DATE.match(raw) else None
+                value = dt.date.fromisoformat(raw) if _DATE.fullmatch(raw) else None
             except ValueError:
                 value = None
             if value is None:

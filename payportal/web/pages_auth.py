@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 from typing import Final
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import structlog
 from aiohttp import web
@@ -44,7 +45,7 @@ from payportal.http.typedefs import RATE_LIMITS, STORE, TASKS
 from payportal.persistence import directory
 
 from . import sessions
-from .security import SESSION_COOKIE, clear_session_cookie, rotate_session_cookie
+from .security import SESSION_COOKIE, clear_session_cookie, read_form, rotate_session_cookie
 
 __all__ = ["add_routes", "current_session", "require_payer"]
 
@@ -57,6 +58,11 @@ PASSWORD_LENGTH_MAX: Final = 256
 # Enough for someone who lost the first mail or two; not enough to flood an inbox.
 RESET_MAILS_PER_HOUR: Final = RateLimitItemPerHour(5)
 SESSION_COOKIE_MAX_AGE_S: Final = int(sessions.SESSION_TTL.total_seconds())
+
+# Longer is no page of ours, and a very long Location is refused by some proxies.
+NEXT_LENGTH_MAX: Final = 500
+# Any origin will do: a "next" is kept only if resolving it against one keeps that one.
+_ORIGIN: Final = "https://portal.invalid/"
 
 _SESSION: web.RequestKey[sessions.BrowserSession | None] = web.RequestKey("portal_session")
 
@@ -74,11 +80,31 @@ async def current_session(request: web.Request) -> sessions.BrowserSession | Non
 
 
 def _safe_next(raw: object) -> str:
-    """Only a path on this site: never ``//evil.example`` or ``https://…``."""
+    """``raw`` if it is a path on this site however a browser reads it, else ``/``.
+
+    Browsers parse a ``Location`` by the WHATWG URL rules: they drop tabs and newlines
+    anywhere and leading control characters and spaces, and read a backslash as ``/``,
+    so ``/<tab>/evil.example`` and ``/<backslash>evil.example`` mean ``//evil.example``,
+    another site. Rather than follow those rules, nothing they would touch gets
+    through: only printable ASCII without spaces or backslashes, a single leading
+    ``/``, the same again once percent-decoded (so nothing changes if a hop decodes
+    it), and resolving it against an origin must keep that origin. A control character
+    would also make the header unsendable: aiohttp refuses it and drops the connection."""
     value = raw if isinstance(raw, str) else ""
-    if not value.startswith("/") or value.startswith(("//", "/\\")) or len(value) > 500:
-        return "/"
-    return value
+    if _local_path(value) and _local_path(unquote(value)):
+        return value
+    return "/"
+
+
+def _local_path(value: str) -> bool:
+    if not 1 <= len(value) <= NEXT_LENGTH_MAX:
+        return False
+    if not all("!" <= character <= "~" for character in value) or "\\" in value:
+        return False
+    if not value.startswith("/") or value.startswith("//"):
+        return False
+    resolved = urlsplit(urljoin(_ORIGIN, value))
+    return (resolved.scheme, resolved.netloc) == urlsplit(_ORIGIN)[:2]
 
 
 async def require_payer(request: web.Request) -> sessions.BrowserSession:
@@ -90,8 +116,6 @@ async def require_payer(request: web.Request) -> sessions.BrowserSession:
 
 
 def _quote(value: str) -> str:
-    from urllib.parse import quote
-
     return quote(value, safe="/")
 
 
@@ -203,7 +227,7 @@ async def _sign_in(request: web.Request, payer_id: str, location: str) -> web.Re
 async def signin(request: web.Request) -> web.Response:
     from . import render
 
-    form = await request.post()
+    form = await read_form(request)
     email = _field(form, "email").strip().lower()
     password = _field(form, "password")
     target = _safe_next(_field(form, "next"))
@@ -250,7 +274,7 @@ async def reset_form(request: web.Request) -> web.Response:
 async def reset_request(request: web.Request) -> web.Response:
     from . import render
 
-    form = await request.post()
+    form = await read_form(request)
     email = _field(form, "email").strip().lower()
     if "@" not in email or len(email) > 320:
         return render(request, "reset_request.html", {
@@ -306,7 +330,7 @@ async def _link_use(request: web.Request, purpose: sessions.LinkPurpose) -> web.
     from . import render
 
     token = request.match_info["token"]
-    form = await request.post()
+    form = await read_form(request)
     password = _field(form, "password")
     problem = _password_problem(password, _field(form, "confirm"))
     engine = request.app[STORE].engine
@@ -365,7 +389,7 @@ async def security_page(request: web.Request) -> web.Response:
 
 async def change_password(request: web.Request) -> web.Response:
     session = await require_payer(request)
-    form = await request.post()
+    form = await read_form(request)
     new = _field(form, "new_password")
     problem = _password_problem(new, _field(form, "confirm"))
     if problem is not None:

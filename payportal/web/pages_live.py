@@ -108,8 +108,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if created is None:
         return _error(404, "resource_missing", "No such payment.", "id")
     # ``after``: the journal id the page was rendered at (it shows everything up to it).
-    seen = request.query.get("after", "")
-    shown = int(seen) if seen.isdigit() and len(seen) < 19 else 0
+    shown = events.parse_event_id(request.query.get("after", "")) or 0
     after = max(created - 1, shown, events.last_event_id(request) or 0)
     return await events.serve_status_stream(request, streams, account_id, payment_id, after)
 
@@ -126,8 +125,7 @@ async def account_stream(request: web.Request) -> web.StreamResponse:
     streams = request.app.get(events.STATUS_STREAMS)
     if streams is None:
         return _error(404, "resource_missing", "No live status here.")
-    seen = request.query.get("after", "")
-    after = int(seen) if seen.isdigit() and len(seen) < 19 else 0
+    after = events.parse_event_id(request.query.get("after", "")) or 0
     after = max(after, events.last_event_id(request) or 0)
     if after == 0:
         after = await journal_last_id(engine, account_id)

@@ -37,12 +37,15 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import msgspec
 import structlog
 from aiohttp import web
+from multidict import MultiDictProxy
+
+from payportal.http.errors import parameter_invalid
 
 __all__ = [
     "CSRF_COOKIE",
@@ -57,6 +60,7 @@ __all__ = [
     "headers_on_prepare",
     "is_json_route",
     "is_page",
+    "read_form",
     "security_middleware",
     "set_cookie",
 ]
@@ -149,6 +153,17 @@ class CsrfRejected(web.HTTPForbidden):
     pass
 
 
+async def read_form(request: web.Request) -> MultiDictProxy[Any]:
+    """The posted form (aiohttp keeps it: every later call is free). A form that is not
+    UTF-8, names a charset Python does not know or is not well-formed is a 400: aiohttp
+    raises ``UnicodeDecodeError``, ``LookupError`` or ``ValueError`` for those, and the
+    decoding error holds the raw body, password fields included."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError):
+        raise parameter_invalid(None, "The form is not well-formed UTF-8.") from None
+
+
 def _same_origin(request: web.Request, origin: str) -> bool:
     parts = urlsplit(origin)
     return parts.netloc.lower() == request.host.lower()
@@ -166,7 +181,7 @@ async def check_csrf(request: web.Request) -> None:
     if sent is None and request.content_type in (
         "application/x-www-form-urlencoded", "multipart/form-data"
     ):  # fmt: skip
-        form = await request.post()  # aiohttp keeps it for the handler
+        form = await read_form(request)
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
     if request.cookies.get(CSRF_COOKIE) is None:

@@ -30,6 +30,7 @@ async def test_docs_page_lists_operations_and_loads_nothing_external(api: Api) -
     assert response.status == 200
     assert "/v1/payments/{id}/refunds" in page
     assert "PaymentCreate" in page
+    assert "events of StatusEvent" in page  # what an event stream sends
     assert "<script" not in page
     assert "https://" not in page
 

@@ -6,6 +6,7 @@ clients subscribe, drop the connection and resume with Last-Event-ID."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,9 @@ import msgspec
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestServer
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from payportal.actors import AccountShardCore, ShardRouter
 from payportal.actors.janitor import RetryJanitor
@@ -242,8 +246,82 @@ async def test_another_payers_token_is_answered_404(live: Live) -> None:
     assert bad.status == 400
 
 
-async def test_openapi_lists_the_event_streams_as_text_event_stream(live: Live) -> None:
-    document = await live.api.ok("GET", "/openapi.json")
-    for path in ("/v1/accounts/{id}/events", "/v1/payments/{id}/events"):
-        content = document["paths"][path]["get"]["responses"]["200"]["content"]
+async def _raw_events(response: ClientResponse, count: int) -> list[dict[str, str]]:
+    """The next ``count`` events as the HTML standard's parser sees them (the fields a
+    document's per-event schema describes): comments skipped, ``event`` defaulted."""
+    events: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    async with asyncio.timeout(READ_TIMEOUT_S):
+        while len(events) < count:
+            line = (await response.content.readline()).decode().rstrip("\r\n")
+            if not line:
+                if "data" in fields:
+                    events.append({"event": "message", **fields})
+                fields = {}
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+    return events
+
+
+async def test_openapi_describes_each_event_the_streams_send(live: Live) -> None:
+    api = live.api
+    account_id = await _account_with_invoice(api)
+    status, payment, _ = await api.pay(account_id, 5_000, await api.payment_method(account_id))
+    assert status == 200
+    await live.publisher.run_once()
+    document = await api.ok("GET", "/openapi.json")
+    registry = Registry().with_resource(
+        "urn:payportal", Resource.from_contents(document, default_specification=DRAFT202012)
+    )
+
+    for template, path in (
+        ("/v1/accounts/{id}/events", f"/v1/accounts/{account_id}/events"),
+        ("/v1/payments/{id}/events", f"/v1/payments/{payment['id']}/events"),
+    ):
+        content = document["paths"][template]["get"]["responses"]["200"]["content"]
         assert list(content) == ["text/event-stream"]
+        event_schema = content["text/event-stream"]["schema"]
+        data = event_schema["properties"]["data"]
+        assert data["contentMediaType"] == "application/json"
+        data_validator = Draft202012Validator(
+            {"$ref": "urn:payportal" + data["contentSchema"]["$ref"]}, registry=registry
+        )
+        response = await _subscribe(api, path, last_event_id=0)
+        events = await _raw_events(response, 2)
+        response.close()
+        for event in events:
+            Draft202012Validator(event_schema).validate(event)
+            data_validator.validate(json.loads(event["data"]))
+        assert [json.loads(e["data"])["status"] for e in events] == ["processing", "succeeded"]
+
+
+# Not ids this API could have sent: past the database's 64-bit ids, signed, not ASCII
+# digits (str.isdigit takes "²"), not decimal.
+OUT_OF_RANGE_IDS = ["9999999999999999999", "9223372036854775808", "-1", "²", "1e3", "0x10",
+                    "12 13", "99999999999999999999999"]  # fmt: skip
+
+
+async def test_a_last_event_id_that_is_no_event_id_is_a_400_before_the_stream_starts(
+    live: Live,
+) -> None:
+    api = live.api
+    account_id = await _account_with_invoice(api)
+    status, payment, _ = await api.pay(account_id, 5_000, await api.payment_method(account_id))
+    assert status == 200
+    await live.publisher.run_once()
+    for path in (f"/v1/accounts/{account_id}/events", f"/v1/payments/{payment['id']}/events"):
+        for value in OUT_OF_RANGE_IDS:
+            response = await api.client.get(path, headers={**api.merchant, "Last-Event-ID": value})
+            assert response.status == 400, (path, value, response.content_type)
+            assert response.content_type == "application/json"
+            error = (await response.json())["error"]
+            assert error["type"] == "invalid_request_error", (path, value)
+            assert error["code"] == "parameter_invalid", (path, value)
+            assert error["param"] == "Last-Event-ID", (path, value)
+        # The largest id there can be is one: nothing comes after it, and nothing fails.
+        newest = await _subscribe(api, path, last_event_id=2**63 - 1)
+        await _nothing_more(newest)
+        newest.close()

@@ -321,3 +321,23 @@ async def test_a_wallet_token_pays_and_the_receipt_names_the_wallet(portal: Port
     assert "Paid" in text
     methods = await portal.api.ok("GET", f"/v1/accounts/{account_id}/payment_methods")
     assert methods["data"] == []  # a wallet payment keeps nothing for reuse
+
+
+async def test_the_pages_streams_refuse_a_last_event_id_that_is_no_event_id(
+    portal: Portal,
+) -> None:
+    account_id = await _signed_in(portal)
+    location = (await _pay(portal, account_id, "20.00")).headers["Location"]
+    await portal.publisher.run_once()
+    for path in (location + "/events", f"/accounts/{account_id}/events"):
+        for value in ("9999999999999999999", "9223372036854775808", "²", "-1"):
+            response = await portal.client.get(path, headers={"Last-Event-ID": value})
+            assert response.status == 400, (path, value, response.content_type)
+            error = (await response.json())["error"]
+            assert (error["code"], error["param"]) == ("parameter_invalid", "Last-Event-ID")
+        # ``after`` comes from the page itself: one that is no id is ignored, not a failure.
+        for after in ("9999999999999999999", "²"):
+            stream = await portal.client.get(path, params={"after": after})
+            assert stream.status == 200, (path, after)
+            assert stream.content_type == "text/event-stream"
+            stream.close()

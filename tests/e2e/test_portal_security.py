@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from payportal.actors import AccountShardCore, ShardRouter
 from payportal.http import create_app
+from payportal.http.callbacks import add_callback_routes
 from payportal.http.events import LIVE_WAIT_S, STATUS_STREAMS
 from payportal.http.typedefs import AUTHENTICATOR, TASKS
 from payportal.live import MemoryStatusStreams, StatusPublisher
@@ -122,6 +123,8 @@ async def portal(database_url: str, aiohttp_server: Any) -> AsyncIterator[Portal
     app[STATUS_STREAMS] = streams
     app[LIVE_WAIT_S] = 0.05
     install_web(app, settings=None, processor_origin=sandbox_url)
+    # As serve mounts them: the processor's signed callbacks beside the pages.
+    add_callback_routes(app, store=store, router=router, secrets={"sandbox": [SECRET]})
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     client = await browser_on(server)

@@ -544,6 +544,14 @@ async def test_a_genuine_callback_records_the_outcome_the_charge_reply_never_bro
     assert [(r.processor, r.event_id) for r in rows] == [("sandbox", event.id)]
 
 
+def _utf8(body: bytes) -> bool:
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 async def test_forged_and_byte_mutated_callbacks_are_refused_and_change_nothing(
     portal: Portal, wired: Wiring
 ) -> None:
@@ -579,9 +587,10 @@ async def test_forged_and_byte_mutated_callbacks_are_refused_and_change_nothing(
         status, answer = await post(receiver, mutated_body, headers)
         assert status == 400, name
         assert answer["error"]["type"] == "invalid_request_error", name
-        assert answer["error"]["code"] in {
-            "signature_invalid", "timestamp_out_of_tolerance", "parameter_missing",
-        }, (name, answer)  # fmt: skip
+        refusals = {"signature_invalid", "timestamp_out_of_tolerance", "parameter_missing"}
+        if not _utf8(mutated_body):
+            refusals = {"parameter_invalid"}  # said before any signature is checked
+        assert answer["error"]["code"] in refusals, (name, answer)
 
     assert portal.payment(account_id, payment_id).status is PaymentStatus.processing
     assert len(await portal.store.journal(account_id=account_id)) == journal_before

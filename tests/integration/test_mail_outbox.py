@@ -254,7 +254,7 @@ async def test_enqueue_email_writes_once_per_key_and_only_if_the_caller_commits(
     context = {
         "account_name": "Ada", "amount_minor": 1_000, "currency": "USD", "method": None,
         "hard": True, "reason": "The card has expired.", "advice": "", "payment_id": "pay_x",
-        "outstanding_minor": 1_000,
+        "outstanding_minor": 1_000, "description": None,
     }  # fmt: skip
     async with store.engine.begin() as connection:
         first = await enqueue_email(connection, dedupe_key="notice:1", to="ada@example.com",

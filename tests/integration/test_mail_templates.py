@@ -17,7 +17,7 @@ SUCCEEDED = {
     "amount_minor": 123_456, "currency": "USD", "method": {"brand": "Visa", "last4": "4242"},
     "outstanding_minor": 0, "credit_minor": 544, "paid_on": "2 December 2026",
     "allocations": [{"invoice_id": "inv_1", "invoice_number": "INV-1", "amount_minor": 122_912}],
-    "unapplied_minor": 544,
+    "unapplied_minor": 544, "description": "Plan <b>Pro</b> & \"support\"",
 }  # fmt: skip
 
 
@@ -46,6 +46,10 @@ def test_the_confirmation_escapes_names_in_html_and_links_to_receipt_and_stateme
     assert "<img" not in rendered.html
     assert "Ada &lt;img src=x onerror=alert(1)&gt;" in rendered.html
     assert "Ada <img src=x onerror=alert(1)>" in rendered.text  # plain text is not markup
+    # The merchant's description of the payment, escaped the same way.
+    assert "<b>" not in rendered.html
+    assert "For:</strong> Plan &lt;b&gt;Pro&lt;/b&gt; &amp; &#34;support&#34;" in rendered.html
+    assert 'For: Plan <b>Pro</b> & "support"' in rendered.text
     assert rendered.subject == "Payment received: 1,234.56 USD"
     for body in (rendered.text, rendered.html):
         assert "https://p.example/payments/pay_1" in body
@@ -61,6 +65,8 @@ def test_a_subject_is_one_line_whatever_the_context_holds() -> None:
 
     assert "\n" not in rendered.subject
     assert rendered.subject == "Your payment of 1,234.56 USD did not go through"
+    assert "For:</strong> Plan &lt;b&gt;Pro&lt;/b&gt;" in rendered.html
+    assert "For: Plan <b>Pro</b>" in rendered.text
 
 
 def test_a_missing_variable_fails_the_render() -> None:

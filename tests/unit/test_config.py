@@ -113,6 +113,12 @@ MALFORMED = [
     ("PAYPORTAL_TRUSTED_PROXIES", "10.0.0.1/8"),
     ("PAYPORTAL_TRUSTED_PROXIES", "proxy.internal"),
     ("PAYPORTAL_TRUSTED_PROXIES", "10.0.0.1,,10.0.0.2"),
+    ("PAYPORTAL_HEADER_TIMEOUT_MS", "0"),
+    ("PAYPORTAL_HEADER_TIMEOUT_MS", "10s"),
+    ("PAYPORTAL_BODY_TIMEOUT_MS", "49"),
+    ("PAYPORTAL_BODY_TIMEOUT_MS", "3600001"),
+    ("PAYPORTAL_CONNECTIONS_PER_ADDRESS", "0"),
+    ("PAYPORTAL_HEADER_TIMEOUT", "10000"),
 ]
 
 
@@ -263,6 +269,18 @@ def test_secret_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(SettingsError, match=r"^PAYPORTAL_SECRET_KEY: .*chmod 600"):
         settings.resolve_secret_key()
+
+
+def test_slow_client_limits_default_to_ten_and_thirty_seconds_and_256_connections(
+    tmp_path: Path,
+) -> None:
+    default = _load(tmp_path)
+    assert (default.header_timeout_ms, default.body_timeout_ms) == (10_000, 30_000)
+    assert default.connections_per_address == 256
+    tight = _load(tmp_path, PAYPORTAL_HEADER_TIMEOUT_MS="250", PAYPORTAL_BODY_TIMEOUT_MS="500",
+                  PAYPORTAL_CONNECTIONS_PER_ADDRESS="8")  # fmt: skip
+    assert (tight.header_timeout_ms, tight.body_timeout_ms) == (250, 500)
+    assert tight.connections_per_address == 8
 
 
 def test_rate_limits_scale_defaults_to_one_and_rejects_zero(tmp_path: Path) -> None:

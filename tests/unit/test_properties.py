@@ -948,6 +948,7 @@ CHANGED_FIELD_REJECTION: dict[str, Rejection] = {
     # Both change how the payment is retried (Visa's per-initiator counters, policy caps).
     "initiator": Rejection.exists_with_different_initiator,
     "schedule": Rejection.exists_with_different_schedule,
+    "description": Rejection.exists_with_different_description,
 }
 
 
@@ -970,6 +971,8 @@ def test_the_same_key_with_one_field_changed_is_rejected_naming_that_field(
         changed = next(i for i in Initiator if i is not command.initiator)
     elif field == "schedule":
         changed = next(s for s in RetrySchedule if s is not command.schedule)
+    elif field == "description":
+        changed = (command.description or "") + data.draw(st.text("ab ", min_size=1, max_size=5))
     else:
         changed = command.allocations[:-1] if command.allocations else (
             Allocation(invoice_id="inv_other", amount_minor=1),
