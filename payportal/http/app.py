@@ -158,7 +158,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         if page_errors is not None and response.status >= 400:
             response = page_errors(request, response)  # type: ignore[arg-type]
         response.headers[REQUEST_ID_HEADER] = request_id
-        log.info(
+        # Every request is counted and timed in /metrics; the log has the ones that went
+        # wrong, and all of them only at debug (thousands of lines a second at peak).
+        (log.info if response.status >= 400 else log.debug)(
             "request", method=request.method, path=_logged_path(request), status=response.status,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )  # fmt: skip

@@ -112,7 +112,8 @@ class Gateway:
             currency=result.currency.upper() if result.currency else None,
             answers_request=answers_request,
         )  # fmt: skip
-        log.info(
+        # A success is the common case and in the journal; the rest is worth a line.
+        (log.debug if result.outcome is OutcomeKind.succeeded else log.info)(
             "attempt_outcome", payment_id=payment.payment_id, attempt_id=attempt.attempt_id,
             outcome=result.outcome.value, decline_code=result.decline_code,
         )  # fmt: skip
