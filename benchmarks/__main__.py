@@ -8,6 +8,8 @@ import sys
 RUNS = (
     ["benchmarks.shards", "--db", "sqlite"],
     ["benchmarks.shards", "--db", "postgres"],
+    ["benchmarks.checkpoints", "--db", "sqlite"],
+    ["benchmarks.checkpoints", "--db", "postgres"],
 )
 
 

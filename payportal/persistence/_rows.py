@@ -8,6 +8,12 @@ the events touched (an event names its ``invoice_id``, ``payment_id`` and the in
 it allocates to); the account row is rewritten on every change. A ``Projection`` keeps
 only the newest row per key, so many commits' worth of changes to one hot account
 becomes one upsert.
+
+A checkpoint is split in two, so its cost follows what changed rather than everything
+the account ever had: the account's core (its state without ``payments`` and the two
+maps rebuilt from them, ``idempotency`` and ``refunds``) and one row per payment that
+changed since the account's previous checkpoint. The caller says which payments those
+are (``AccountChange.checkpoint_payments``); the loader puts the pieces back together.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ __all__ = [
     "Projection",
     "Row",
     "build_commit",
+    "checkpoint_core",
     "event_tag",
     "project_change",
     "project_entries",
@@ -61,6 +68,7 @@ COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "payment_id", "idempotency_key", "processor", "charge_id",
     ),
     "checkpoints": ("account_id", "version", "state"),
+    "payment_checkpoints": ("account_id", "payment_id", "version", "state"),
     "accounts": ("account_id", "currency", "outstanding_minor", "credit_minor", "version"),
     "invoices": (
         "invoice_id", "account_id", "number", "amount_due_minor", "amount_paid_minor",
@@ -101,6 +109,11 @@ class AccountChange(msgspec.Struct, kw_only=True):
     entries: list[Entry]  # ledger entries posted by these events, in order
     state: AccountState  # the state after the events (for read models / checkpoint)
     checkpoint: bool = False  # write state as the account's checkpoint in this commit
+    # With ``checkpoint``: the payments changed since the account's previous checkpoint,
+    # the only ones whose rows are written. None writes every payment's row, which is
+    # right for a caller that does not track changes and needed after loading a
+    # checkpoint that still carried its payments inline (they are in no row yet).
+    checkpoint_payments: set[str] | None = None
     # The version of the event that posted each entry, when the caller knows it exactly
     # (a shard applying events one by one does); else inferred from ``_POSTING``.
     entry_versions: list[int] | None = None
@@ -141,6 +154,8 @@ class CommitRows(msgspec.Struct, kw_only=True):
     shard_id: int
     journal: list[Row] = msgspec.field(default_factory=list)
     checkpoints: dict[str, Row] = msgspec.field(default_factory=dict)
+    # The payments' rows of those checkpoints, by (account_id, payment_id).
+    payment_checkpoints: dict[tuple[str, str], Row] = msgspec.field(default_factory=dict)
     projection: Projection = msgspec.field(default_factory=Projection)
 
 
@@ -189,13 +204,35 @@ def _add_change(rows: CommitRows, shard_id: int, change: AccountChange) -> None:
     if change.events:
         project_change(rows.projection, change)
     if change.checkpoint:
-        previous = rows.checkpoints.get(state.account_id)
-        if previous is None or previous[1] <= state.version:
-            rows.checkpoints[state.account_id] = (
-                state.account_id,
-                state.version,
-                _encoder.encode(state),
-            )
+        _add_checkpoint(rows, state, change.checkpoint_payments)
+
+
+def checkpoint_core(state: AccountState) -> AccountState:
+    """The account's state without its payments and what is rebuilt from them (a shallow
+    copy: the live state is left as it is)."""
+    return msgspec.structs.replace(state, payments={}, idempotency={}, refunds={})
+
+
+def _add_checkpoint(rows: CommitRows, state: AccountState, changed: set[str] | None) -> None:
+    # Each row keeps its newest version, as the upserts do in the database: two changes
+    # of one account in one commit leave what the later one says.
+    account_id = state.account_id
+    version = state.version
+    previous = rows.checkpoints.get(account_id)
+    if previous is None or previous[1] <= version:
+        rows.checkpoints[account_id] = (
+            account_id, version, _encoder.encode(checkpoint_core(state)),
+        )  # fmt: skip
+    payments = state.payments
+    written = rows.payment_checkpoints
+    for payment_id in payments if changed is None else changed:
+        payment = payments.get(payment_id)
+        if payment is None:  # every event's payment exists; still, build the commit
+            continue
+        key = (account_id, payment_id)
+        previous = written.get(key)
+        if previous is None or previous[2] <= version:
+            written[key] = (account_id, payment_id, version, _encoder.encode(payment))
 
 
 def project_change(projection: Projection, change: AccountChange) -> None:

@@ -8,6 +8,13 @@ partial unique indexes refuse a second payment with one idempotency key, a secon
 capture of one charge and a second success of one payment — in the commit, before the
 batch is answered.
 
+A checkpoint is the account's core plus one row per payment changed since the account's
+previous checkpoint (see ``_rows``), written in that same statement, so a core is never
+durable without the payment rows it relies on. Loading puts back together the core,
+every payment row of the account (read in the same statement as the core, so from one
+snapshot) and the journal past the core's version, and asserts the engine's invariants
+on the result. A checkpoint written before the split, payments inline, loads as it is.
+
 The read models (accounts, invoices, payments, attempts, allocations, ledger entries)
 are a projection: the rows a commit touched are kept in memory, coalesced per key, and
 written shortly afterwards in their own transaction with the shard's projection cursor
@@ -23,9 +30,9 @@ far an account has been projected.
 
 Rules: no ORM and no SQLAlchemy statement compilation on the hot path — PostgreSQL gets
 one prepared statement per commit over a plain asyncpg pool (journal ``unnest`` insert
-and checkpoint upsert in one statement, one round trip), SQLite one executemany per
-table; every row is built before the first ``await``; checkpoints and read-model rows
-never move to an older version.
+and checkpoint upserts in one statement, one round trip), SQLite one executemany per
+table in one transaction; every row is built before the first ``await``; checkpoints
+(core and payment rows alike) and read-model rows never move to an older version.
 """
 
 # SQL here is assembled from the table metadata's own names, never from input: S608 off.
@@ -43,7 +50,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from payportal.engine import AccountState, Entry, Event, evolve
+from payportal.engine import AccountState, Entry, Event, Payment, check_invariants, evolve
 
 from . import tables
 from ._engine import READ, create_engine_for, is_sqlite
@@ -66,6 +73,7 @@ log = logging.getLogger(__name__)
 
 _event_decoder: Final = msgspec.msgpack.Decoder(Event)
 _state_decoder: Final = msgspec.msgpack.Decoder(AccountState)
+_payment_decoder: Final = msgspec.msgpack.Decoder(Payment)
 
 # How often a shard's projection writes what its commits touched. Coalescing a hot
 # account's rows over this window is what makes the projection cheaper than the commits.
@@ -130,9 +138,75 @@ def _upsert_clause(table: sa.Table, columns: Sequence[str], keys: Sequence[str])
             f"WHERE {table.name}.version <= excluded.version")  # fmt: skip
 
 
+def _columns(rows: dict[Any, Row], width: int) -> list[list[Any]]:
+    """Keyed rows as one list per column (``unnest``'s arrays), in key order: two writers
+    then take their row locks in one order."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*(rows[k] for k in sorted(rows)), strict=True)]
+
+
 def _integrity_error(error: Exception) -> sa.exc.IntegrityError:
     """asyncpg's constraint errors as SQLAlchemy's, so callers see one type per backend."""
     return sa.exc.IntegrityError(None, None, error)
+
+
+class _Loaded(msgspec.Struct, kw_only=True):
+    state: AccountState | None = None
+    # Ledger entries posted past ``ledger_after``, and the versions that posted them.
+    versions: list[int] = msgspec.field(default_factory=list)
+    entries: list[Entry] = msgspec.field(default_factory=list)
+    # See ``Store.load_account_tracked``.
+    unsaved_payments: set[str] | None = None
+
+
+def _checkpoint_query(account_id: str, version_max: int | None) -> sa.CompoundSelect[Any]:
+    """The account's checkpoint core (``payment_id`` NULL) and its payment rows; none
+    of them when the core is newer than ``version_max``."""
+    cp = tables.account_checkpoints
+    pc = tables.account_payment_checkpoints
+    core = sa.select(sa.null().label("payment_id"), cp.c.version, cp.c.state).where(
+        cp.c.account_id == account_id
+    )
+    payments = sa.select(pc.c.payment_id, pc.c.version, pc.c.state).where(
+        pc.c.account_id == account_id
+    )
+    if version_max is not None:
+        core = core.where(cp.c.version <= version_max)
+        core_version = sa.select(cp.c.version).where(cp.c.account_id == account_id)
+        payments = payments.where(core_version.scalar_subquery() <= version_max)
+    return sa.union_all(core, payments)
+
+
+def _assemble(account_id: str, rows: Sequence[Any]) -> tuple[AccountState, bool]:
+    """The state a checkpoint's rows hold, and whether it was split (core + payment rows)
+    rather than one whole state from before the split, whose rows, if any, are ignored."""
+    cores = [row for row in rows if row.payment_id is None]
+    assert len(cores) == 1, (account_id, len(cores))
+    state = _state_decoder.decode(cores[0].state)
+    assert state.account_id == account_id, (state.account_id, account_id)
+    assert state.version == cores[0].version, (state.version, cores[0].version)
+    if state.payments:
+        return state, False
+    assert not state.idempotency, account_id
+    assert not state.refunds, account_id
+    payments: list[Payment] = []
+    for row in rows:
+        if row.payment_id is None:
+            continue
+        # Written with a core at their version, and both only move forward.
+        assert row.version <= state.version, (account_id, row.payment_id, row.version)
+        payment = _payment_decoder.decode(row.state)
+        assert payment.payment_id == row.payment_id, (payment.payment_id, row.payment_id)
+        payments.append(payment)
+    # About the order the live state holds them in (creation); nothing depends on it.
+    payments.sort(key=lambda p: (p.created_at_ms, p.payment_id))
+    for payment in payments:
+        state.payments[payment.payment_id] = payment
+        state.idempotency[payment.idempotency_key] = payment.payment_id
+        for refund_id in payment.refunds:
+            state.refunds[refund_id] = payment.payment_id
+    return state, True
 
 
 class _ShardProjection:
@@ -168,30 +242,44 @@ class Store:
         self.projection_interval_s = PROJECTION_INTERVAL_MS / 1000
         journal = COLUMNS["journal"]
         checkpoints = COLUMNS["checkpoints"]
+        payment_checkpoints = COLUMNS["payment_checkpoints"]
         checkpoint_upsert = (
             "ON CONFLICT (account_id) DO UPDATE SET version = excluded.version, "
             "state = excluded.state, updated_at = CURRENT_TIMESTAMP "
             "WHERE account_checkpoints.version <= excluded.version"
         )
+        payment_checkpoint_upsert = _upsert_clause(
+            tables.account_payment_checkpoints, payment_checkpoints, ("account_id", "payment_id")
+        )
         if dialect == "postgresql":
             insert_journal = _insert_sql(dialect, tables.journal, journal, "RETURNING id",
                                          ordered=True)  # fmt: skip
-            upsert_checkpoints = _insert_sql(
-                dialect, tables.account_checkpoints, checkpoints, checkpoint_upsert,
-                first_param=len(journal) + 1,
-            )  # fmt: skip
+
+            def upserts(first_param: int) -> tuple[str, str]:
+                core = _insert_sql(dialect, tables.account_checkpoints, checkpoints,
+                                   checkpoint_upsert, first_param=first_param)  # fmt: skip
+                payments = _insert_sql(
+                    dialect, tables.account_payment_checkpoints, payment_checkpoints,
+                    payment_checkpoint_upsert, first_param=first_param + len(checkpoints),
+                )  # fmt: skip
+                return core, payments
+
             # One statement, so one round trip and atomic without BEGIN/COMMIT.
             self._sql_journal = f"WITH j AS ({insert_journal}) SELECT max(id) FROM j"
-            self._sql_both = (f"WITH j AS ({insert_journal}), c AS ({upsert_checkpoints}) "
-                              "SELECT max(id) FROM j")  # fmt: skip
-            self._sql_checkpoints = _insert_sql(
-                dialect, tables.account_checkpoints, checkpoints, checkpoint_upsert
-            )
+            core, payments = upserts(len(journal) + 1)
+            self._sql_both = (f"WITH j AS ({insert_journal}), c AS ({core}), "
+                              f"p AS ({payments}) SELECT max(id) FROM j")  # fmt: skip
+            core, payments = upserts(1)
+            self._sql_checkpoints = f"WITH c AS ({core}) {payments}"
         else:
             self._sql_journal = _insert_sql(dialect, tables.journal, journal)
             self._sql_checkpoints = _insert_sql(
                 dialect, tables.account_checkpoints, checkpoints, checkpoint_upsert
             )
+            self._sql_payment_checkpoints = _insert_sql(
+                dialect, tables.account_payment_checkpoints, payment_checkpoints,
+                payment_checkpoint_upsert,
+            )  # fmt: skip
         self._sql_projected = {
             name: _insert_sql(
                 dialect, table, COLUMNS[name], _upsert_clause(table, COLUMNS[name], keys)
@@ -309,10 +397,12 @@ class Store:
         import asyncpg  # type: ignore[import-untyped]
 
         journal = [list(column) for column in zip(*rows.journal, strict=True)]
-        checkpoints = [
-            list(column)
-            for column in zip(*(rows.checkpoints[k] for k in sorted(rows.checkpoints)), strict=True)
-        ]
+        checkpoints: list[list[Any]] = []
+        if rows.checkpoints:
+            checkpoints = _columns(rows.checkpoints, len(COLUMNS["checkpoints"]))
+            # Always with the core's upsert (no payment changed: empty arrays), so one
+            # statement shape covers every checkpoint.
+            checkpoints += _columns(rows.payment_checkpoints, len(COLUMNS["payment_checkpoints"]))
         async with self._pool.acquire() as connection:
             try:
                 if journal and checkpoints:
@@ -338,6 +428,11 @@ class Store:
             if rows.checkpoints:
                 await connection.exec_driver_sql(
                     self._sql_checkpoints, [rows.checkpoints[k] for k in sorted(rows.checkpoints)]
+                )
+            if rows.payment_checkpoints:
+                written = rows.payment_checkpoints
+                await connection.exec_driver_sql(
+                    self._sql_payment_checkpoints, [written[k] for k in sorted(written)]
                 )
             return last_id
 
@@ -476,47 +571,51 @@ class Store:
             projected = (
                 await connection.execute(sa.select(a.c.version).where(a.c.account_id == account_id))
             ).scalar()
-        state, versions, entries = await self._load(
+        loaded = await self._load(
             account_id, ledger_after=int(projected or 0), outbox=projection.outbox
         )
-        if state is None:
+        if loaded.state is None:
             return
-        project_entries(projection, account_id, versions, entries)
-        project_state(projection, state)
+        project_entries(projection, account_id, loaded.versions, loaded.entries)
+        project_state(projection, loaded.state)
 
     # -- read side ----------------------------------------------------------------------
 
     async def load_account(self, account_id: str) -> AccountState | None:
         """Latest checkpoint (if any) + replay of newer journal events via engine.evolve."""
-        state, _, _ = await self._load(account_id)
-        return state
+        return (await self._load(account_id)).state
+
+    async def load_account_tracked(
+        self, account_id: str
+    ) -> tuple[AccountState | None, set[str] | None]:
+        """``load_account``, and the payments the account's next checkpoint must write
+        because their rows are behind the state: those the replayed journal events
+        touched. None means all of them: the checkpoint carried its payments inline (or
+        there was none), so no payment is known to have a row."""
+        loaded = await self._load(account_id)
+        return loaded.state, loaded.unsaved_payments
 
     async def _load(
         self, account_id: str, *, ledger_after: int | None = None, outbox: list[Row] | None = None
-    ) -> tuple[AccountState | None, list[int], list[Entry]]:
+    ) -> _Loaded:
         """The account's latest state; with ``ledger_after``, also the ledger entries
         posted by events past that version (replaying from the start of the journal when
         the checkpoint is newer than it), and into ``outbox`` those events' emails."""
-        cp = tables.account_checkpoints
         j = tables.journal
-        versions: list[int] = []
-        entries: list[Entry] = []
+        loaded = _Loaded()
         async with self._reader.connect() as connection, connection.begin():
-            checkpoint = (
-                await connection.execute(
-                    sa.select(cp.c.version, cp.c.state).where(cp.c.account_id == account_id)
-                )
-            ).first()
+            # Core and payment rows in one statement, so one snapshot: a checkpoint
+            # committed meanwhile cannot pair an older core with newer payments.
+            query = _checkpoint_query(account_id, ledger_after)
+            checkpoint = (await connection.execute(query)).all()
             state: AccountState | None = None
             version = 0
-            usable = checkpoint is not None and (
-                ledger_after is None or checkpoint.version <= ledger_after
-            )
-            if checkpoint is not None and usable:
-                state = _state_decoder.decode(checkpoint.state)
-                assert state.account_id == account_id, (state.account_id, account_id)
-                assert state.version == checkpoint.version, (state.version, checkpoint.version)
+            unsaved: set[str] | None = None  # payments whose rows the replay leaves behind
+            if checkpoint:
+                state, split = _assemble(account_id, checkpoint)
                 version = state.version
+                if split:
+                    unsaved = set()
             newer = await connection.execute(
                 sa.select(j.c.version, j.c.payload)
                 .where(j.c.account_id == account_id, j.c.version > version)
@@ -528,13 +627,21 @@ class Store:
                 state, posted = evolve(state, event)
                 version = row.version
                 assert state.version == version, (account_id, state.version, version)
+                if unsaved is not None:
+                    payment_id = getattr(event, "payment_id", None)
+                    if payment_id is not None:
+                        unsaved.add(payment_id)
                 if posted is not None and ledger_after is not None and version > ledger_after:
-                    versions.append(version)
-                    entries.append(posted)
+                    loaded.versions.append(version)
+                    loaded.entries.append(posted)
                 after = ledger_after is not None and version > ledger_after
                 if outbox is not None and after and isinstance(event, NOTIFIED):
                     project_outbox(outbox, state, version, event)
-        return state, versions, entries
+        if state is not None:
+            check_invariants(state)
+        loaded.state = state
+        loaded.unsaved_payments = unsaved
+        return loaded
 
     # -- audit ---------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The database schema: SQLAlchemy Core tables, the one description the migrations follow.
 
 The model: ``journal`` is the source of truth (append-only events, msgpack bytes, one row
-per event); ``account_checkpoints`` lets recovery skip most of the journal; everything
+per event); ``account_checkpoints`` and ``account_payment_checkpoints`` let recovery skip
+most of the journal; everything
 else is a read model rebuilt from account state, or a guard table whose unique
 constraint makes an effect happen once (DESIGN.md decision 4). Rules:
 
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 __all__ = [
     "OUTBOX_CHANNEL",
     "account_checkpoints",
+    "account_payment_checkpoints",
     "accounts",
     "allocations",
     "api_keys",
@@ -119,6 +121,9 @@ projection_cursors = sa.Table(
     ),
 )
 
+# An account's checkpoint: its state as of ``version`` without the payments, which have
+# rows of their own below (a checkpoint written before migration 0013 still carries them
+# inline, and loads as it is). Both tables only move forward, in the same statement.
 account_checkpoints = sa.Table(
     "account_checkpoints",
     metadata,
@@ -128,6 +133,19 @@ account_checkpoints = sa.Table(
     sa.Column(
         "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
+)
+
+# One payment of a checkpointed account as of ``version`` (the account version of the
+# checkpoint that last wrote it; never newer than the account's). A checkpoint rewrites
+# only the payments changed since the previous one, so a hot account's checkpoint costs
+# what changed, not everything it ever had.
+account_payment_checkpoints = sa.Table(
+    "account_payment_checkpoints",
+    metadata,
+    sa.Column("account_id", sa.String(64), primary_key=True),
+    sa.Column("payment_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.LargeBinary, nullable=False),
 )
 
 # -- read models (projected from account state shortly after the journal commit) ------------

@@ -165,6 +165,22 @@ async def test_hot_accounts_are_checkpointed_after_many_events_not_every_one() -
     assert sum(flags) == 2
 
 
+async def test_a_checkpoint_names_the_payments_changed_since_the_previous_one() -> None:
+    store = RecordingStore()
+    core = AccountShardCore(
+        0, store, options=ShardOptions(checkpoint_every_events=10, checkpoint_interval_ms=10**9)
+    )
+    router = ShardRouter([DirectHandle(core)], batch_max_items=1)
+    await router.submit(OpenAccount(account_id="a", currency="USD"))
+    for n in range(25):
+        await router.submit(_payment("a", n))
+    named = [c.checkpoint_payments for cs in store.commits for c in cs if c.checkpoint]
+    # The account's first checkpoint comes after its opening and nine payments.
+    assert named == [{f"pay_{n}" for n in range(9)}, {f"pay_{n}" for n in range(9, 19)}]
+    assert await core.flush_checkpoints() == 1
+    assert store.commits[-1][0].checkpoint_payments == {f"pay_{n}" for n in range(19, 25)}
+
+
 async def test_idle_accounts_are_checkpointed_then_evicted() -> None:
     store = RecordingStore()
     now_ms = [0]
