@@ -274,10 +274,13 @@ class _Receiver:
             command = DisputePayment(account_id=account_id, payment_id=payment_id)
         else:
             outcome_kind = _outcome_of(body.type, data.decline_code)
-            if self._recent is not None and self._recent.recorded(
-                data.attempt, outcome_kind, data.charge, data.decline_code
-            ):
-                return True  # this process recorded it from the charge's own reply
+            if self._recent is not None:
+                # The processor sends this as it decides, often before its reply to our
+                # own charge arrives: if that charge is this process's, let it land first.
+                await self._recent.settled(data.attempt)
+                if self._recent.recorded(data.attempt, outcome_kind, data.charge,
+                                         data.decline_code):  # fmt: skip
+                    return True  # this process recorded it from the charge's own reply
             account_id, payment_id = await self._owner(data)
             command = RecordOutcome(
                 account_id=account_id, payment_id=payment_id, attempt_id=data.attempt,

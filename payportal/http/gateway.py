@@ -14,6 +14,8 @@ Seams for what comes next: the retry timer calls ``charge_attempt`` for a due re
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -21,7 +23,7 @@ from typing import Final
 import structlog
 
 from payportal.actors import Reply, ShardRouter
-from payportal.engine import AttemptStatus, OutcomeKind, Payment, RecordOutcome, Result
+from payportal.engine import Attempt, AttemptStatus, OutcomeKind, Payment, RecordOutcome, Result
 from payportal.processors import ChargeResult, ProcessorAdapter
 from payportal.processors.charging import charge_attempt
 
@@ -45,11 +47,32 @@ class RecentOutcomes:
     the engine, which decides."""
 
     ENTRIES_MAX: Final = 100_000
+    # How long a callback waits for this process's own charge of its attempt to be
+    # recorded: the processor sends it as it decides, often before its reply arrives.
+    CHARGE_WAIT_S: Final = 2.0
 
     def __init__(self) -> None:
         self._seen: OrderedDict[tuple[str, OutcomeKind, str | None, str | None], None] = (
             OrderedDict()
         )
+        # Attempts this process is charging now: set when their outcome is recorded.
+        self._charging: dict[str, asyncio.Event] = {}
+
+    def charging(self, attempt_id: str) -> None:
+        self._charging.setdefault(attempt_id, asyncio.Event())
+
+    def charged(self, attempt_id: str) -> None:
+        event = self._charging.pop(attempt_id, None)
+        if event is not None:
+            event.set()
+
+    async def settled(self, attempt_id: str) -> None:
+        """Return once this process is not charging ``attempt_id`` (at most
+        ``CHARGE_WAIT_S``): then its outcome, if it recorded one, is in ``recorded``."""
+        event = self._charging.get(attempt_id)
+        if event is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), self.CHARGE_WAIT_S)
 
     def add(
         self, attempt_id: str, outcome: OutcomeKind, charge_id: str | None,
@@ -103,6 +126,15 @@ class Gateway:
         assert payment is not None
         attempt = payment.current_attempt
         assert attempt.status is AttemptStatus.processing, attempt
+        self.recent.charging(attempt.attempt_id)
+        try:
+            return await self._charge_and_record(payment, attempt, account_id, answers_request)
+        finally:
+            self.recent.charged(attempt.attempt_id)
+
+    async def _charge_and_record(
+        self, payment: Payment, attempt: Attempt, account_id: str, answers_request: bool
+    ) -> Reply:
         result = await self._charge(payment, attempt.attempt_id)
         command = RecordOutcome(
             account_id=account_id, payment_id=payment.payment_id,
