@@ -26,7 +26,6 @@ import datetime as dt
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -49,8 +48,8 @@ from payportal.gc_tuning import tune_for_throughput
 from payportal.persistence import AccountChange, Store, migrate
 
 from ._cpu import CpuMeter, report
+from ._postgres import create_postgres_database, drop_postgres_database, server_url
 
-POSTGRES_URL_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 CARD = PaymentMethodRef(id="pm_bench", brand="visa")
 # Concurrent payments a benchmark client keeps open: enough to fill 256-item batches on
 # every shard, as a busy front door would.
@@ -63,15 +62,12 @@ async def _database(kind: str) -> tuple[str, Any]:
         url = f"sqlite+aiosqlite:///{folder}/bench.db"
         await asyncio.to_thread(migrate, url)
         return url, None
-    sys.path.insert(0, os.getcwd())
-    from tests.integration.shard_support import create_postgres_database, drop_postgres_database
-
-    server_url = os.environ.get("PAYPORTAL_BENCH_POSTGRES_URL", POSTGRES_URL_DEFAULT)
-    url, name = await create_postgres_database(server_url)
+    server = server_url()
+    url, name = await create_postgres_database(server)
     await asyncio.to_thread(migrate, url)
 
     async def drop() -> None:
-        await drop_postgres_database(server_url, name)
+        await drop_postgres_database(server, name)
 
     return url, drop
 
