@@ -1,0 +1,112 @@
+"""The end-to-end benchmark's arithmetic: nearest-rank percentiles, merging what several
+load generator processes saw into one step, the rule that ends a ramp and the rule that
+picks the next rate — all on hand-made samples, no server."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks._stats import (
+    Limits,
+    StepResult,
+    StepSamples,
+    merge_samples,
+    next_rate,
+    percentile,
+    stop_reason,
+)
+
+
+def test_percentiles_are_nearest_rank_values_some_request_had() -> None:
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile(values, 0) == 1
+    assert percentile([7], 99) == 7
+    assert percentile([], 50) is None
+    # Ten values: the p99 is the largest (rank ceil(9.9) = 10), never a blend.
+    assert percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 1000], 99) == 1000
+    assert percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 1000], 90) == 9
+
+
+def _samples(**fields: object) -> StepSamples:
+    base: dict[str, object] = {"offered_rate": 100.0, "duration_s": 2.0}
+    base.update(fields)
+    return StepSamples(**base)  # type: ignore[arg-type]
+
+
+def test_merging_adds_counts_and_rates_and_takes_percentiles_over_all_latencies() -> None:
+    first = _samples(scheduled=200, ok=190, declined=5, errors={"HTTP 500": 5},
+                     latencies_us=[1_000] * 190, ok_in_window=180, window_s=1.8,
+                     cpu_s=0.2, wall_s=2.0, connections_max=3, send_lag_p99_ms=1.5)
+    second = _samples(scheduled=200, ok=200, errors={"HTTP 500": 1, "timeout": 2},
+                      latencies_us=[3_000] * 10 + [2_000] * 190, ok_in_window=190,
+                      window_s=1.9, cpu_s=0.1, wall_s=2.0, connections_max=4,
+                      send_lag_p99_ms=0.5, follow_ups=7)  # fmt: skip
+    step = merge_samples([first, second])
+    assert step.offered_rate == 200.0
+    assert step.scheduled == 400
+    assert (step.ok, step.declined, step.follow_ups) == (390, 5, 7)
+    assert step.errors == {"HTTP 500": 6, "timeout": 2}
+    assert step.error_count == 8
+    assert step.achieved_rate == pytest.approx(100.0 + 100.0)
+    assert step.p50_ms == 2.0
+    assert step.p99_ms == 3.0
+    assert step.max_ms == 3.0
+    assert step.connections_max == 7
+    assert step.send_lag_p99_ms == 1.5
+    assert step.loadgen_cpu_s == pytest.approx(0.3)
+    assert step.loadgen_cpu_pct == pytest.approx(15.0)
+
+
+def test_a_process_with_no_success_adds_nothing_to_the_achieved_rate() -> None:
+    step = merge_samples([_samples(ok_in_window=0, window_s=0.0), _samples(ok=0)])
+    assert step.achieved_rate == 0.0
+    assert step.p99_ms is None
+
+
+def _step(**fields: object) -> StepResult:
+    base: dict[str, object] = {
+        "offered_rate": 100.0, "duration_s": 2.0, "scheduled": 200, "ok": 200, "declined": 0,
+        "errors": {}, "error_count": 0, "follow_ups": 0, "achieved_rate": 100.0,
+        "p50_ms": 5.0, "p90_ms": 8.0, "p99_ms": 10.0, "max_ms": 12.0, "send_lag_p99_ms": 1.0,
+        "connections_max": 2, "loadgen_cpu_s": 0.1, "loadgen_cpu_pct": 5.0,
+    }  # fmt: skip
+    base.update(fields)
+    return StepResult(**base)  # type: ignore[arg-type]
+
+
+def test_a_ramp_goes_on_while_latency_errors_and_throughput_are_within_limits() -> None:
+    assert stop_reason(_step(), Limits()) is None
+    # Declines are the card's answer, not the server's failure.
+    assert stop_reason(_step(declined=50, ok=150), Limits()) is None
+    assert stop_reason(_step(p99_ms=100.0), Limits(p99_ms=100.0)) is None
+    assert stop_reason(_step(achieved_rate=90.0), Limits()) is None
+
+
+def test_a_ramp_stops_at_the_first_error_slow_p99_or_shortfall() -> None:
+    limits = Limits(p99_ms=100.0)
+    reason = stop_reason(_step(errors={"HTTP 503": 2, "timeout": 1}, error_count=3), limits)
+    assert reason is not None
+    assert reason.startswith("errors: 3 (HTTP 503)")
+    assert stop_reason(_step(p99_ms=100.5), limits) == "p99 100 ms > 100 ms"
+    assert stop_reason(_step(p99_ms=350.0), Limits(p99_ms=400.0)) is None
+    assert stop_reason(_step(achieved_rate=89.0), limits) == "achieved 89% of offered"
+    assert stop_reason(_step(ok=0, p99_ms=None, achieved_rate=0.0), limits) == (
+        "nothing succeeded"
+    )
+    # A tolerance for errors can be given.
+    assert stop_reason(_step(errors={"x": 1}, error_count=1), Limits(errors_max=1)) is None
+
+
+def test_the_next_rate_skips_a_step_only_while_the_server_is_far_from_its_limits() -> None:
+    limits = Limits(p99_ms=100.0, easy_p99_ms=25.0)
+    assert next_rate(100.0, _step(p99_ms=10.0), limits, 1.5) == pytest.approx(225.0)
+    assert next_rate(100.0, _step(p99_ms=30.0), limits, 1.5) == pytest.approx(150.0)
+    assert next_rate(100.0, _step(p99_ms=10.0, achieved_rate=95.0), limits, 1.5) == (
+        pytest.approx(150.0)
+    )
+    # With a slow processor the easy band sits above its latency.
+    slow = Limits(p99_ms=400.0, easy_p99_ms=325.0)
+    assert next_rate(100.0, _step(p99_ms=310.0), slow, 1.5) == pytest.approx(225.0)
