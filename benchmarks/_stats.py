@@ -72,6 +72,8 @@ class StepResult(msgspec.Struct, kw_only=True):
     loadgen_cpu_s: float
     loadgen_cpu_pct: float  # % of one core, summed over the processes
     stop: str | None = None
+    # Set on a failing step that was run again at the same rate before the ramp ended.
+    retried: bool = False
     cpu_by_group_s: dict[str, float] = msgspec.field(default_factory=dict)
 
 
