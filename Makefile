@@ -19,7 +19,7 @@ LOADTEST_HOST ?= http://127.0.0.1:8080
 # Extra arguments for the benchmark, e.g. make bench BENCH_ARGS="--keep-logs".
 BENCH_ARGS ?=
 
-.PHONY: venv test lint typecheck run bench bench-quick loadtest clean
+.PHONY: venv test lint typecheck run bench bench-quick loadtest loadtest-check clean
 
 venv: $(STAMP)
 
@@ -80,6 +80,12 @@ loadtest: venv
 	else \
 		echo "no load test exists yet (loadtests/locustfile.py is missing)"; \
 	fi
+
+# Starts its own payportal serve on a scratch PostgreSQL database (free ports), runs the
+# Locust mix for LOADTEST_DURATION, then checks the database's invariants; exit 1 if broken.
+loadtest-check: venv
+	$(BIN)/python loadtests/run_and_check.py --duration $(LOADTEST_DURATION) \
+		--users $(LOADTEST_USERS) --spawn-rate $(LOADTEST_SPAWN_RATE)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
