@@ -12,7 +12,7 @@ sandbox``, ``benchmarks.loadgen``) or by pid (``roles``). On a machine shared wi
 people's work it also narrows what counts: with ``roots``, only those processes and
 their descendants are grouped (the rest is "other"), and with ``databases``, only the
 PostgreSQL backends serving those databases (plus the server's shared background
-processes, which cannot be told apart).
+processes, which cannot be told apart; none at all when ``databases`` is empty).
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ def _group(
         return SHARDS
     if name.startswith("postgres"):
         if databases is not None:
+            if not databases:  # a run on no PostgreSQL database: none of it is ours
+                return OTHER
             try:
                 database = _postgres_database(" ".join(process.cmdline()))
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):

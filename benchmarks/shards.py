@@ -218,7 +218,7 @@ async def main() -> None:
         rates = []
         # Only this process's tree (it started Ray) and its own database count: the
         # machine may be running other people's work.
-        database = None if args.db == "sqlite" else [urlsplit(url).path.lstrip("/")]
+        database = [] if args.db == "sqlite" else [urlsplit(url).path.lstrip("/")]
         meter = CpuMeter(roots=[os.getpid()], databases=database)
         meter.start()
         for round_number in range(args.rounds):

@@ -46,3 +46,9 @@ def test_outside_the_given_trees_everything_is_other() -> None:
         child.wait()
     assert spent[FRONT_DOOR_SELF] == 0.0
     assert spent[OTHER] >= 0.015
+
+
+def test_with_no_database_of_its_own_no_postgres_process_is_counted() -> None:
+    postgres = [p for p in psutil.process_iter() if p.name().startswith("postgres")]
+    for process in postgres[:3]:
+        assert _group(process, os.getpid(), databases=frozenset()) == OTHER
