@@ -49,6 +49,7 @@ def test_outside_the_given_trees_everything_is_other() -> None:
 
 
 def test_with_no_database_of_its_own_no_postgres_process_is_counted() -> None:
-    postgres = [p for p in psutil.process_iter() if p.name().startswith("postgres")]
+    postgres = [p for p in psutil.process_iter(["name"])
+                if (p.info["name"] or "").startswith("postgres")]  # fmt: skip
     for process in postgres[:3]:
         assert _group(process, os.getpid(), databases=frozenset()) == OTHER
