@@ -61,11 +61,13 @@ async def _submit_all(router: Any, commands: Sequence[Any], what: str) -> None:
 
 
 async def seed(
-    router: Any, engine: Any, accounts: int, tokens: Sequence[str], *, invoices_per_account: int
+    router: Any, engine: Any, accounts: int, tokens: Sequence[str], *, invoices_per_account: int,
+    single_invoice_from: int | None = None,
 ) -> dict[str, Any]:
-    """Open ``accounts`` accounts with open invoices and one saved card each; the figures
-    of what was done. ``router`` is a ``ShardRouter`` on serve's shards, ``engine`` the
-    store's SQLAlchemy engine."""
+    """Open ``accounts`` accounts with open invoices (``invoices_per_account``; one from
+    index ``single_invoice_from`` on) and one saved card each; the figures of what was
+    done. ``router`` is a ``ShardRouter`` on serve's shards, ``engine`` the store's
+    SQLAlchemy engine."""
     from payportal.engine import IssueInvoice, OpenAccount
     from payportal.persistence.tables_payers import account_profiles, payment_methods
 
@@ -82,15 +84,17 @@ async def seed(
     profiles_s = time.perf_counter() - started
     await _submit_all(router, [OpenAccount(account_id=a, currency="USD") for a in ids], "open")
     today = dt.date.today()
-    await _submit_all(router, [
+    wide = accounts if single_invoice_from is None else single_invoice_from
+    invoices = [
         IssueInvoice(
             account_id=a, invoice_id=f"inv_{a.removeprefix('acct_')}_{n}", number=f"B{n}",
             amount_minor=INVOICE_AMOUNT_MINOR, currency="USD",
             due_date=today + dt.timedelta(days=30 * n),
         )
-        for a in ids
-        for n in range(invoices_per_account)
-    ], "invoices")  # fmt: skip
+        for i, a in enumerate(ids)
+        for n in range(invoices_per_account if i < wide else 1)
+    ]  # fmt: skip
+    await _submit_all(router, invoices, "invoices")
     commands_s = time.perf_counter() - started - profiles_s
     # As POST /v1/accounts/{id}/payment_methods saves a card the payer tokenized.
     await _insert_rows(engine, payment_methods, [
@@ -101,7 +105,7 @@ async def seed(
     ])  # fmt: skip
     return {
         "accounts": accounts,
-        "invoices": accounts * invoices_per_account,
+        "invoices": len(invoices),
         "seconds": round(time.perf_counter() - started, 2),
         "profiles_s": round(profiles_s, 2),
         "commands_s": round(commands_s, 2),
@@ -129,7 +133,9 @@ async def wait_for_projection(store: Any, shards: int, timeout_s: float) -> floa
     return None
 
 
-async def _main(accounts: int, tokens: list[str], invoices_per_account: int) -> dict[str, Any]:
+async def _main(
+    accounts: int, tokens: list[str], invoices_per_account: int, single_invoice_from: int | None
+) -> dict[str, Any]:
     from payportal.actors import ShardRouter
     from payportal.actors.cluster import connect_ray_for_command, get_shards
     from payportal.config import load_settings
@@ -143,7 +149,8 @@ async def _main(accounts: int, tokens: list[str], invoices_per_account: int) -> 
     store = await Store.connect(settings.database_url)
     try:
         done = await seed(router, store.engine, accounts, tokens,
-                          invoices_per_account=invoices_per_account)  # fmt: skip
+                          invoices_per_account=invoices_per_account,
+                          single_invoice_from=single_invoice_from)  # fmt: skip
         projected_s = await wait_for_projection(store, settings.shards, PROJECTION_WAIT_S)
         done["projection_caught_up_s"] = None if projected_s is None else round(projected_s, 2)
         return done
@@ -157,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, required=True)
     parser.add_argument("--tokens", required=True, help="comma-separated sandbox tokens")
     parser.add_argument("--invoices-per-account", type=int, default=2)
+    parser.add_argument("--single-invoice-from", type=int, default=None,
+                        help="accounts from this index on get one invoice")
     args = parser.parse_args(argv)
     tokens = [t for t in args.tokens.split(",") if t]
-    done = asyncio.run(_main(args.accounts, tokens, args.invoices_per_account))
+    done = asyncio.run(_main(args.accounts, tokens, args.invoices_per_account,
+                             args.single_invoice_from))  # fmt: skip
     print(json.dumps(done), flush=True)
     return 0
 

@@ -21,9 +21,16 @@ INVOICE_AMOUNT_MINOR = 10**11
 
 
 async def seed(
-    dsn: str, accounts: int, tokens: Sequence[str], api_key: str, *, invoices_per_account: int
+    dsn: str, accounts: int, tokens: Sequence[str], api_key: str, *, invoices_per_account: int,
+    single_invoice_from: int | None = None,
 ) -> None:
+    """As payportal is seeded: from index ``single_invoice_from`` on, one invoice."""
     assert tokens
+    wide = accounts if single_invoice_from is None else single_invoice_from
+
+    def invoices(i: int) -> int:
+        return invoices_per_account if i < wide else 1
+
     connection = await asyncpg.connect(dsn)
     try:
         await connection.execute(SCHEMA.read_text())
@@ -31,14 +38,15 @@ async def seed(
         ids = [account_id(i) for i in range(accounts)]
         await connection.copy_records_to_table(
             "accounts", columns=["id", "currency", "outstanding_minor", "credit_minor"],
-            records=[(a, "USD", invoices_per_account * INVOICE_AMOUNT_MINOR, 0) for a in ids],
+            records=[(a, "USD", invoices(i) * INVOICE_AMOUNT_MINOR, 0)
+                     for i, a in enumerate(ids)],
         )  # fmt: skip
         await connection.copy_records_to_table(
             "invoices", columns=["id", "account_id", "due_date", "amount_minor"],
             records=[
                 (f"inv_{a.removeprefix('acct_')}_{n}", a, today + dt.timedelta(days=30 * n),
                  INVOICE_AMOUNT_MINOR)
-                for a in ids for n in range(invoices_per_account)
+                for i, a in enumerate(ids) for n in range(invoices(i))
             ],
         )  # fmt: skip
         await connection.copy_records_to_table(
