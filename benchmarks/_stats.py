@@ -5,6 +5,7 @@ that stops stepping the offered load up.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -12,8 +13,8 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 __all__ = [
-    "Limits", "StepResult", "StepSamples", "merge_samples", "next_rate", "percentile",
-    "stop_reason",
+    "Limits", "RampPolicy", "StepResult", "StepSamples", "merge_samples", "next_rate",
+    "percentile", "stop_reason",
 ]  # fmt: skip
 
 
@@ -131,7 +132,12 @@ def stop_reason(step: StepResult, limits: Limits) -> str | None:
     if step.ok == 0:
         return "nothing succeeded"
     if step.p99_ms is not None and step.p99_ms > limits.p99_ms:
-        return f"p99 {step.p99_ms:.0f} ms > {limits.p99_ms:.0f} ms"
+        reason = f"p99 {step.p99_ms:.0f} ms > {limits.p99_ms:.0f} ms"
+        if step.send_lag_p99_ms > step.p99_ms / 2:
+            # The generator's own lateness is in every latency (they count from the
+            # schedule); when it is most of the p99, the machine starved the generator.
+            reason += f" (the load generator itself was {step.send_lag_p99_ms:.0f} ms late)"
+        return reason
     if step.achieved_rate < limits.achieved_min_share * step.offered_rate:
         return f"achieved {step.achieved_rate / step.offered_rate:.0%} of offered"
     return None
@@ -148,3 +154,71 @@ def next_rate(rate: float, step: StepResult, limits: Limits, factor: float) -> f
         and step.achieved_rate >= 0.97 * step.offered_rate
     )
     return rate * (factor * factor if easy else factor)
+
+
+AGAIN, NEXT, END = "again", "next", "end"
+
+
+@dataclasses.dataclass
+class RampPolicy:
+    """What a ramp does after each step: run it ``AGAIN`` at the same rate, go on to the
+    ``NEXT`` rate, or ``END``.
+
+    - Within the limits: the next rate (``next_rate``), until ``max_steps`` or past
+      ``max_rate``.
+    - A step past the limits is run once more (at most ``retries_max`` times a ramp): on
+      a shared machine one slow step may be someone else's doing; only a second failure
+      at the same rate counts.
+    - A confirmed failure ends the ramp, unless ``capacity_steps`` allow a few more steps
+      to find what the server carries at any latency: they go on while it achieves ≥ 90 %
+      of the load without errors and its p99 stays within ``beyond`` (its capacity).
+    """
+
+    limits: Limits
+    beyond: Limits
+    factor: float
+    max_steps: int
+    max_rate: float
+    retries_max: int = 0
+    capacity_steps: int = 0
+    steps: int = 0
+    retries_used: int = 0
+    extra_steps: int = 0
+    beyond_limits: bool = False
+    first_stop: str | None = None
+    ended_by: str = "the step limit"
+    _confirming: bool = False
+
+    def after(self, rate: float, step: StepResult) -> tuple[str, float]:
+        """Judge ``step`` (run at ``rate``): sets its ``stop`` and ``retried``, and says
+        what comes next and at which rate."""
+        self.steps += 1
+        step.stop = stop_reason(step, self.limits)
+        confirming, self._confirming = self._confirming, False
+        if step.stop is not None:
+            if (not confirming and not self.beyond_limits
+                    and self.retries_used < self.retries_max):  # fmt: skip
+                self.retries_used += 1
+                step.retried = True
+                self._confirming = True
+                return AGAIN, rate
+            if self.first_stop is None:
+                self.first_stop = step.stop
+            carried = stop_reason(step, self.beyond)
+            if carried is not None or self.extra_steps >= self.capacity_steps:
+                self.ended_by = step.stop if carried is None else carried
+                return END, rate
+            self.beyond_limits = True
+            self.extra_steps += 1
+            return NEXT, rate * self.factor
+        if self.steps >= self.max_steps and not self.beyond_limits:
+            self.ended_by = "the step limit"
+            return END, rate
+        if self.steps >= self.max_steps + self.capacity_steps:
+            self.ended_by = "the step limit"
+            return END, rate
+        following = next_rate(rate, step, self.limits, self.factor)
+        if following > self.max_rate:
+            self.ended_by = "the highest rate planned"
+            return END, rate
+        return NEXT, following

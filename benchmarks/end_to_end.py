@@ -55,7 +55,16 @@ from tqdm import tqdm
 from . import _cpu, _ids, _report
 from ._postgres import asyncpg_dsn, create_postgres_database, drop_postgres_database, server_url
 from ._processes import Managed, clean_environment, free_port, wait_http
-from ._stats import Limits, StepResult, StepSamples, merge_samples, next_rate, stop_reason
+from ._stats import (
+    AGAIN,
+    END,
+    Limits,
+    RampPolicy,
+    StepResult,
+    StepSamples,
+    merge_samples,
+    stop_reason,
+)
 from .loadgen import LoadSpec, StepSpec
 
 __all__ = ["Plan", "main"]
@@ -106,7 +115,7 @@ class Plan:
     start_rate: float
     factor: float
     max_steps: int
-    retries_max: int  # failing steps run again per ramp before one ends it
+    retries_max: int  # failing steps run again (once each) per ramp
     # Steps past the latency limit while the server still carries ≥ 90 % of the load
     # without errors and its p99 stays under capacity_p99_ms: its capacity at any latency.
     capacity_steps: int
@@ -136,7 +145,7 @@ def make_plan(quick: bool, *, loadgen_procs: int = 1, p99_ms: float = 100.0) -> 
                 "payportal": (uniform, hot, reads),
             }),),
             step_s=1.5, drain_s=3.0, warmup_s=1.0, start_rate=10.0, factor=2.0,
-            max_steps=10, retries_max=1, capacity_steps=0, capacity_p99_ms=2_000.0,
+            max_steps=10, retries_max=2, capacity_steps=0, capacity_p99_ms=2_000.0,
             max_rate=40_000.0, p99_ms=p99_ms, idle_s=6.0,
             settle_s=5.0,
             half_peak=frozenset({"payportal"}),
@@ -168,7 +177,7 @@ def make_plan(quick: bool, *, loadgen_procs: int = 1, p99_ms: float = 100.0) -> 
             Pass("processor 300 ms", 300, {"naive": (uniform, hot), "payportal": (uniform, hot)}),
         ),
         step_s=5.0, drain_s=10.0, warmup_s=3.0, start_rate=10.0, factor=1.5,
-        max_steps=18, retries_max=2, capacity_steps=6, capacity_p99_ms=2_000.0,
+        max_steps=18, retries_max=4, capacity_steps=6, capacity_p99_ms=2_000.0,
         max_rate=60_000.0, p99_ms=p99_ms, idle_s=30.0,
         settle_s=30.0,
         half_peak=frozenset(SERVERS), shard_args=("--batched-only",),
@@ -410,7 +419,6 @@ class Ramp:
     # or the capacity steps' end).
     first_stop: str | None = None
     ended_by: str = ""
-    beyond_limits: bool = False
 
     @property
     def peak(self) -> StepResult | None:
@@ -489,45 +497,31 @@ class Runner:
         if warm_up:
             await self._step(running, plan.start_rate, plan.warmup_s)
         ramp = Ramp(server=running.server, workload=workload, pass_name=pass_.name, steps=[])
-        # Past the latency limit, a few more steps measure how much the server carries at
-        # any latency (up to capacity_p99_ms): its capacity, which the limit may hide.
-        beyond = Limits(p99_ms=plan.capacity_p99_ms + floor_ms, easy_p99_ms=0.0)
+        policy = RampPolicy(
+            limits=limits,
+            # Past the latency limit, a few more steps measure how much the server carries
+            # at any latency (p99 up to capacity_p99_ms): its capacity, which the limit
+            # may hide.
+            beyond=Limits(p99_ms=plan.capacity_p99_ms + floor_ms, easy_p99_ms=0.0),
+            factor=plan.factor, max_steps=plan.max_steps, max_rate=plan.max_rate,
+            retries_max=plan.retries_max, capacity_steps=plan.capacity_steps,
+        )  # fmt: skip
         rate = plan.start_rate
         what = f"{running.server:9s} {workload.name:7s}"
-        retries, extra = plan.retries_max, 0
-        ramp.ended_by = "the step limit"
-        for _ in range(plan.max_steps + plan.capacity_steps):
+        while True:
             self.progress.set_postfix_str(f"{what} offering {rate:,.0f}/s", refresh=True)
             step = await self._step(running, rate, plan.step_s)
-            step.stop = stop_reason(step, limits)
             ramp.steps.append(step)
-            if step.stop is not None and retries > 0 and not ramp.beyond_limits:
-                # A shared machine has hiccups (someone's test suite starting): a failing
-                # step is run once more, after the server settled, before it ends the ramp.
-                retries -= 1
-                step.retried = True
-                self.say(_report.step_line(what, step) + " (running it again)")
+            capacity_step = policy.beyond_limits
+            action, rate = policy.after(rate, step)
+            note = " (running it again)" if action == AGAIN else (
+                " (a capacity step, past the limits)" if capacity_step else "")  # fmt: skip
+            self.say(_report.step_line(what, step) + note)
+            if action == END:
+                break
+            if action == AGAIN:
                 await self.settle(running)
-                continue
-            self.say(_report.step_line(what, step)
-                     + (" (a capacity step, past the limits)" if ramp.beyond_limits else ""))
-            if step.stop is not None:
-                if ramp.first_stop is None:
-                    ramp.first_stop = step.stop
-                carried = stop_reason(step, beyond)
-                if carried is not None or extra >= plan.capacity_steps:
-                    ramp.ended_by = step.stop if carried is None else carried
-                    break
-                ramp.beyond_limits = True
-                extra += 1
-                rate *= plan.factor
-                continue
-            if len(ramp.steps) >= plan.max_steps and not ramp.beyond_limits:
-                break
-            rate = next_rate(rate, step, limits, plan.factor)
-            if rate > plan.max_rate:
-                ramp.ended_by = "the highest rate planned"
-                break
+        ramp.first_stop, ramp.ended_by = policy.first_stop, policy.ended_by
         peak = ramp.reference
         if peak is not None and running.server in plan.half_peak and workload.name == "uniform":
             await self.settle(running)
@@ -580,7 +574,8 @@ async def run(plan: Plan) -> tuple[dict[str, Any], list[Ramp]]:
     total = sum(len(w) for p in plan.passes for w in p.workloads.values())
     results: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"), "quick": plan.quick,
-        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0],
+                    "load_average_at_start": os.getloadavg()},
         "plan": _report.plan_json(plan), "notes": list(plan.notes), "runs": [],
     }  # fmt: skip
     log_dir = Path(tempfile.mkdtemp(prefix="payportal-bench-loadgen-"))
@@ -627,6 +622,7 @@ async def run(plan: Plan) -> tuple[dict[str, Any], list[Ramp]]:
             await generators.close()
             shutil.rmtree(log_dir, ignore_errors=True)
     results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     results["summary"] = _report.summarize(results, ramps, plan)
     return results, ramps
 

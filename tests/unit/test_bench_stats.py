@@ -1,13 +1,18 @@
 """The end-to-end benchmark's arithmetic: nearest-rank percentiles, merging what several
-load generator processes saw into one step, the rule that ends a ramp and the rule that
-picks the next rate — all on hand-made samples, no server."""
+load generator processes saw into one step, the rule that ends a ramp, the rule that
+picks the next rate, and the ramp's retries and capacity steps — all on hand-made
+samples, no server."""
 
 from __future__ import annotations
 
 import pytest
 
 from benchmarks._stats import (
+    AGAIN,
+    END,
+    NEXT,
     Limits,
+    RampPolicy,
     StepResult,
     StepSamples,
     merge_samples,
@@ -91,6 +96,10 @@ def test_a_ramp_stops_at_the_first_error_slow_p99_or_shortfall() -> None:
     assert reason is not None
     assert reason.startswith("errors: 3 (HTTP 503)")
     assert stop_reason(_step(p99_ms=100.5), limits) == "p99 100 ms > 100 ms"
+    # A starved load generator is named: its lateness is in every latency.
+    assert stop_reason(_step(p99_ms=150.0, send_lag_p99_ms=120.0), limits) == (
+        "p99 150 ms > 100 ms (the load generator itself was 120 ms late)"
+    )
     assert stop_reason(_step(p99_ms=350.0), Limits(p99_ms=400.0)) is None
     assert stop_reason(_step(achieved_rate=89.0), limits) == "achieved 89% of offered"
     assert stop_reason(_step(ok=0, p99_ms=None, achieved_rate=0.0), limits) == (
@@ -110,3 +119,74 @@ def test_the_next_rate_skips_a_step_only_while_the_server_is_far_from_its_limits
     # With a slow processor the easy band sits above its latency.
     slow = Limits(p99_ms=400.0, easy_p99_ms=325.0)
     assert next_rate(100.0, _step(p99_ms=310.0), slow, 1.5) == pytest.approx(225.0)
+
+
+def _policy(**fields: object) -> RampPolicy:
+    base: dict[str, object] = {
+        "limits": Limits(p99_ms=100.0, easy_p99_ms=25.0), "beyond": Limits(p99_ms=2_000.0),
+        "factor": 1.5, "max_steps": 10, "max_rate": 10_000.0,
+    }  # fmt: skip
+    base.update(fields)
+    return RampPolicy(**base)  # type: ignore[arg-type]
+
+
+def test_a_ramp_walks_up_until_the_first_failure_without_retries() -> None:
+    policy = _policy()
+    assert policy.after(100.0, _step(p99_ms=50.0)) == (NEXT, pytest.approx(150.0))
+    action, _ = policy.after(150.0, _step(offered_rate=150.0, achieved_rate=150.0,
+                                          p99_ms=150.0))  # fmt: skip
+    assert action == END
+    assert policy.first_stop == policy.ended_by == "p99 150 ms > 100 ms"
+
+
+def test_a_failing_step_is_run_again_and_only_a_second_failure_ends_the_ramp() -> None:
+    policy = _policy(retries_max=2)
+    slow = _step(p99_ms=300.0)
+    assert policy.after(100.0, slow) == (AGAIN, 100.0)
+    assert slow.retried
+    assert slow.stop == "p99 300 ms > 100 ms"
+    # The second run passes: the ramp goes on from there.
+    assert policy.after(100.0, _step(p99_ms=60.0)) == (NEXT, pytest.approx(150.0))
+    assert policy.after(150.0, _step(p99_ms=300.0))[0] == AGAIN
+    assert policy.after(150.0, _step(p99_ms=300.0))[0] == END
+    # The retries are spent: the next failure would end the ramp at once.
+    assert policy.retries_used == 2
+
+
+def test_retries_are_bounded_per_ramp() -> None:
+    policy = _policy(retries_max=1)
+    assert policy.after(100.0, _step(p99_ms=300.0))[0] == AGAIN
+    assert policy.after(100.0, _step(p99_ms=50.0))[0] == NEXT
+    assert policy.after(150.0, _step(p99_ms=300.0))[0] == END
+
+
+def test_capacity_steps_go_on_past_the_latency_limit_while_the_server_keeps_up() -> None:
+    policy = _policy(capacity_steps=3)
+    assert policy.after(100.0, _step(p99_ms=300.0)) == (NEXT, pytest.approx(150.0))
+    assert policy.beyond_limits
+    assert policy.after(150.0, _step(offered_rate=150.0, achieved_rate=149.0,
+                                     p99_ms=900.0)) == (NEXT, pytest.approx(225.0))  # fmt: skip
+    # Falling short of the offered load ends it, whatever the latency.
+    action, _ = policy.after(225.0, _step(offered_rate=225.0, achieved_rate=150.0, p99_ms=900.0))
+    assert action == END
+    assert policy.first_stop == "p99 300 ms > 100 ms"
+    assert policy.ended_by == "achieved 67% of offered"
+
+
+def test_capacity_steps_are_bounded_and_end_at_errors() -> None:
+    policy = _policy(capacity_steps=1)
+    assert policy.after(100.0, _step(p99_ms=300.0))[0] == NEXT
+    assert policy.after(150.0, _step(p99_ms=300.0))[0] == END
+    erring = _policy(capacity_steps=5)
+    assert erring.after(100.0, _step(errors={"HTTP 503": 3}, error_count=3))[0] == END
+    assert erring.ended_by.startswith("errors: 3")
+
+
+def test_a_ramp_ends_at_its_step_limit_or_its_highest_rate() -> None:
+    policy = _policy(max_steps=2)
+    assert policy.after(100.0, _step(p99_ms=50.0))[0] == NEXT
+    assert policy.after(150.0, _step(p99_ms=50.0))[0] == END
+    assert policy.ended_by == "the step limit"
+    capped = _policy(max_rate=120.0)
+    assert capped.after(100.0, _step(p99_ms=50.0))[0] == END
+    assert capped.ended_by == "the highest rate planned"
