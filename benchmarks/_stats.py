@@ -161,14 +161,15 @@ AGAIN, NEXT, END = "again", "next", "end"
 
 @dataclasses.dataclass
 class RampPolicy:
-    """What a ramp does after each step: run it ``AGAIN`` at the same rate, go on to the
-    ``NEXT`` rate, or ``END``.
+    """What a ramp does after each step: run another step ``AGAIN`` after letting the
+    server settle, go on to the ``NEXT`` rate, or ``END``; and at which rate.
 
-    - Within the limits: the next rate (``next_rate``), until ``max_steps`` or past
-      ``max_rate``.
-    - A step past the limits is run once more (at most ``retries_max`` times a ramp): on
-      a shared machine one slow step may be someone else's doing; only a second failure
-      at the same rate counts.
+    - Within the limits: the next rate (``next_rate``: ×factor, or ×factor² while easy),
+      until ``max_steps`` or past ``max_rate``.
+    - A step past the limits is not believed at once (at most ``retries_max`` times a
+      ramp): on a shared machine one slow step may be someone else's doing. The ramp
+      runs that rate again — or, if it got there by skipping a rate, the rate it
+      skipped — and only a second failure ends it.
     - A confirmed failure ends the ramp, unless ``capacity_steps`` allow a few more steps
       to find what the server carries at any latency: they go on while it achieves ≥ 90 %
       of the load without errors and its p99 stays within ``beyond`` (its capacity).
@@ -187,21 +188,24 @@ class RampPolicy:
     beyond_limits: bool = False
     first_stop: str | None = None
     ended_by: str = "the step limit"
-    _confirming: bool = False
+    # A rate that failed once and awaits confirmation, and the rate stepped up from last.
+    _failed_at: float | None = None
+    _previous: float | None = None
 
     def after(self, rate: float, step: StepResult) -> tuple[str, float]:
         """Judge ``step`` (run at ``rate``): sets its ``stop`` and ``retried``, and says
         what comes next and at which rate."""
         self.steps += 1
         step.stop = stop_reason(step, self.limits)
-        confirming, self._confirming = self._confirming, False
+        previous, self._previous = self._previous, rate
         if step.stop is not None:
-            if (not confirming and not self.beyond_limits
-                    and self.retries_used < self.retries_max):  # fmt: skip
+            unconfirmed = self._failed_at is None and not self.beyond_limits
+            if unconfirmed and self.retries_used < self.retries_max:
                 self.retries_used += 1
                 step.retried = True
-                self._confirming = True
-                return AGAIN, rate
+                self._failed_at = rate
+                skipped = previous is not None and rate > previous * self.factor * 1.001
+                return AGAIN, rate / self.factor if skipped else rate
             if self.first_stop is None:
                 self.first_stop = step.stop
             carried = stop_reason(step, self.beyond)
@@ -209,15 +213,18 @@ class RampPolicy:
                 self.ended_by = step.stop if carried is None else carried
                 return END, rate
             self.beyond_limits = True
+            self._failed_at = None
             self.extra_steps += 1
             return NEXT, rate * self.factor
-        if self.steps >= self.max_steps and not self.beyond_limits:
-            self.ended_by = "the step limit"
-            return END, rate
-        if self.steps >= self.max_steps + self.capacity_steps:
+        if self._failed_at is not None and rate >= self._failed_at:
+            self._failed_at = None  # the failure there was a hiccup
+        if self.steps >= self.max_steps + (self.capacity_steps if self.beyond_limits else 0):
             self.ended_by = "the step limit"
             return END, rate
         following = next_rate(rate, step, self.limits, self.factor)
+        if self._failed_at is not None:
+            # Not past a rate that failed until it was run again.
+            following = min(following, self._failed_at)
         if following > self.max_rate:
             self.ended_by = "the highest rate planned"
             return END, rate

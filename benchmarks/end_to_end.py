@@ -513,9 +513,13 @@ class Runner:
             step = await self._step(running, rate, plan.step_s)
             ramp.steps.append(step)
             capacity_step = policy.beyond_limits
-            action, rate = policy.after(rate, step)
-            note = " (running it again)" if action == AGAIN else (
-                " (a capacity step, past the limits)" if capacity_step else "")  # fmt: skip
+            action, following = policy.after(rate, step)
+            if action == AGAIN:
+                note = (" (running it again)" if following == rate
+                        else f" (trying {following:,.0f}/s, the rate it skipped)")  # fmt: skip
+            else:
+                note = " (a capacity step, past the limits)" if capacity_step else ""
+            rate = following
             self.say(_report.step_line(what, step) + note)
             if action == END:
                 break

@@ -141,16 +141,29 @@ def test_a_ramp_walks_up_until_the_first_failure_without_retries() -> None:
 
 def test_a_failing_step_is_run_again_and_only_a_second_failure_ends_the_ramp() -> None:
     policy = _policy(retries_max=2)
+    assert policy.after(100.0, _step(p99_ms=60.0)) == (NEXT, pytest.approx(150.0))
     slow = _step(p99_ms=300.0)
-    assert policy.after(100.0, slow) == (AGAIN, 100.0)
+    assert policy.after(150.0, slow) == (AGAIN, 150.0)
     assert slow.retried
     assert slow.stop == "p99 300 ms > 100 ms"
     # The second run passes: the ramp goes on from there.
-    assert policy.after(100.0, _step(p99_ms=60.0)) == (NEXT, pytest.approx(150.0))
-    assert policy.after(150.0, _step(p99_ms=300.0))[0] == AGAIN
-    assert policy.after(150.0, _step(p99_ms=300.0))[0] == END
-    # The retries are spent: the next failure would end the ramp at once.
+    assert policy.after(150.0, _step(p99_ms=60.0)) == (NEXT, pytest.approx(225.0))
+    assert policy.after(225.0, _step(p99_ms=300.0))[0] == AGAIN
+    assert policy.after(225.0, _step(p99_ms=300.0))[0] == END
     assert policy.retries_used == 2
+    assert policy.first_stop == "p99 300 ms > 100 ms"
+
+
+def test_a_failure_after_a_skipped_rate_tries_the_skipped_rate_then_the_failed_one() -> None:
+    policy = _policy(retries_max=1)
+    # Easy: the next rate skips one (×1.5²).
+    assert policy.after(100.0, _step(p99_ms=10.0)) == (NEXT, pytest.approx(225.0))
+    assert policy.after(225.0, _step(p99_ms=300.0)) == (AGAIN, pytest.approx(150.0))
+    # The skipped rate passes, and easily: still not past 225 before 225 is run again.
+    easy = _step(offered_rate=150.0, achieved_rate=150.0, p99_ms=10.0)
+    assert policy.after(150.0, easy) == (NEXT, pytest.approx(225.0))
+    assert policy.after(225.0, _step(offered_rate=225.0, achieved_rate=225.0,
+                                     p99_ms=300.0))[0] == END  # fmt: skip
 
 
 def test_retries_are_bounded_per_ramp() -> None:
