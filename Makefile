@@ -16,8 +16,10 @@ LOADTEST_USERS ?= 50
 LOADTEST_SPAWN_RATE ?= 10
 LOADTEST_DURATION ?= 1m
 LOADTEST_HOST ?= http://127.0.0.1:8080
+# Extra arguments for the benchmark, e.g. make bench BENCH_ARGS="--keep-logs".
+BENCH_ARGS ?=
 
-.PHONY: venv test lint typecheck run bench loadtest clean
+.PHONY: venv test lint typecheck run bench bench-quick loadtest loadtest-check clean
 
 venv: $(STAMP)
 
@@ -59,13 +61,14 @@ run: venv
 	$(BIN)/payportal migrate
 	$(BIN)/payportal serve --seed-demo
 
+# The end-to-end benchmark: ceiling, naive baseline and payportal serve side by side on
+# the local PostgreSQL (PAYPORTAL_BENCH_POSTGRES_URL), then the shard benchmark; 20-40 min.
 bench: venv
-	@if [ -f benchmarks/__main__.py ]; then \
-		$(BIN)/python -m benchmarks; \
-	else \
-		echo "no benchmarks/__main__.py yet; run a benchmark module directly, e.g." \
-		     "$(BIN)/python -m benchmarks.shards --help"; \
-	fi
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# The same, reduced to fit in under 3 minutes on a 2-core machine (it says what it left out).
+bench-quick: venv
+	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
 
 # Runs against a portal already started with `make run` on 127.0.0.1.
 loadtest: venv
@@ -77,6 +80,12 @@ loadtest: venv
 	else \
 		echo "no load test exists yet (loadtests/locustfile.py is missing)"; \
 	fi
+
+# Starts its own payportal serve on a scratch PostgreSQL database (free ports), runs the
+# Locust mix for LOADTEST_DURATION, then checks the database's invariants; exit 1 if broken.
+loadtest-check: venv
+	$(BIN)/python loadtests/run_and_check.py --duration $(LOADTEST_DURATION) \
+		--users $(LOADTEST_USERS) --spawn-rate $(LOADTEST_SPAWN_RATE)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

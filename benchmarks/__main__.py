@@ -1,25 +1,16 @@
-"""``make bench``: every benchmark on every database it supports, one after another."""
+"""``make bench``: the end-to-end benchmark (``benchmarks.end_to_end``), which also runs
+the shard benchmark on PostgreSQL; ``--quick`` is ``make bench-quick``.
+
+The other benchmarks run on their own, e.g. ``python -m benchmarks.shards --db sqlite``,
+``python -m benchmarks.checkpoints --db postgres`` (a hot account over a long run),
+``python -m benchmarks.metrics``, ``python -m benchmarks.mail_outbox``.
+"""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
-RUNS = (
-    ["benchmarks.shards", "--db", "sqlite"],
-    ["benchmarks.shards", "--db", "postgres"],
-    ["benchmarks.checkpoints", "--db", "sqlite"],
-    ["benchmarks.checkpoints", "--db", "postgres"],
-)
-
-
-def main() -> int:
-    failed = 0
-    for run in RUNS:
-        print(f"\n$ python -m {' '.join(run)}", flush=True)
-        failed += subprocess.call([sys.executable, "-m", *run]) != 0
-    return 1 if failed else 0
-
+from .end_to_end import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -5,35 +5,102 @@ seconds each process spent per payment move much less, and they say which part t
 cheaper. Processes are grouped by what they are on this machine: the benchmark's own
 process (the front door's side: router, batching, reply decoding), the account shards
 (Ray actors), PostgreSQL's server processes, and Ray's own daemons.
+
+The end-to-end benchmark runs the front door, the processor and the load generator as
+processes of their own; they are told apart by name (``payportal serve``, ``payportal
+sandbox``, ``benchmarks.loadgen``) or by pid (``roles``). On a machine shared with other
+people's work it also narrows what counts: with ``roots``, only those processes and
+their descendants are grouped (the rest is "other"), and with ``databases``, only the
+PostgreSQL backends serving those databases (plus the server's shared background
+processes, which cannot be told apart; none at all when ``databases`` is empty).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator, Mapping
 
 import psutil
 
-__all__ = ["CpuMeter"]
+__all__ = ["CpuMeter", "tree_pids"]
 
-GROUPS = ("front door (this process)", "account shards", "PostgreSQL", "Ray daemons", "other")
+FRONT_DOOR_SELF = "front door (this process)"
+FRONT_DOOR = "front door"
+SHARDS = "account shards"
+POSTGRES = "PostgreSQL"
+PROCESSOR = "processor (sandbox)"
+MAIL = "mail"
+RAY = "Ray daemons"
+LOADGEN = "load generator"
+OTHER = "other"
+GROUPS = (FRONT_DOOR_SELF, FRONT_DOOR, SHARDS, POSTGRES, PROCESSOR, MAIL, RAY, LOADGEN, OTHER)
 
 
-def _group(process: psutil.Process, own_pid: int) -> str:
+# A backend's client in its process title: "127.0.0.1(52368)", "[::1](4711)" or "[local]".
+_CLIENT = re.compile(r"^(\S+\(\d+\)|\[local\])$")
+
+
+def _postgres_database(command: str) -> str | None:
+    """The database a backend serves, from its process title (``postgres: [cluster:] user
+    database client activity``); None for the server's own background processes."""
+    parts = command.split()
+    for i, part in enumerate(parts[1:], start=1):
+        if _CLIENT.match(part):
+            return parts[i - 1]
+    return None
+
+
+def _group(
+    process: psutil.Process,
+    own_pid: int,
+    roles: Mapping[int, str] | None = None,
+    databases: frozenset[str] | None = None,
+) -> str:
+    if roles and process.pid in roles:
+        return roles[process.pid]
     if process.pid == own_pid:
-        return GROUPS[0]
+        return FRONT_DOOR_SELF
     try:
         name = process.name()
-        command = " ".join(process.cmdline()[:2])
+        command = " ".join(process.cmdline()[:4])
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return GROUPS[4]
+        return OTHER
     if "ray::AccountShard" in command or "ray::AccountShard" in name:
-        return GROUPS[1]
+        return SHARDS
     if name.startswith("postgres"):
-        return GROUPS[2]
+        if databases is not None:
+            if not databases:  # a run on no PostgreSQL database: none of it is ours
+                return OTHER
+            try:
+                database = _postgres_database(" ".join(process.cmdline()))
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                return OTHER
+            if database is not None and database not in databases:
+                return OTHER
+        return POSTGRES
+    if "payportal sandbox" in command or "payportal.processors.sandbox" in command:
+        return PROCESSOR
+    if "payportal serve" in command:
+        return FRONT_DOOR
+    if "benchmarks.loadgen" in command:
+        return LOADGEN
     if name in ("raylet", "gcs_server") or "ray/" in command or "ray::" in command:
-        return GROUPS[3]
-    return GROUPS[4]
+        return RAY
+    return OTHER
+
+
+def tree_pids(roots: Iterable[int]) -> set[int]:
+    """``roots`` and every process descended from them, as they are now."""
+    pids: set[int] = set()
+    for root in roots:
+        try:
+            process = psutil.Process(root)
+            pids.add(root)
+            pids.update(child.pid for child in process.children(recursive=True))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids
 
 
 def _cpu_seconds() -> Iterator[tuple[tuple[int, float], psutil.Process, float]]:
@@ -46,34 +113,62 @@ def _cpu_seconds() -> Iterator[tuple[tuple[int, float], psutil.Process, float]]:
 
 
 class CpuMeter:
-    """``start()``, run the work, ``stop()``: CPU seconds by group in between."""
+    """``start()``, run the work, ``stop()``: CPU seconds by group in between.
 
-    def __init__(self) -> None:
+    ``roles`` names the group of particular pids; ``roots`` limits the count to those
+    process trees (and PostgreSQL); ``databases`` limits PostgreSQL to those databases.
+    """
+
+    def __init__(
+        self,
+        *,
+        roles: Mapping[int, str] | None = None,
+        roots: Iterable[int] | None = None,
+        databases: Iterable[str] | None = None,
+    ) -> None:
         self._before: dict[tuple[int, float], float] = {}
+        self._roles = dict(roles or {})
+        self._roots = None if roots is None else list(roots)
+        self._databases = None if databases is None else frozenset(databases)
+        self._scope: set[int] = set()
 
     def start(self) -> None:
+        if self._roots is not None:
+            self._scope = tree_pids(self._roots)
         self._before = {key: seconds for key, _, seconds in _cpu_seconds()}
 
     def stop(self) -> dict[str, float]:
         own_pid = os.getpid()
+        if self._roots is not None:
+            # Children born during the measurement count too (Ray restarts a worker).
+            self._scope |= tree_pids(self._roots)
         spent = dict.fromkeys(GROUPS, 0.0)
         for key, process, seconds in _cpu_seconds():
             # A process started meanwhile counts from zero; one that ended is not seen
             # (its time is lost, which only under-counts).
             delta = seconds - self._before.get(key, 0.0)
-            if delta > 0:
-                spent[_group(process, own_pid)] += delta
+            if delta <= 0:
+                continue
+            group = _group(process, own_pid, self._roles, self._databases)
+            if self._roots is not None and process.pid not in self._scope and group != POSTGRES:
+                group = OTHER
+            spent[group] += delta
         return spent
 
 
-def report(spent: dict[str, float], payments: int, cores: int) -> list[str]:
-    """Lines of µs of CPU per payment by group, and the ceiling ``cores`` allow."""
-    total = sum(spent.values())
+def report(
+    spent: dict[str, float], payments: int, cores: int, *, exclude: Iterable[str] = ()
+) -> list[str]:
+    """Lines of µs of CPU per payment by group, and the ceiling ``cores`` allow; the
+    ``exclude`` groups are left out of the lines and the total."""
+    left_out = set(exclude)
+    groups = [g for g in GROUPS if g not in left_out]
+    total = sum(spent.get(group, 0.0) for group in groups)
     lines = [
         f"  {group:26s} {spent[group] / payments * 1e6:8.0f} µs/payment "
         f"({spent[group] / total:5.1%})"
-        for group in GROUPS
-        if spent[group] / payments * 1e6 >= 0.5  # idle background work rounds to nothing
+        for group in groups
+        if spent.get(group, 0.0) / payments * 1e6 >= 0.5  # idle background work rounds to nothing
     ]  # fmt: skip
     lines.append(
         f"  {'total':26s} {total / payments * 1e6:8.0f} µs/payment: {cores} cores allow at "

@@ -165,7 +165,7 @@ async def main() -> None:
         with tempfile.TemporaryDirectory() as directory:
             await bench_database(f"sqlite+aiosqlite:///{directory}/metrics.db", args.payments)
     else:
-        from tests.databases import create_postgres_database, drop_postgres_database
+        from ._postgres import create_postgres_database, drop_postgres_database
 
         base = os.environ.get("PAYPORTAL_TEST_POSTGRES_URL", POSTGRES_URL_DEFAULT)
         url, name = await create_postgres_database(base)

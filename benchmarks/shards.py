@@ -23,14 +23,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 from payportal.actors import ShardRouter
 from payportal.actors.cluster import connect_ray, ensure_shards
@@ -49,8 +50,8 @@ from payportal.gc_tuning import tune_for_throughput
 from payportal.persistence import AccountChange, Store, migrate
 
 from ._cpu import CpuMeter, report
+from ._postgres import create_postgres_database, drop_postgres_database, server_url
 
-POSTGRES_URL_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 CARD = PaymentMethodRef(id="pm_bench", brand="visa")
 # Concurrent payments a benchmark client keeps open: enough to fill 256-item batches on
 # every shard, as a busy front door would.
@@ -63,15 +64,12 @@ async def _database(kind: str) -> tuple[str, Any]:
         url = f"sqlite+aiosqlite:///{folder}/bench.db"
         await asyncio.to_thread(migrate, url)
         return url, None
-    sys.path.insert(0, os.getcwd())
-    from tests.integration.shard_support import create_postgres_database, drop_postgres_database
-
-    server_url = os.environ.get("PAYPORTAL_BENCH_POSTGRES_URL", POSTGRES_URL_DEFAULT)
-    url, name = await create_postgres_database(server_url)
+    server = server_url()
+    url, name = await create_postgres_database(server)
     await asyncio.to_thread(migrate, url)
 
     async def drop() -> None:
-        await drop_postgres_database(server_url, name)
+        await drop_postgres_database(server, name)
 
     return url, drop
 
@@ -197,9 +195,15 @@ async def main() -> None:
     parser.add_argument("--unbatched-payments", type=int, default=1_000)
     parser.add_argument("--accounts", type=int, default=1_000)
     parser.add_argument("--shards", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--warmup-payments", type=int, default=2_000)
+    parser.add_argument("--batched-only", action="store_true",
+                        help="skip the unbatched run and the group-commit timings")
+    parser.add_argument("--json", action="store_true",
+                        help="end with one JSON line of the figures (for make bench)")
     args = parser.parse_args()
 
     url, drop = await _database(args.db)
+    figures: dict[str, Any] | None = None
     try:
         connect_ray(None)
         print(f"database={args.db} shards={args.shards} accounts={args.accounts}")
@@ -207,12 +211,15 @@ async def main() -> None:
         handles = ensure_shards(args.shards, url, deployment=deployment)
         router = ShardRouter(handles, queue_max=4 * IN_FLIGHT_MAX)
         account_ids = await _seed(router, args.accounts)
-        await _pay_all(router, account_ids, 2_000, "warmup")
+        await _pay_all(router, account_ids, args.warmup_payments, "warmup")
         # As ``payportal serve`` does once started.
         tune_for_throughput()
 
         rates = []
-        meter = CpuMeter()
+        # Only this process's tree (it started Ray) and its own database count: the
+        # machine may be running other people's work.
+        database = [] if args.db == "sqlite" else [urlsplit(url).path.lstrip("/")]
+        meter = CpuMeter(roots=[os.getpid()], databases=database)
         meter.start()
         for round_number in range(args.rounds):
             elapsed_s = await _pay_all(router, account_ids, args.payments, f"batched{round_number}")
@@ -225,12 +232,23 @@ async def main() -> None:
         print(f"batched, median of {args.rounds} rounds: {statistics.median(rates):,.0f} "
               "durable payments/s")  # fmt: skip
         print("CPU per payment while batched (projection included):")
-        print("\n".join(report(spent, args.payments * args.rounds, os.cpu_count() or 1)))
+        payments = args.payments * args.rounds
+        print("\n".join(report(spent, payments, os.cpu_count() or 1, exclude=["other"])))
         lag_ms = await _projection_lag_ms(url, args.shards)
         print(
             "projection: read models caught up "
             + (f"{lag_ms:,.0f} ms after the last reply" if lag_ms is not None else "NOT in 120 s")
         )
+        if args.json:
+            figures = {
+                "db": args.db, "shards": args.shards, "accounts": args.accounts,
+                "payments_per_round": args.payments, "rates": rates,
+                "median_rate": statistics.median(rates), "projection_lag_ms": lag_ms,
+                "cpu_us_per_payment": {g: 1e6 * v / payments for g, v in spent.items()
+                                       if g != "other"},
+            }  # fmt: skip
+        if args.batched_only:
+            return
         single = ShardRouter(handles, batch_max_items=1, queue_max=4 * IN_FLIGHT_MAX)
         elapsed_s = await _pay_all(single, account_ids, args.unbatched_payments, "single")
         print(
@@ -241,6 +259,8 @@ async def main() -> None:
         for size, median_ms, events_per_s in await _commit_times(url, [1, 16, 64, 256, 1024], 5):
             print(f"  batch {size:5d}: {median_ms:8.2f} ms median, {events_per_s:10,.0f} events/s")
     finally:
+        if args.json and figures is not None:
+            print(json.dumps(figures), flush=True)
         if drop is not None:
             import ray
 

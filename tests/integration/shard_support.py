@@ -25,10 +25,6 @@ from payportal.engine import (
     evolve,
 )
 
-# Re-exported for benchmarks/shards.py, which imports them from here.
-from tests.databases import create_postgres_database as create_postgres_database
-from tests.databases import drop_postgres_database as drop_postgres_database
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
