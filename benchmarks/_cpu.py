@@ -81,6 +81,8 @@ def _group(
         return POSTGRES
     if "payportal sandbox" in command or "payportal.processors.sandbox" in command:
         return PROCESSOR
+    if "payportal mail" in command:  # the outbox sender, and the catcher standing in for SMTP
+        return MAIL
     if "payportal serve" in command:
         return FRONT_DOOR
     if "benchmarks.loadgen" in command:

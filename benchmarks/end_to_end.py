@@ -130,6 +130,7 @@ class Plan:
     connections_max: int
     notes: tuple[str, ...]
     keep_logs: bool = False
+    servers: tuple[str, ...] = SERVERS
 
 
 def make_plan(quick: bool, *, loadgen_procs: int = 1, p99_ms: float = 100.0) -> Plan:
@@ -369,6 +370,9 @@ async def serving(
                 "PAYPORTAL_SANDBOX_PORT": str(free_port()),
                 "PAYPORTAL_SANDBOX_URL": sandbox_url,
                 "PAYPORTAL_BILLING_INTERVAL_S": "0",
+                # Every connection comes from the load generator on 127.0.0.1: the cap per
+                # client address (against slow-client floods) would refuse most of them.
+                "PAYPORTAL_CONNECTIONS_PER_ADDRESS": "100000",
             }
             cwd = workdir / "serve"
             payportal = [sys.executable, "-m", "payportal"]
@@ -595,7 +599,7 @@ async def run(plan: Plan) -> tuple[dict[str, Any], list[Ramp]]:
             runner.say(f"note: {note}")
         try:
             for pass_ in plan.passes:
-                for server in SERVERS:
+                for server in plan.servers:
                     workloads = pass_.workloads.get(server, ())
                     if not workloads:
                         continue
@@ -658,9 +662,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep each server's working directory and logs")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help="which servers to run, comma-separated (a partial run's ratios "
+                             "are incomplete)")
     args = parser.parse_args(argv)
+    servers = tuple(s for s in SERVERS if s in args.servers.split(","))
+    if not servers:
+        parser.error(f"--servers: name one or more of {', '.join(SERVERS)}")
     plan = make_plan(args.quick, loadgen_procs=args.loadgen_procs, p99_ms=args.p99_ms)
-    plan = dataclasses.replace(plan, keep_logs=args.keep_logs)
+    plan = dataclasses.replace(plan, keep_logs=args.keep_logs, servers=servers)
     started = time.perf_counter()
     results, ramps = asyncio.run(run(plan))
     write_results(results, ramps, plan, args.out)

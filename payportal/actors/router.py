@@ -13,7 +13,9 @@ Rules:
   here and go together when one returns. A shard applies one batch while the one before
   commits, so a third in flight would only wait in the shard — and each call costs the
   same Ray overhead whatever it carries, so under load batches grow instead of calls
-  multiplying. When idle, a command still goes within ``batch_max_wait_ms``.
+  multiplying. A command for a shard with nothing in flight goes at once (at the end
+  of the event loop's turn); with one batch out, it waits up to ``batch_max_wait_ms``
+  for company.
 - A failed call fails every command in it; callers retry with the same idempotency key.
 """
 
@@ -58,7 +60,11 @@ class _ShardQueue:
         if len(self._pending) >= self._router.batch_max_items:
             self.flush()
         elif self._timer is None and self._in_flight < IN_FLIGHT_PER_SHARD:
-            self._timer = loop.call_later(self._router.batch_max_wait_s, self.flush)
+            # Nothing on its way to the shard: go at the end of this turn of the loop (what
+            # arrives in the same turn goes too); waiting for more would only add latency.
+            # With a batch already out, wait a little for company.
+            delay_s = 0.0 if self._in_flight == 0 else self._router.batch_max_wait_s
+            self._timer = loop.call_later(delay_s, self.flush)
         return future
 
     def flush(self, *, force: bool = False) -> None:
