@@ -131,6 +131,8 @@ class Plan:
     notes: tuple[str, ...]
     keep_logs: bool = False
     servers: tuple[str, ...] = SERVERS
+    # Front-door processes of payportal serve (``serve --workers``).
+    serve_workers: int = 1
 
 
 def make_plan(quick: bool, *, loadgen_procs: int = 1, p99_ms: float = 100.0) -> Plan:
@@ -381,7 +383,8 @@ async def serving(
             output = await asyncio.to_thread(_run, [*payportal, "keys", "create", "--name",
                                                     "bench"], cwd=cwd, env=env, timeout_s=120)
             api_key = output.strip().splitlines()[-1]
-            process = Managed("payportal serve", [*payportal, "serve"], cwd=cwd, env=env,
+            serve = [*payportal, "serve", "--workers", str(plan.serve_workers)]
+            process = Managed("payportal serve", serve, cwd=cwd, env=env,
                               log=workdir / "server.log", stop_signal=signal.SIGINT).start()
             started.append(process)
             await wait_http(f"http://127.0.0.1:{port}/healthz", process, SERVE_START_S)
@@ -662,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep each server's working directory and logs")
+    parser.add_argument("--serve-workers", type=int, default=1,
+                        help="front-door processes for payportal serve (serve --workers)")
     parser.add_argument("--servers", default=",".join(SERVERS),
                         help="which servers to run, comma-separated (a partial run's ratios "
                              "are incomplete)")
@@ -670,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
     if not servers:
         parser.error(f"--servers: name one or more of {', '.join(SERVERS)}")
     plan = make_plan(args.quick, loadgen_procs=args.loadgen_procs, p99_ms=args.p99_ms)
-    plan = dataclasses.replace(plan, keep_logs=args.keep_logs, servers=servers)
+    plan = dataclasses.replace(plan, keep_logs=args.keep_logs, servers=servers,
+                               serve_workers=max(1, args.serve_workers))
     started = time.perf_counter()
     results, ramps = asyncio.run(run(plan))
     write_results(results, ramps, plan, args.out)
