@@ -205,8 +205,8 @@ def render(results: dict[str, Any], ramps: list[Ramp], plan: Plan) -> str:
         lines.append(f"  {'at (payments/s)':22s}"
                      + "".join(f"{cpu[s]['achieved_rate']:12,.0f}" for s in servers))
         if "payportal" in cpu:
-            lines.append("  (payportal's mail: its outbox sender, and the catcher standing in for "
-                         "an SMTP server; processor: the sandbox, standing in for one)")  # fmt: skip
+            lines.append("  (payportal's mail: its outbox sender, and the catcher standing in "
+                         "for an SMTP server; processor: the sandbox, standing in for one)")
     loadgen = summary.get("loadgen")
     if loadgen:
         lines += ["", (f"Load generator: {loadgen['cpu_pct_at_highest_step']:.0f}% of one core "
