@@ -21,6 +21,7 @@ and charges still in flight when the server stops are awaited.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import time
@@ -63,6 +64,9 @@ from .typedefs import (
 __all__ = ["PAGE_ERRORS", "create_app"]
 
 log = structlog.get_logger("payportal.http")
+# Asked before a debug line is built: through structlog's lazy proxy even a line that is
+# filtered out costs a bound logger per request.
+_DEBUG_LOGGER: Final = logging.getLogger("payportal.http")
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 # A client's request id is kept only if it is short and plain: it goes into every log line.
@@ -160,10 +164,12 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         response.headers[REQUEST_ID_HEADER] = request_id
         # Every request is counted and timed in /metrics; the log has the ones that went
         # wrong, and all of them only at debug (thousands of lines a second at peak).
-        (log.info if response.status >= 400 else log.debug)(
-            "request", method=request.method, path=_logged_path(request), status=response.status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
-        )  # fmt: skip
+        if response.status >= 400 or _DEBUG_LOGGER.isEnabledFor(logging.DEBUG):
+            (log.info if response.status >= 400 else log.debug)(
+                "request", method=request.method, path=_logged_path(request),
+                status=response.status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )  # fmt: skip
         return response
 
 

@@ -440,15 +440,18 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     path = request.path
     if limits is None or path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES):
         return await handler(request)
-    address = client_address(request, limits.trusted_proxies)
     principal = await _principal(request)
     money = (request.method, _canonical(request)) in MONEY_ROUTES
+    login = request.method == "POST" and path == LOGIN_PATH
     # Narrowest first: a request refused by a strict limit has not used the broad ones.
     if principal is not None and principal.is_merchant:
         if money:
             limits.hit_local(limits.scaled(MERCHANT_MONEY_POSTS), "merchant-money")
         limits.hit_local(limits.scaled(MERCHANT_REQUESTS), "merchant")
-    else:
+        if not login:  # the merchant's address counts for nothing else
+            return await handler(request)
+    address = client_address(request, limits.trusted_proxies)
+    if principal is None or not principal.is_merchant:
         if money:
             if principal is not None:
                 account = await _payment_account(request, principal)
@@ -459,7 +462,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
         if principal is not None:
             await limits.hit(limits.scaled(PAYER_REQUESTS), "payer", principal.id)
         await limits.hit(limits.scaled(ADDRESS_REQUESTS), "address", address)
-    if request.method == "POST" and path == LOGIN_PATH:
+    if login:
         return await limits.guard_login(request, handler, address)
     return await handler(request)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -41,6 +42,8 @@ from aiohttp import web
 
 from . import security
 from .security import WEB_CONFIG, WebConfig
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 if TYPE_CHECKING:
     from payportal.config import Settings
@@ -66,13 +69,19 @@ def _static_url(request: web.Request, name: str) -> str:
     return str(request.app.router["static"].url_for(filename=name))
 
 
+@web.middleware
+async def _page_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What every template sees, for page requests only: aiohttp_jinja2's own context
+    middleware runs its processors for every request, and an API call renders no
+    template — a nonce, a CSRF token and a session lookup per API call were pure cost."""
+    if security.is_page(request):
+        request[aiohttp_jinja2.REQUEST_CONTEXT_KEY] = await _context(request)
+    return await handler(request)
+
+
 async def _context(request: web.Request) -> dict[str, Any]:
     from .pages_auth import current_session
 
-    # aiohttp_jinja2 runs this for every request; an API call renders no template, and
-    # a nonce, a CSRF token and a session lookup per API call were pure cost.
-    if not security.is_page(request):
-        return {}
     return {
         "nonce": security.csp_nonce(request),
         "csrf_token": security.csrf_token(request),
@@ -121,12 +130,12 @@ def install_web(
         app,
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         autoescape=jinja2.select_autoescape(["html", "xml"], default_for_string=True),
-        context_processors=[_context],
     )
     env = aiohttp_jinja2.get_env(app)
     env.filters["money"] = pages.format_money
     env.filters["date"] = pages.format_date
     env.filters["datetime"] = pages.format_datetime
+    app.middlewares.append(_page_context)
     app.middlewares.append(security.security_middleware)
     app.on_response_prepare.append(security.headers_on_prepare)
     app[PAGE_ERRORS] = pages.page_error

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -202,7 +203,15 @@ async def test_the_session_cookie_is_host_prefixed_secure_httponly_and_lax(
 ) -> None:
     email = _email()
     await portal.payer(email)
-    response = await portal.sign_in(email)
+    # Requests that succeed are logged at debug: turned on here, so the line whose
+    # contents are checked below is written at all.
+    http_logger = logging.getLogger("payportal.http")
+    level = http_logger.level
+    http_logger.setLevel(logging.DEBUG)
+    try:
+        response = await portal.sign_in(email)
+    finally:
+        http_logger.setLevel(level)
     assert response.status == 303
     header = _set_cookie(response, "__Host-payportal_session")
     attributes = {part.strip().split("=")[0].lower() for part in header.split(";")[1:]}
