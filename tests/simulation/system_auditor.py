@@ -22,7 +22,8 @@ equal both that model and a plain replay of the journal. Across the system:
 - nothing failed that no injected fault explains.
 
 Once faults stop and the world has been driven until quiet: every capture the processor
-made is journaled, every refund too, and no payment is left processing or overdue.
+made is journaled, every refund and dispute too, and no payment is left processing or
+overdue.
 """
 
 from __future__ import annotations
@@ -185,6 +186,8 @@ class SystemAuditor:
             for auditor in self.accounts.values()
             for attempt_id, _ in auditor.captured.values()
         }
+        status_of = {p.payment_id: p.status for a in self.accounts.values()
+                     for p in a.payments.values()}  # fmt: skip
         for charge in world.processor.charges.values():
             _check(charge.status != "processing", f"the processor never decided {charge.key}")
             if charge.status == "succeeded":
@@ -192,6 +195,13 @@ class SystemAuditor:
                     charge.key in journaled,
                     f"the processor captured {charge.key} for {charge.payment_id}; "
                     "the journal never recorded it",
+                )
+            if charge.disputed:
+                # A payment refunded in full can no longer be disputed in the journal.
+                _check(
+                    status_of[charge.payment_id] in ("disputed", "refunded"),
+                    f"{charge.payment_id} was disputed at the processor; the journal has it "
+                    f"{status_of[charge.payment_id]}",
                 )
         for auditor in self.accounts.values():
             for payment in auditor.payments.values():

@@ -508,11 +508,15 @@ def _failure(seed: int, simulation: Simulation, error: BaseException) -> SeedFai
     world = simulation.world
     lines = world.recent_trace(TRACE_LINES if os.environ.get("PAYPORTAL_SIM_TRACE") else 40)
     where = "after settling" if simulation.step >= simulation.steps else f"step {simulation.step}"
-    return SeedFailed(
+    headline = (
         f"system simulation seed {seed} failed at {where} "
         f"({(world.now_ms() - START_MS) / 1000:.3f} s simulated): {error!r}\n"
-        f"reproduce: {REPRODUCE.format(seed=seed)}\n"
-        f"last {len(lines)} lines of its trace:\n  " + "\n  ".join(lines)
+        f"reproduce: {REPRODUCE.format(seed=seed)}"
+    )
+    # The headline again after the trace, where a terminal's scrolling stops.
+    return SeedFailed(
+        f"{headline}\nlast {len(lines)} lines of its trace:\n  " + "\n  ".join(lines)
+        + f"\n{headline}"
     )
 
 
