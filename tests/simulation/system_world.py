@@ -1001,7 +1001,6 @@ def summary_line(totals: Counter[str]) -> str:
         f"charges {totals['charges']:,}, captures {totals['captures']:,}, "
         f"retries {totals['retries_started']:,}, inquiries {totals['inquiries_made']:,}, "
         f"commits {totals['commits']:,}, callbacks {totals['callbacks_delivered']:,}; "
-        f"faults: {faults}; Ray re-sends {totals['ray_retries']:,}; first requests "
-        f"answered 409 {totals['first_request_409']:,}; refunds left unrecorded after a "
-        f"dispute {totals['refunds_unrecorded_after_dispute']:,}"
+        f"faults: {faults}; Ray re-sends {totals['ray_retries']:,}; refunds left "
+        f"unrecorded after a dispute {totals['refunds_unrecorded_after_dispute']:,}"
     )
