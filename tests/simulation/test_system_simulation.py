@@ -39,10 +39,13 @@ import structlog
 from payportal.actors import ShardOptions
 from payportal.actors.janitor import PROCESSING_STALE_MS_DEFAULT
 from payportal.engine import (
+    AttemptStatus,
     AttemptSucceeded,
     CancelPayment,
     IssueInvoice,
     OpenAccount,
+    OutcomeKind,
+    ReadAccount,
     RefundPayment,
     VoidInvoice,
 )
@@ -52,7 +55,6 @@ from payportal.http.handlers_payments import create_and_charge
 from payportal.http.idempotency import engine_key, hash_request
 from payportal.http.schemas import AllocationRequest, PaymentCreate
 from payportal.persistence.directory import PaymentMethodRow
-from payportal.processors import RefundResult
 
 from .auditor import AuditError
 from .system_auditor import SystemAuditor
@@ -378,36 +380,70 @@ class Simulation:
             return
         account_id, payment_id = self.rng.choice(payments)
         payment = self.auditor.accounts[account_id].payments[payment_id]
-        _, charge_id = self.auditor.accounts[account_id].captured[payment_id]
         refundable_minor = payment.amount_minor - payment.refunded_minor
         amount_minor = refundable_minor
         if refundable_minor > 1 and self.rng.random() < 0.6:
             amount_minor = self.rng.randint(1, refundable_minor - 1)
-        assert charge_id is not None
         refund_id = f"re_{account_id[5:]}_{self.number('refund')}"
-        self.spawn(self.refund_at_processor(account_id, payment_id, charge_id, refund_id,
-                                            amount_minor))  # fmt: skip
+        self.spawn(self.refunder(account_id, payment_id, refund_id, amount_minor))
 
-    async def refund_at_processor(
-        self, account_id: str, payment_id: str, charge_id: str, refund_id: str, amount_minor: int
+    async def refunder(
+        self, account_id: str, payment_id: str, refund_id: str, amount_minor: int
     ) -> None:
-        """As the refunds handler: the processor first, then the account."""
+        """``POST /v1/payments/{id}/refunds`` as a merchant's client sends it: again, with
+        the same key, until it is answered (a request cut off by a front door's crash is
+        run again once its key's lock has timed out)."""
         world = self.world
         while True:
-            result: RefundResult = await world.processor.refund(charge_id, amount_minor, refund_id)
-            if result.outcome.value == "succeeded":
-                break
-            if result.outcome.value == "declined":
-                world.trace(f"refund {refund_id}: declined {result.failure_code}")
-                return
-            await asyncio.sleep(self.backoff())
-        await self.merchant(RefundPayment(
+            front_door = world.front_door
+            try:
+                task = front_door.spawn(self.refund_request(front_door, account_id, payment_id,
+                                                            refund_id, amount_minor))  # fmt: skip
+                await asyncio.wait([task])
+                if task.cancelled():
+                    raise ConnectionError("the front door went away")
+                answer = task.result()
+            except ConnectionError as error:
+                world.trace(f"refund {refund_id}: {error!r}")
+                await asyncio.sleep(self.backoff())
+                continue
+            world.trace(f"refund {refund_id}: {answer}")
+            return
+
+    async def refund_request(
+        self, front_door: Any, account_id: str, payment_id: str, refund_id: str,
+        amount_minor: int,
+    ) -> str:  # fmt: skip
+        """What the refunds handler does: read the payment, refund its capture at the
+        processor, then record the refund in the account."""
+        reply = await front_door.router.submit(
+            ReadAccount(account_id=account_id, payment_id=payment_id)
+        )
+        payment = reply.payment
+        assert payment is not None
+        captured = [a for a in payment.attempts if a.status is AttemptStatus.succeeded]
+        if not captured or captured[0].charge_id is None:
+            return "400 not captured"
+        result = await self.world.processor.refund(captured[0].charge_id, amount_minor, refund_id)
+        if result.outcome is OutcomeKind.declined:
+            return f"400 declined {result.failure_code}"
+        if result.outcome is not OutcomeKind.succeeded:
+            raise ConnectionError("503: the processor's answer is not known yet")
+        reply = await front_door.router.submit(RefundPayment(
             account_id=account_id, payment_id=payment_id, refund_id=refund_id,
             amount_minor=amount_minor,
         ))  # fmt: skip
+        return f"{reply.outcome.result.value} {reply.outcome.rejection or ''}"
 
     def dispute(self) -> None:
         captured = [c for c in self.world.processor.charges.values() if c.status == "succeeded"]
+        refunded = {p.payment_id: p.refunded_minor for a in self.auditor.accounts.values()
+                    for p in a.payments.values()}  # fmt: skip
+        # Often the charge a refund is on its way for: a payer who complained may also
+        # have asked the bank for the money back.
+        refunding = [c for c in captured if c.refunded_minor > refunded.get(c.payment_id, 0)]
+        if refunding and self.rng.random() < 0.5:
+            captured = refunding
         if captured:
             self.world.processor.dispute(self.rng.choice(captured))
 
