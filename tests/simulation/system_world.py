@@ -35,7 +35,7 @@ import contextlib
 import datetime as dt
 import random
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -484,7 +484,7 @@ class ShardHost:
         incarnation.dead = True
         self._world.trace(f"shard {self.shard_id} #{incarnation.number} crashed: {why}")
         incarnation.store.kill()
-        for task in incarnation.tasks:
+        for task in in_creation_order(incarnation.tasks):
             task.cancel()
 
     async def _apply(self, batch: bytes) -> bytes:
@@ -894,8 +894,14 @@ class FrontDoor:
 
     def crash(self) -> None:
         self.dead = True
-        for task in [*self.tasks, *self.app[TASKS]]:
+        for task in in_creation_order({*self.tasks, *self.app[TASKS]}):
             task.cancel()
+
+
+def in_creation_order(tasks: Iterable[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    """Tasks by when they were made (asyncio numbers their names): a set of tasks is
+    ordered by their addresses, and what they do once cancelled must not be."""
+    return sorted(tasks, key=lambda task: int(task.get_name().rpartition("-")[2]))
 
 
 class _Request:
