@@ -23,6 +23,9 @@ narrowest seam that keeps the real code paths:
 - ``SimJanitor`` is the real ``RetryJanitor`` with its database queries answered from
   ``SimDb``'s read models; everything else (who retries, what is charged, inquiries and
   their claims) is the real code.
+- ``FrontDoor`` is one front-door process: its router, its gateway, the app state the
+  real payment handler (``create_and_charge``) reads, and its callback receiver; the
+  work it does for requests dies with it when it crashes.
 
 Time is the event loop's (``virtual_loop.VirtualTimeLoop``); every random choice comes
 from a ``random.Random`` seeded from the run's seed.
@@ -116,8 +119,8 @@ class ShardKilled(ConnectionError):
 
 
 class Faults:
-    """Which faults happen, drawn from the run's own random stream; ``off`` stops them
-    all (the run's end, when everything must settle)."""
+    """Which faults happen, drawn from the run's own random stream; ``on = False``
+    stops them all (the run's end, when everything must settle)."""
 
     def __init__(self, rng: random.Random, rates: dict[str, float], counts: Counter[str]) -> None:
         self._rng = rng
