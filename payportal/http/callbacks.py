@@ -102,6 +102,12 @@ class CallbackData(msgspec.Struct, frozen=True, kw_only=True):
     amount: int
     currency: str
     decline_code: str | None = None
+    # The network's signals on a decline (Visa's category, Mastercard's merchant advice
+    # code). A stop signal makes a decline hard whatever its code, and the callback may be
+    # the first report of the decline the engine gets: without them it would schedule
+    # retries the network forbids, and the charge's own reply would then be a duplicate.
+    visa_category: int | None = None
+    advice_code: str | None = None
     # What we sent with the charge; names our payment (``METADATA_PAYMENT``).
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
@@ -285,7 +291,8 @@ class _Receiver:
             command = RecordOutcome(
                 account_id=account_id, payment_id=payment_id, attempt_id=data.attempt,
                 outcome=outcome_kind, charge_id=data.charge,
-                decline_code=data.decline_code, amount_minor=data.amount,
+                decline_code=data.decline_code, visa_category=data.visa_category,
+                advice_code=data.advice_code, amount_minor=data.amount,
                 currency=data.currency.upper(),
             )  # fmt: skip
         try:

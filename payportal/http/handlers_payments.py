@@ -152,9 +152,10 @@ async def create_and_charge(
         raise key_in_use()
     method = await _payment_method(request, account_id, body)
     router = request.app[ROUTER]
+    payment_id = ids.child_id("pay", account_id)
     reply = await router.submit(
         CreatePayment(
-            account_id=account_id, payment_id=ids.child_id("pay", account_id),
+            account_id=account_id, payment_id=payment_id,
             attempt_id=ids.child_id("att", account_id), idempotency_key=scoped,
             amount_minor=body.amount, currency=body.currency.upper(), payment_method=method,
             allocations=tuple(Allocation(invoice_id=a.invoice, amount_minor=a.amount)
@@ -176,7 +177,11 @@ async def create_and_charge(
         if payment.answer is not None:
             status, answer, headers = _answer(account_id, payment.answer)
             return status, answer, {**headers, REPLAYED_HEADER: "true"}
-        if (account_id, scoped) in in_flight or not _abandoned(request, payment):
+        # The payment this request just created, answered ``exists`` because its command
+        # was delivered twice (Ray sends a call again to a shard restarted after its
+        # commit): no other request can be charging it.
+        ours = payment.payment_id == payment_id
+        if not ours and ((account_id, scoped) in in_flight or not _abandoned(request, payment)):
             raise key_in_use()
     # The charge and the answer it leaves must finish even if the client hangs up.
     in_flight.add((account_id, scoped))

@@ -35,8 +35,9 @@ Charges keep amount, currency, status (``processing`` → ``succeeded`` | ``fail
 
 Callbacks: every decided charge, refund and dispute is sent to ``callback_url`` as
 ``{type: charge.succeeded|charge.failed|charge.refunded|charge.disputed, data: {charge,
-attempt, amount, currency, decline_code?}}`` (``attempt`` is the charge's idempotency
-key), signed per Standard Webhooks v1 and retried on non-2xx (``_callbacks.py``).
+attempt, amount, currency, decline_code?, visa_category?, advice_code?}}`` (``attempt``
+is the charge's idempotency key; a decline's network signals as its reply has them),
+signed per Standard Webhooks v1 and retried on non-2xx (``_callbacks.py``).
 
 Fault knobs (``_faults.Faults``), set at creation (``faults=``) and at runtime with
 ``POST /v1/_faults`` carrying any subset of them (and ``seed`` to reseed):
@@ -616,6 +617,12 @@ async def _decide_charge(
     data = _event_data(charge, charge.amount)
     if declines:
         data["decline_code"] = charge.decline_code
+        # The network's signals as well: a stop signal makes the decline hard whatever
+        # its code, and this event may reach the portal before the charge's reply does.
+        if charge.visa_category is not None:
+            data["visa_category"] = charge.visa_category
+        if charge.advice_code is not None:
+            data["advice_code"] = charge.advice_code
     state.callbacks.emit(event_type, data)
     return answer
 

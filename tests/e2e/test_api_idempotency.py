@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import msgspec
 
@@ -107,6 +108,28 @@ async def test_a_validation_error_is_not_stored_so_the_key_can_be_used_again(api
 
     assert bad == 400
     assert good == 200, body
+
+
+async def test_a_payment_whose_creation_reaches_its_shard_twice_is_charged_and_answered(
+    api: Api,
+) -> None:
+    account_id = await api.account()
+    method = await api.payment_method(account_id)
+    assert api.router is not None
+    for handle in api.router.handles:
+        # At-least-once: every call is applied, its answer lost, then applied again (Ray
+        # re-sends the calls of a shard that restarted after its commit).
+        async def twice(batch: bytes, core: Any = handle.core) -> bytes:
+            await core.apply(batch)
+            return await core.apply(batch)
+
+        handle.remote = twice
+
+    status, body, _ = await api.pay(account_id, 1_000, method, key="sent-twice")
+
+    assert status == 200, body  # not 409: no other request holds the key
+    assert body["status"] == "succeeded"
+    assert len(api.charges()) == 1
 
 
 async def test_a_key_left_in_flight_by_a_dead_process_is_taken_over_after_the_lock_timeout(

@@ -647,6 +647,23 @@ async def test_a_duplicated_callback_is_answered_200_and_changes_nothing(
     assert len(await callback_rows(portal, 1)) == 1
 
 
+async def test_a_decline_callback_with_a_stop_advice_code_is_hard_even_before_the_reply(
+    portal: Portal, wired: Wiring
+) -> None:
+    account_id = await open_account(portal)
+    payment_id, attempt_id = await create_payment(portal, account_id, "tok_unused")
+    await portal.settle()
+    # Soft by its code, but Mastercard's advice code 21 says never to try the card again;
+    # the callback comes first, and the charge's reply would only repeat it.
+    body = callback_body("charge.failed", attempt_id, decline_code="insufficient_funds",
+                         advice_code="21")  # fmt: skip
+
+    assert await post(wired.receiver, body, signed(body)) == (200, {"received": True})
+    payment = portal.payment(account_id, payment_id)
+    assert payment.status is PaymentStatus.requires_payment_method
+    assert payment.next_retry_at_ms is None
+
+
 async def test_sandbox_duplicates_are_applied_once(
     portal: Portal, wired_with_callbacks: Wiring
 ) -> None:

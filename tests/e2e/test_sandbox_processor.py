@@ -464,9 +464,22 @@ async def test_callbacks_are_signed_and_describe_the_charge(
         "amount": 1_000,
         "currency": "USD",
         "decline_code": "insufficient_funds",
+        "visa_category": 2,
     }
     assert bodies["charge.refunded"]["amount"] == 234
     assert bodies["charge.disputed"]["charge"] == ok.charge_id
+
+
+async def test_a_decline_callback_carries_the_network_signals_its_reply_has(
+    start_sandbox: Any, receiver: tuple[Receiver, str]
+) -> None:
+    inbox, url = receiver
+    _, processor = await start_sandbox(callback_url=url)
+    stop = await charge_card(processor, "5100000000000016", key="att_stop")
+    await inbox.wait_for(1)
+    [(_, body)] = inbox.verified()
+    assert body["data"]["advice_code"] == stop.advice_code == "03"
+    assert "visa_category" not in body["data"]  # Visa's alone
 
 
 async def test_a_tampered_callback_fails_verification(

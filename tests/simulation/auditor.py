@@ -19,32 +19,57 @@ ledger's balances. Its rules:
 Where the contract leaves a choice to the engine (whether a soft decline is retried or
 has run out of retries, when a retry is due), the auditor accepts the engine's status
 only if the contract allows that transition, and then follows it.
+
+``JournalAuditor`` is the same model driven by an account's durable journal instead of
+the commands sent, for a system that duplicates, loses and retries commands: the journal
+is then the one record of what the account decided, and each event is checked against
+what the rules above allow and call for before the model follows it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from payportal.engine.messages import (
+    AccountOpened,
+    AttemptDeclined,
+    AttemptErrored,
+    AttemptOutcomeUnknown,
+    AttemptSucceeded,
     CancelPayment,
     Command,
     CreatePayment,
+    CreditApplied,
     DisputePayment,
+    Event,
+    InvoiceIssued,
+    InvoiceVoided,
     IssueInvoice,
     OpenAccount,
     Outcome,
     OutcomeKind,
+    PaymentCanceled,
+    PaymentCreated,
+    PaymentDisputed,
+    PaymentMethodRemoved,
+    PaymentMethodReplaced,
+    PaymentRefunded,
     RecordOutcome,
     RefundPayment,
     ReplacePaymentMethod,
+    RequestAnswered,
     Result,
+    RetriesExhausted,
+    RetryDeferred,
+    RetryStarted,
     StartRetry,
     VoidInvoice,
 )
 
-__all__ = ["ALLOWED_NEXT", "AccountAuditor", "AuditError"]
+__all__ = ["ALLOWED_NEXT", "AccountAuditor", "AuditError", "JournalAuditor"]
 
 # The currencies the simulation sends; anything else it sends is meant to be invalid.
 VALID_CURRENCIES: Final = frozenset({"USD", "EUR", "JPY"})
@@ -715,3 +740,263 @@ class AccountAuditor:
                 (engine_payment.next_retry_at_ms is None) == (payment.next_retry_at_ms is None),
                 f"{where}: a retry time stands without a scheduled retry, or is missing",
             )
+
+
+class JournalAuditor(AccountAuditor):
+    """The model above, following an account's durable journal event by event.
+
+    Nothing an event says is taken on trust where the rules decide it: an allocation is
+    recomputed and compared, so is every credit application a new or voided invoice calls
+    for and the part of a refund taken from credit; a status moves only along
+    ``ALLOWED_NEXT``; a payment is created once per idempotency key and captured once;
+    retries stay within the policy's caps and times. Where the engine chooses (a soft
+    decline retried or given up, when), the event's choice is checked, then followed."""
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(account_id)
+        self.version = 0
+        # Credit applications the rules call for, not yet seen in the journal.
+        self._credit_due: deque[tuple[str, int]] = deque()
+        self._answered: set[str] = set()
+        # payment id -> (attempt id, charge id) of its capture
+        self.captured: dict[str, tuple[str, str | None]] = {}
+
+    def follow(self, version: int, event: Event) -> None:
+        _check(version == self.version + 1, f"journal version {version} after {self.version}")
+        self.version = version
+        where = f"v{version} {type(event).__name__}"
+        if isinstance(event, CreditApplied):
+            _check(bool(self._credit_due), f"{where}: credit to {event.invoice_id} uncalled for")
+            expected = self._credit_due.popleft()
+            _check(
+                expected == (event.invoice_id, event.amount_minor),
+                f"{where}: credit {(event.invoice_id, event.amount_minor)}, rules {expected}",
+            )
+            return
+        _check(not self._credit_due, f"{where}: credit {list(self._credit_due)} never applied")
+        if isinstance(event, AccountOpened):
+            _check(self.currency is None, f"{where}: opened twice")
+            _check(event.currency in VALID_CURRENCIES, f"{where}: currency {event.currency}")
+            self.currency = event.currency
+            return
+        _check(self.currency is not None, f"{where}: before the account was opened")
+        payment_id = getattr(event, "payment_id", None)
+        before = self.payments[payment_id].status if payment_id in self.payments else None
+        try:
+            self._follow(event)
+        except AuditError as error:
+            raise AuditError(f"{where}: {error}") from None
+        if before is not None:
+            payment = self.payments[payment_id]
+            _check(
+                payment.status in ALLOWED_NEXT[before],
+                f"{where}: payment {payment_id} moved {before} -> {payment.status}",
+            )
+            if payment.status != "retry_scheduled":
+                payment.next_retry_at_ms = None
+
+    def compare(self, state: Any) -> None:
+        _check(not self._credit_due, f"credit {list(self._credit_due)} never applied")
+        super().compare(state)
+
+    def _payment(self, payment_id: str) -> AuditedPayment:
+        payment = self.payments.get(payment_id)
+        _check(payment is not None, f"payment {payment_id} was never created")
+        assert payment is not None
+        return payment
+
+    def _current(self, payment: AuditedPayment, attempt_id: str, states: frozenset[str]) -> None:
+        current = payment.current
+        _check(current.attempt_id == attempt_id, f"attempt {attempt_id} is not the current one")
+        _check(current.state in states, f"attempt {attempt_id} is {current.state}")
+
+    def _follow(self, event: Event) -> None:
+        if isinstance(event, InvoiceIssued):
+            _check(event.invoice_id not in self.invoices, "issued twice")
+            _check(event.amount_minor > 0, "an invoice for nothing")
+            invoice = AuditedInvoice(
+                invoice_id=event.invoice_id, number=event.number,
+                amount_due_minor=event.amount_minor, due_date=event.due_date,
+                service_period=event.service_period,
+            )  # fmt: skip
+            self.invoices[invoice.invoice_id] = invoice
+            applied_minor = min(self.credit_minor, invoice.amount_due_minor)
+            if applied_minor > 0:
+                self.credit_minor -= applied_minor
+                invoice.paid_minor += applied_minor
+                self._credit_due.append((invoice.invoice_id, applied_minor))
+        elif isinstance(event, InvoiceVoided):
+            invoice = self.invoices.get(event.invoice_id)
+            _check(invoice is not None and invoice.status == "open", "a void of no open invoice")
+            assert invoice is not None
+            seen = (event.amount_paid_minor, event.amount_remaining_minor)
+            _check(seen == (invoice.paid_minor, invoice.remaining_minor),
+                   f"void (paid, remaining) {seen}, rules "
+                   f"{(invoice.paid_minor, invoice.remaining_minor)}")  # fmt: skip
+            invoice.voided = True
+            self.credit_minor += invoice.paid_minor
+            for other in self._open_oldest_first():
+                take_minor = min(other.remaining_minor, self.credit_minor)
+                if take_minor > 0:
+                    other.paid_minor += take_minor
+                    self.credit_minor -= take_minor
+                    self._credit_due.append((other.invoice_id, take_minor))
+        elif isinstance(event, PaymentCreated):
+            self._follow_created(event)
+        elif isinstance(event, RequestAnswered):
+            self._payment(event.payment_id)
+            _check(event.payment_id not in self._answered, "its request answered twice")
+            self._answered.add(event.payment_id)
+        elif isinstance(event, AttemptSucceeded):
+            self._follow_succeeded(event)
+        elif isinstance(event, AttemptDeclined):
+            self._follow_declined(event)
+        elif isinstance(event, AttemptErrored):
+            payment = self._payment(event.payment_id)
+            self._current(payment, event.attempt_id, frozenset({"processing", "unknown"}))
+            payment.current.state = "errored"
+            _check(str(event.status) in ("retry_scheduled", "failed"), f"errored: {event.status}")
+            payment.status = str(event.status)
+            payment.next_retry_at_ms = event.next_retry_at_ms
+            if payment.status == "retry_scheduled":
+                self._check_retry_time(payment, event.at_ms)
+        elif isinstance(event, AttemptOutcomeUnknown):
+            payment = self._payment(event.payment_id)
+            self._current(payment, event.attempt_id, frozenset({"processing"}))
+            _check(payment.status == "processing", f"unknown while {payment.status}")
+            payment.current.state = "unknown"
+        elif isinstance(event, RetryStarted):
+            self._follow_retry_started(event)
+        elif isinstance(event, RetryDeferred):
+            payment = self._payment(event.payment_id)
+            _check(payment.status == "retry_scheduled", f"deferred while {payment.status}")
+            payment.next_retry_at_ms = event.next_retry_at_ms
+            self._check_retry_time(payment, event.at_ms)
+        elif isinstance(event, RetriesExhausted):
+            payment = self._payment(event.payment_id)
+            _check(payment.status == "retry_scheduled", f"exhausted while {payment.status}")
+            payment.status = "failed"
+        elif isinstance(event, PaymentMethodReplaced):
+            payment = self._payment(event.payment_id)
+            _check(payment.attempt(event.attempt_id) is None, "a replacement reused an attempt id")
+            payment.status = "processing"
+            payment.payment_method_id = event.payment_method.id
+            payment.attempts.append(AuditedAttempt(attempt_id=event.attempt_id))
+            payment.series_started_at_ms = event.at_ms
+            payment.series_attempts = 1
+        elif isinstance(event, PaymentCanceled):
+            payment = self._payment(event.payment_id)
+            _check(payment.current.state == "declined", f"canceled with a {payment.current.state} "
+                   "attempt, which may still capture")  # fmt: skip
+            payment.status = "canceled"
+        elif isinstance(event, PaymentRefunded):
+            self._follow_refunded(event)
+        elif isinstance(event, PaymentDisputed):
+            self._payment(event.payment_id).status = "disputed"
+        elif isinstance(event, PaymentMethodRemoved):
+            pass
+        else:
+            _check(False, "an event outside this model")
+
+    def _follow_created(self, event: PaymentCreated) -> None:
+        _check(event.payment_id not in self.payments, "created twice")
+        _check(
+            event.idempotency_key not in self.payment_by_key,
+            f"a second payment for key {event.idempotency_key!r} "
+            f"(first {self.payment_by_key.get(event.idempotency_key)})",
+        )
+        _check(event.currency == self.currency, f"currency {event.currency}")
+        _check(event.amount_minor > 0, "a payment of nothing")
+        requested = tuple((a.invoice_id, a.amount_minor) for a in event.allocations)
+        for invoice_id, amount_minor in requested:
+            invoice = self.invoices.get(invoice_id)
+            _check(invoice is not None and invoice.status == "open", f"allocated to {invoice_id}")
+            assert invoice is not None
+            _check(0 < amount_minor <= invoice.remaining_minor, f"{amount_minor} to {invoice_id}")
+        _check(sum(a for _, a in requested) <= event.amount_minor, "allocations over the amount")
+        self.payments[event.payment_id] = AuditedPayment(
+            payment_id=event.payment_id, idempotency_key=event.idempotency_key,
+            amount_minor=event.amount_minor, currency=event.currency,
+            payment_method_id=event.payment_method.id, requested=requested,
+            schedule=str(event.schedule), created_at_ms=event.at_ms,
+            attempts=[AuditedAttempt(attempt_id=event.attempt_id)],
+            series_started_at_ms=event.at_ms,
+        )  # fmt: skip
+        self.payment_by_key[event.idempotency_key] = event.payment_id
+
+    def _follow_succeeded(self, event: AttemptSucceeded) -> None:
+        payment = self._payment(event.payment_id)
+        _check(payment.captures == 0, f"payment {payment.payment_id} captured twice")
+        self._current(payment, event.attempt_id, OPEN_ATTEMPT_STATES)
+        self._capture(payment)
+        allocations: dict[str, int] = {}
+        for allocation in event.allocations:
+            allocations[allocation.invoice_id] = (
+                allocations.get(allocation.invoice_id, 0) + allocation.amount_minor
+            )
+        _check(
+            (allocations, event.unapplied_minor) == (payment.allocations, payment.unapplied_minor),
+            f"allocations {allocations} + {event.unapplied_minor} unapplied; rules "
+            f"{payment.allocations} + {payment.unapplied_minor}",
+        )
+        payment.current.state = "succeeded"
+        payment.captures += 1
+        payment.status = "succeeded"
+        self.captured[payment.payment_id] = (event.attempt_id, event.charge_id)
+
+    def _follow_declined(self, event: AttemptDeclined) -> None:
+        payment = self._payment(event.payment_id)
+        self._current(payment, event.attempt_id, OPEN_ATTEMPT_STATES)
+        payment.current.state = "declined"
+        payment.current.decline_code = event.decline_code
+        status = str(event.status)
+        if decline_is_hard(event.decline_code, event.visa_category, event.advice_code):
+            _check(status == "requires_payment_method", f"a hard decline left it {status}")
+        else:
+            _check(status in ("retry_scheduled", "failed"), f"a soft decline left it {status}")
+        payment.status = status
+        payment.next_retry_at_ms = event.next_retry_at_ms
+        if status == "retry_scheduled":
+            self._check_retry_time(payment, event.at_ms)
+            if event.advice_code in ADVICE_CODES_WAIT:
+                assert payment.next_retry_at_ms is not None
+                _check(payment.next_retry_at_ms >= event.at_ms + ADVICE_WAIT_MS_MIN,
+                       f"advice code {event.advice_code} not honoured")  # fmt: skip
+
+    def _follow_retry_started(self, event: RetryStarted) -> None:
+        payment = self._payment(event.payment_id)
+        _check(payment.status == "retry_scheduled", f"a retry while {payment.status}")
+        due_ms = payment.next_retry_at_ms
+        _check(due_ms is not None and event.at_ms >= due_ms, f"a retry before {due_ms}")
+        current = payment.current
+        if event.resend:
+            self._current(payment, event.attempt_id, frozenset({"errored"}))
+            current.state = "processing"
+        else:
+            _check(current.state == "declined", f"a new attempt after a {current.state} one")
+            reused = payment.attempt(event.attempt_id) is not None
+            _check(not reused, f"attempt id {event.attempt_id} reused")
+            payment.attempts.append(AuditedAttempt(attempt_id=event.attempt_id))
+            payment.series_attempts += 1
+            attempts_max, _ = SERIES_CAPS[payment.schedule]
+            _check(payment.series_attempts <= attempts_max,
+                   f"attempt {payment.series_attempts} exceeds the policy's cap")  # fmt: skip
+        payment.status = "processing"
+
+    def _follow_refunded(self, event: PaymentRefunded) -> None:
+        payment = self._payment(event.payment_id)
+        _check(payment.status in ("succeeded", "partially_refunded"), f"refunded {payment.status}")
+        _check(event.refund_id not in self.payment_by_refund, f"refund {event.refund_id} twice")
+        refundable_minor = payment.amount_minor - payment.refunded_minor
+        _check(0 < event.amount_minor <= refundable_minor, f"refund of {event.amount_minor}")
+        own_credit_minor = payment.unapplied_minor - payment.refunded_from_credit_minor
+        from_credit_minor = min(event.amount_minor, self.credit_minor, own_credit_minor)
+        _check(
+            event.from_credit_minor == from_credit_minor,
+            f"{event.from_credit_minor} taken from credit, rules {from_credit_minor}",
+        )
+        self._apply_refund(RefundPayment(
+            account_id=self.account_id, payment_id=payment.payment_id,
+            refund_id=event.refund_id, amount_minor=event.amount_minor,
+        ))  # fmt: skip
+        _check(payment.status == str(event.status), f"refund left it {event.status}")
