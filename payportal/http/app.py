@@ -89,7 +89,10 @@ def _http_error(error: web.HTTPException) -> ApiError:
     if error.status == 404:
         return not_found(None, "route")
     if error.status == 405:
-        return ApiError(405, "invalid_request_error", "method_not_allowed", error.reason)
+        # RFC 9110 requires the methods the resource does answer; aiohttp put them in Allow.
+        allow = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        return ApiError(405, "invalid_request_error", "method_not_allowed", error.reason,
+                        headers=allow)  # fmt: skip
     if error.status == 413:
         return ApiError(413, "invalid_request_error", "parameter_invalid", "Body too large.")
     return ApiError(error.status, "invalid_request_error", "parameter_invalid", error.reason)

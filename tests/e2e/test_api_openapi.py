@@ -39,3 +39,12 @@ async def test_health_and_readiness(api: Api) -> None:
     assert await api.ok("GET", "/healthz", headers={}) == {"status": "ok"}
     ready = await api.ok("GET", "/readyz", headers={})
     assert ready == {"status": "ok", "checks": {"shards": "ok", "database": "ok"}}
+
+
+async def test_a_method_a_route_does_not_answer_is_405_naming_the_ones_it_does(api: Api) -> None:
+    response = await api.client.request("TRACE", "/v1/payments", headers=api.merchant)
+    body = await response.json()
+
+    assert response.status == 405
+    assert body["error"]["code"] == "method_not_allowed"
+    assert set(response.headers["Allow"].split(",")) == {"GET", "POST"}
