@@ -131,7 +131,7 @@ def openapi_document(routes: list[Any], *, version: str = "0.1.0") -> dict[str, 
         errors = dict(_ERROR_STATUSES)
         if route.idempotency is not None:
             errors.update(_IDEMPOTENT_ERRORS)
-        if route.auth == "none":
+        if route.auth == "none" and not getattr(route, "credentials_in_body", False):
             errors.pop("401")
         for status, description in sorted(errors.items()):
             responses[status] = {"description": description, "content": _json_content(error_ref)}

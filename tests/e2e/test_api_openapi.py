@@ -48,3 +48,17 @@ async def test_a_method_a_route_does_not_answer_is_405_naming_the_ones_it_does(a
     assert response.status == 405
     assert body["error"]["code"] == "method_not_allowed"
     assert set(response.headers["Allow"].split(",")) == {"GET", "POST"}
+
+
+async def test_sign_in_documents_its_401_and_the_probes_none(api: Api) -> None:
+    document = await api.ok("GET", "/openapi.json", headers={})
+    paths = document["paths"]
+
+    status, _, _ = await api.call(
+        "POST", "/v1/payer/sessions", headers={},
+        json={"email": "nobody@example.com", "password": "wrong"},
+    )  # fmt: skip
+
+    assert status == 401
+    assert "401" in paths["/v1/payer/sessions"]["post"]["responses"]
+    assert "401" not in paths["/healthz"]["get"]["responses"]
