@@ -113,7 +113,10 @@ def openapi_document(routes: list[Any], *, version: str = "0.1.0") -> dict[str, 
             operation["parameters"] = parameters
         if route.body is not None:
             body = _json_content(by_type[route.body])
-            operation["requestBody"] = {"required": True, "content": body}
+            # A missing body is read as {} (``codec.decode_body``): it is optional exactly
+            # when every field is, e.g. a refund of the whole payment.
+            required = bool(components[route.body.__name__].get("required"))
+            operation["requestBody"] = {"required": required, "content": body}
         events = getattr(route, "events", None)
         if route.response is not None:
             ok = {"description": "OK", "content": _json_content(by_type[route.response])}

@@ -62,3 +62,22 @@ async def test_sign_in_documents_its_401_and_the_probes_none(api: Api) -> None:
     assert status == 401
     assert "401" in paths["/v1/payer/sessions"]["post"]["responses"]
     assert "401" not in paths["/healthz"]["get"]["responses"]
+
+
+async def test_a_body_is_required_in_the_document_exactly_when_an_empty_one_is_refused(
+    api: Api,
+) -> None:
+    document = await api.ok("GET", "/openapi.json", headers={})
+    account = await api.account()
+    payment = (await api.pay(account, 500, await api.payment_method(account)))[1]["id"]
+    refunds = document["paths"]["/v1/payments/{id}/refunds"]["post"]["requestBody"]
+    accounts = document["paths"]["/v1/accounts"]["post"]["requestBody"]
+
+    refunded = await api.ok("POST", f"/v1/payments/{payment}/refunds",
+                            headers={**api.merchant, "Idempotency-Key": "whole"})  # fmt: skip
+    refused, _, _ = await api.call("POST", "/v1/accounts")
+
+    assert refunds["required"] is False
+    assert refunded["amount"] == 500
+    assert accounts["required"] is True
+    assert refused == 400
