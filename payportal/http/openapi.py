@@ -107,7 +107,10 @@ def openapi_document(routes: list[Any], *, version: str = "0.1.0") -> dict[str, 
                 "name": "Idempotency-Key", "in": "header",
                 "required": route.idempotency == "required",
                 "description": "1-255 printable ASCII; scoped to (principal, account).",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                # Printable ASCII, as ``idempotency.idempotency_key`` checks; "$(?!\n)"
+                # is the end in Python and ECMA-262, as the schemas' patterns.
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                           "pattern": r"^[ -~]+$(?!\n)"},
             })  # fmt: skip
         if parameters:
             operation["parameters"] = parameters

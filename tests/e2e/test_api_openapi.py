@@ -4,6 +4,8 @@ endpoints answer — checked over HTTP with openapi-spec-validator."""
 
 from __future__ import annotations
 
+import re
+
 from openapi_spec_validator import validate
 
 from payportal.http.routes import ROUTE_TABLE
@@ -81,3 +83,17 @@ async def test_a_body_is_required_in_the_document_exactly_when_an_empty_one_is_r
     assert refunded["amount"] == 500
     assert accounts["required"] is True
     assert refused == 400
+
+
+async def test_the_idempotency_key_pattern_is_the_one_the_api_checks(api: Api) -> None:
+    document = await api.ok("GET", "/openapi.json", headers={})
+    [header] = document["paths"]["/v1/payments"]["post"]["parameters"]
+    pattern = re.compile(header["schema"]["pattern"])
+
+    for key in ("plain-key_1 ~!", "caf\u00e9", "tab\there", "\u00a0"):
+        status, body, _ = await api.call("POST", "/v1/accounts", headers={
+            **api.merchant, "Idempotency-Key": key}, json={
+            "name": "A", "email": "a@example.com", "currency": "USD"})  # fmt: skip
+        matches = pattern.search(key) is not None
+        assert matches is (status == 200), (key, status, body)
+    assert pattern.search("end\n") is None
