@@ -146,3 +146,13 @@ async def test_unknown_fields_are_400_naming_the_field_and_every_answer_has_a_re
     assert response.headers["X-Request-Id"] == "req-from-client"
     assert missing.status == 404
     assert missing.headers["X-Request-Id"].startswith("req_")
+
+
+@pytest.mark.parametrize("after", ["\u2028", "\x85", "\u00a0", " x"])
+async def test_a_valid_key_followed_by_anything_is_401(api: Api, after: str) -> None:
+    headers = {"Authorization": api.merchant["Authorization"] + after}
+
+    status, body, _ = await api.call("GET", "/v1/accounts", headers=headers)
+
+    assert status == 401, body
+    assert body["error"]["type"] == "authentication_error"
