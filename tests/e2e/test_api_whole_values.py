@@ -66,3 +66,21 @@ async def test_control_characters_in_text_and_ids_are_refused_and_nothing_is_sto
 
     after = await api.ok("GET", "/v1/accounts", params={"limit": 100})
     assert [a["id"] for a in after["data"]] == [a["id"] for a in before["data"]]
+
+
+async def test_a_content_type_that_is_no_media_type_is_refused_and_nothing_is_stored(
+    api: Api,
+) -> None:
+    before = await api.ok("GET", "/v1/accounts", params={"limit": 100})
+    body = b'{"name": "Ada", "email": "ada@example.com", "currency": "USD"}'
+
+    for declared in ("application/json\u2028", "application/json\x85", "application/\u00e9"):
+        status, answer, _ = await api.call("POST", "/v1/accounts", data=body, headers={
+            **api.merchant, "Content-Type": declared})  # fmt: skip
+        _refused(status, answer, "Content-Type")
+    status, _, _ = await api.call("POST", "/v1/accounts", data=body, headers={
+        **api.merchant, "Content-Type": "application/json; charset=utf-8"})  # fmt: skip
+
+    after = await api.ok("GET", "/v1/accounts", params={"limit": 100})
+    assert status == 200
+    assert len(after["data"]) == len(before["data"]) + 1
