@@ -143,3 +143,22 @@ def test_structlog_and_stdlib_fields_and_messages_are_redacted(output: io.String
     assert "charge [card number] with" in text
     assert SECRET not in text, text
     assert "4242424242424242" not in text
+
+
+def test_a_request_the_http_parser_refused_is_logged_without_its_bytes(
+    output: io.StringIO,
+) -> None:
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    quoted = f"Invalid header value char:\n\n    b'X-Request-Id: 1\\x00{SECRET}'"
+    try:
+        raise BadHttpMessage(quoted)
+    except BadHttpMessage as error:
+        logging.getLogger("aiohttp.server").error(
+            "Error handling request from %s", "127.0.0.1", exc_info=error
+        )
+    text = output.getvalue()
+    assert "Error handling request from 127.0.0.1: malformed request (BadHttpMessage)" in text
+    assert "[info" in text
+    assert SECRET not in text, text
+    assert "Traceback" not in text
