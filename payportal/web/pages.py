@@ -43,7 +43,7 @@ from payportal.http.ratelimit import (
     client_address,
 )
 from payportal.http.reads import read_account, read_payment, wait_for_account_projection
-from payportal.http.schemas import AllocationRequest, PaymentCreate
+from payportal.http.schemas import AMOUNT_MINOR_MAX, AllocationRequest, PaymentCreate
 from payportal.http.typedefs import METHODS, RATE_LIMITS, ROUTER, STORE
 from payportal.persistence import directory, queries
 
@@ -125,7 +125,10 @@ def parse_amount(raw: str, currency: str) -> int | None:
     exponent = CURRENCY_EXPONENTS.get(currency, 2)
     if len(fraction) > exponent:
         return None
-    return int(whole) * 10**exponent + int((fraction or "0").ljust(exponent, "0") or "0")
+    minor = int(whole) * 10**exponent + int((fraction or "0").ljust(exponent, "0") or "0")
+    # Past the API's largest amount it is no amount: beyond 2^64 it could not even be
+    # sent to a shard (a 500), and short of that the engine would refuse it anyway.
+    return minor if minor <= AMOUNT_MINOR_MAX else None
 
 
 def amount_input(amount_minor: int, currency: str) -> str:
