@@ -414,6 +414,11 @@ async def pay(request: web.Request) -> web.Response:
     key = _form_str(form, "idempotency_key")
     if not 16 <= len(key) <= 64 or not key.isascii():
         state.errors["form"] = "This form is out of date. Reload the page and try again."
+    if not all(_is_invoice_of(value, account.account_id) for value in chosen):
+        # Not one of this account's invoices at all (whether still open is not asked: a
+        # form sent twice names invoices the first submission paid). It was ignored,
+        # and the amount paid as if nothing had been chosen.
+        state.errors["form"] = "This form is out of date. Reload the page and try again."
     engine = request.app[STORE].engine
     method_id = token = None
     if method in ("card", "wallet"):
@@ -459,6 +464,13 @@ async def pay(request: web.Request) -> web.Response:
         state.errors["form"] = message
         return await _pay_page(request, session, account, choices, state, status=response.status)
     return web.Response(status=303, headers={"Location": f"/payments/{payment['id']}"})
+
+
+_INVOICE_ID: Final = re.compile(r"inv_[0-9a-f]+_[0-9a-f]+")
+
+
+def _is_invoice_of(value: str, account_id: str) -> bool:
+    return _INVOICE_ID.fullmatch(value) is not None and ids.account_of(value, "inv") == account_id
 
 
 def _submitted(body: PaymentCreate, chosen: list[str]) -> bytes:

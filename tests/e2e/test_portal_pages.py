@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import io
 import re
 import uuid
@@ -341,3 +342,18 @@ async def test_the_pages_streams_refuse_a_last_event_id_that_is_no_event_id(
             assert stream.status == 200, (path, after)
             assert stream.content_type == "text/event-stream"
             stream.close()
+
+
+async def test_a_chosen_invoice_that_is_not_the_accounts_is_refused_and_nothing_is_paid(
+    portal: Portal,
+) -> None:
+    account_id = await _signed_in(portal)
+    other = await portal.api.account()
+    foreign = await portal.api.invoice(other, 1_000, dt.date(2026, 1, 1))
+
+    for chosen in (foreign, "inv_0_0\x00", "not-an-invoice"):
+        response = await _pay(portal, account_id, "10.00", invoice=chosen)
+        assert response.status == 400, (chosen, response.status)
+        assert "This form is out of date" in await response.text()
+    payments = await portal.api.ok("GET", "/v1/payments", params={"account": account_id})
+    assert payments["data"] == []
