@@ -368,12 +368,18 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+# What the processor's hosted fields put in the form: a token, a brand name, digits.
+_TOKEN: Final = re.compile(r"tok_[A-Za-z0-9_]{1,200}")
+_BRAND: Final = re.compile(r"[a-z0-9 _-]{1,32}")
+_CARD_FACT: Final = re.compile(r"[0-9]{0,4}")
+
+
 async def _new_method(
     request: web.Request, account_id: str, form: Any, *, keep: bool
 ) -> tuple[str | None, str | None]:
     """Record a token from the hosted fields or a wallet; (payment method id, error)."""
     token = _form_str(form, "token")
-    if not token.startswith("tok_"):
+    if _TOKEN.fullmatch(token) is None:
         return None, "Enter your card details and choose “Use this card” first."
     wallet = _form_str(form, "wallet") or None
     if wallet is not None and wallet not in WALLET_NAMES:
@@ -381,6 +387,12 @@ async def _new_method(
     last4 = _form_str(form, "last4")
     brand = _form_str(form, "brand", 32).lower() or "unknown"
     exp_month, exp_year = _form_str(form, "exp_month"), _form_str(form, "exp_year")
+    # The hosted fields fill these in from the processor's answer; anything else was
+    # not typed by the payer but changed on the way, and would be stored and shown.
+    if (_BRAND.fullmatch(brand) is None or _CARD_FACT.fullmatch(last4) is None
+            or _CARD_FACT.fullmatch(exp_month) is None
+            or _CARD_FACT.fullmatch(exp_year) is None):  # fmt: skip
+        return None, "Enter your card details and choose “Use this card” first."
     method_id = ids.derived_id("pm", account_id, token)
     # A double submit inserts the same row twice at once; the loser finds it there.
     with contextlib.suppress(sa.exc.IntegrityError):
@@ -707,7 +719,11 @@ async def autopay(request: web.Request) -> web.Response:
     billing = _billing()
     if billing is None:
         raise web.HTTPNotFound()
-    enabled = form.get("enabled") == "yes"
+    choice = form.get("enabled")
+    if choice not in ("yes", "no"):
+        # The page sends one of the two; anything else was not the page's form.
+        raise web.HTTPBadRequest(reason="The form is out of date.")
+    enabled = choice == "yes"
     await billing.set_autopay(request.app[STORE].engine, account_id=account.account_id,
                               enabled=enabled)  # fmt: skip
     return _back_to_methods(account.account_id, "autopay_on" if enabled else "autopay_off")

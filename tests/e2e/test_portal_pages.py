@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 import msgspec
+import pytest
 from aiohttp import ClientResponse
 
 from .test_portal_security import Portal, _email, portal
@@ -357,3 +358,35 @@ async def test_a_chosen_invoice_that_is_not_the_accounts_is_refused_and_nothing_
         assert "This form is out of date" in await response.text()
     payments = await portal.api.ok("GET", "/v1/payments", params={"account": account_id})
     assert payments["data"] == []
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("brand", "vi\x00sa"), ("brand", "vi\u2028sa"), ("token", "tok_a\nbc"), ("last4", "42424"),
+    ("exp_month", "1\x0b2"), ("exp_year", "20300"),
+])  # fmt: skip
+async def test_card_facts_that_are_not_the_hosted_fields_are_refused_and_nothing_is_paid(
+    portal: Portal, field: str, value: str
+) -> None:
+    account_id = await _signed_in(portal)
+    token = await portal.token(f"/pay?account={account_id}")
+    fields = {"account": account_id, "amount": "10.00", "method": "card",
+              "idempotency_key": uuid.uuid4().hex, **await portal.card_token()}  # fmt: skip
+
+    response = await portal.post("/pay", {**fields, field: value}, token=token)
+
+    assert response.status == 400, (field, response.status)
+    payments = await portal.api.ok("GET", "/v1/payments", params={"account": account_id})
+    assert payments["data"] == []
+    methods = await portal.api.ok("GET", f"/v1/accounts/{account_id}/payment_methods",
+                                  params={"include_deleted": "true"})  # fmt: skip
+    assert methods["data"] == []
+
+
+async def test_an_autopay_choice_that_is_neither_yes_nor_no_is_refused(portal: Portal) -> None:
+    account_id = await _signed_in(portal)
+    token = await portal.token(f"/methods?account={account_id}")
+
+    response = await portal.post("/autopay", {"account": account_id, "enabled": "maybe"},
+                                 token=token)  # fmt: skip
+
+    assert response.status == 400
