@@ -37,6 +37,7 @@ from payportal.metrics.http import install_metrics
 from payportal.persistence import Store, directory
 from payportal.processors import ProcessorAdapter
 
+from . import ids
 from .auth import Authenticator
 from .cached import ImmutableRows
 from .connections import connection_phase_middleware
@@ -229,5 +230,5 @@ def create_app(
 
     app.cleanup_ctx.append(resources)
     for route in ROUTE_TABLE:
-        app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route(route.method, ids.routed(route.path), route.handler)
     return app

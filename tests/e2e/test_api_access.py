@@ -9,6 +9,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from .api_harness import Api
 
@@ -156,3 +157,15 @@ async def test_a_valid_key_followed_by_anything_is_401(api: Api, after: str) -> 
 
     assert status == 401, body
     assert body["error"]["type"] == "authentication_error"
+
+
+@pytest.mark.parametrize("segment", ["acct_%00x", "acct_x%0A", "x%E2%80%A8", "x" * 65])
+async def test_a_path_id_that_is_no_id_is_a_404_before_any_handler(api: Api, segment: str) -> None:
+    # A NUL in an id reached PostgreSQL from a handler, which answered 500.
+    for method, path in (("GET", "/v1/accounts/{}"), ("POST", "/v1/accounts/{}/invoices"),
+                         ("GET", "/v1/payment_methods/{}"), ("GET", "/v1/accounts/{}/events")):
+        response = await api.client.request(method, URL(path.format(segment), encoded=True),
+                                            headers=api.merchant, json={})  # fmt: skip
+        body = await response.json()
+        assert response.status == 404, (method, path, response.status, body)
+        assert body["error"]["code"] == "resource_missing"
