@@ -372,6 +372,7 @@ def _digits(text: str) -> bool:
 _TOKEN: Final = re.compile(r"tok_[A-Za-z0-9_]{1,200}")
 _BRAND: Final = re.compile(r"[a-z0-9 _-]{1,32}")
 _CARD_FACT: Final = re.compile(r"[0-9]{0,4}")
+_SAVED_METHOD: Final = re.compile(r"pm_[A-Za-z0-9_]{1,60}")
 
 
 async def _new_method(
@@ -385,7 +386,8 @@ async def _new_method(
     if wallet is not None and wallet not in WALLET_NAMES:
         return None, "That wallet is not supported."
     last4 = _form_str(form, "last4")
-    brand = _form_str(form, "brand", 32).lower() or "unknown"
+    # Read longer than a brand may be, so that a longer one is refused, not cut short.
+    brand = _form_str(form, "brand", 64).lower() or "unknown"
     exp_month, exp_year = _form_str(form, "exp_month"), _form_str(form, "exp_year")
     # The hosted fields fill these in from the processor's answer; anything else was
     # not typed by the payer but changed on the way, and would be stored and shown.
@@ -442,7 +444,10 @@ async def pay(request: web.Request) -> web.Response:
             token = _form_str(form, "token")
             method_id = None
     else:
-        row = await directory.payment_method(engine, method)
+        # A saved method's id, or nothing to look up (a NUL would not even reach a
+        # PostgreSQL query without failing it).
+        row = (await directory.payment_method(engine, method)
+               if _SAVED_METHOD.fullmatch(method) else None)  # fmt: skip
         if row is None or row.account_id != account.account_id or row.deleted_at is not None:
             state.errors["method"] = "Choose how to pay."
         else:

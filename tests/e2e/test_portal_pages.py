@@ -362,7 +362,9 @@ async def test_a_chosen_invoice_that_is_not_the_accounts_is_refused_and_nothing_
 
 @pytest.mark.parametrize(("field", "value"), [
     ("brand", "vi\x00sa"), ("brand", "vi\u2028sa"), ("token", "tok_a\nbc"), ("last4", "42424"),
-    ("exp_month", "1\x0b2"), ("exp_year", "20300"),
+    ("exp_month", "1\x0b2"), ("exp_year", "20300"), ("brand", "v" * 33),
+    # A saved method's id with a NUL failed the PostgreSQL query: a 500.
+    ("method", "pm_x\x00y"),
 ])  # fmt: skip
 async def test_card_facts_that_are_not_the_hosted_fields_are_refused_and_nothing_is_paid(
     portal: Portal, field: str, value: str
