@@ -435,7 +435,9 @@ async def pay(request: web.Request) -> web.Response:
         state.errors["form"] = "This form is out of date. Reload the page and try again."
     engine = request.app[STORE].engine
     method_id = token = None
-    if method in ("card", "wallet"):
+    if method in ("card", "wallet") and state.errors:
+        pass  # a refused form stores nothing, not even the new card: it comes again
+    elif method in ("card", "wallet"):
         keep = method == "card" and form.get("save") == "yes"
         method_id, problem = await _new_method(request, account.account_id, form, keep=keep)
         if problem is not None:

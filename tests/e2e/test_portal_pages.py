@@ -392,3 +392,14 @@ async def test_an_autopay_choice_that_is_neither_yes_nor_no_is_refused(portal: P
                                  token=token)  # fmt: skip
 
     assert response.status == 400
+
+
+async def test_a_refused_payment_form_stores_not_even_its_new_card(portal: Portal) -> None:
+    account_id = await _signed_in(portal)
+
+    response = await _pay(portal, account_id, "ten dollars")
+
+    assert response.status == 400
+    methods = await portal.api.ok("GET", f"/v1/accounts/{account_id}/payment_methods",
+                                  params={"include_deleted": "true"})  # fmt: skip
+    assert methods["data"] == []
