@@ -426,7 +426,7 @@ async def pay(request: web.Request) -> web.Response:
     if amount_minor is None or amount_minor <= 0:
         state.errors["amount"] = "Enter an amount, like 125.00."
     key = _form_str(form, "idempotency_key")
-    if not 16 <= len(key) <= 64 or not key.isascii():
+    if not 16 <= len(key) <= 64 or not (key.isascii() and key.isprintable()):
         state.errors["form"] = "This form is out of date. Reload the page and try again."
     if not all(_is_invoice_of(value, account.account_id) for value in chosen):
         # Not one of this account's invoices at all (whether still open is not asked: a
