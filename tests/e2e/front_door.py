@@ -12,15 +12,18 @@ on a browser-like client (a cookie jar of its own), so pages and API share one s
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from limits.aio.storage import MemoryStorage
 
 from payportal.actors import AccountShardCore, ShardRouter
 from payportal.http import create_app
 from payportal.http.callbacks import add_callback_routes
 from payportal.http.events import LIVE_WAIT_S, STATUS_STREAMS
+from payportal.http.ratelimit import RateLimits
 from payportal.live import MemoryStatusStreams, StatusPublisher
 from payportal.persistence import Store
 from payportal.persistence.keys import create_api_key_async
@@ -64,8 +67,11 @@ class FrontDoor:
         await self.publisher.run_once()
 
 
-@pytest.fixture
-async def front_door(database_url: str, aiohttp_server: Any) -> AsyncIterator[FrontDoor]:
+@asynccontextmanager
+async def serving_front_door(database_url: str, aiohttp_server: Any, *,
+                             rate_limits_scale: int = 1) -> AsyncIterator[FrontDoor]:  # fmt: skip
+    """The front door on ``database_url``; ``rate_limits_scale`` multiplies every
+    request-rate limit (never the login lockout), as PAYPORTAL_RATE_LIMITS_SCALE does."""
     store = await Store.connect(database_url)
     sandbox_app = create_sandbox_app(callback_url=None, webhook_secret=SECRET, faults=Faults())
     sandbox_server: TestServer = await aiohttp_server(sandbox_app, host="127.0.0.1")
@@ -75,7 +81,8 @@ async def front_door(database_url: str, aiohttp_server: Any) -> AsyncIterator[Fr
         [DirectHandle(AccountShardCore(i, store)) for i in range(SHARDS)], batch_max_wait_ms=1
     )
     streams = MemoryStatusStreams()
-    app = create_app(router=router, store=store, processor=processor)
+    rate_limits = RateLimits(MemoryStorage(wrap_exceptions=True), scale=rate_limits_scale)
+    app = create_app(router=router, store=store, processor=processor, rate_limits=rate_limits)
     app[STATUS_STREAMS] = streams
     app[LIVE_WAIT_S] = LIVE_WAIT_S_TESTS
     install_web(app, settings=None, processor_origin=sandbox_url)
@@ -96,4 +103,11 @@ async def front_door(database_url: str, aiohttp_server: Any) -> AsyncIterator[Fr
         await router.close()
         await processor.close()
         await streams.close()
+        await rate_limits.close()
         await store.close()
+
+
+@pytest.fixture
+async def front_door(database_url: str, aiohttp_server: Any) -> AsyncIterator[FrontDoor]:
+    async with serving_front_door(database_url, aiohttp_server) as door:
+        yield door
