@@ -17,6 +17,12 @@ __all__ = ["openapi_document", "render_docs"]
 REF_TEMPLATE: Final = "#/components/schemas/{name}"
 _PATH_PARAM: Final = re.compile(r"{([^}]+)}")
 
+# An {id} is routed only when it looks like an id (``ids.ID_SEGMENT``); anything else is
+# a 404 for an unknown route.
+_PATH_SCHEMAS: Final = {
+    "id": {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,64}$(?!\n)"},
+}
+
 _ERROR_STATUSES: Final = {
     "400": "Invalid request (param names the field)",
     "401": "Missing or bad credentials",
@@ -92,9 +98,10 @@ def openapi_document(routes: list[Any], *, version: str = "0.1.0") -> dict[str, 
             "tags": [route.tag],
         }
         parameters: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(
+                name, {"type": "string"})}
             for name in _PATH_PARAM.findall(route.path)
-        ]
+        ]  # fmt: skip
         if route.query is not None:
             query = components[route.query.__name__]
             required = set(query.get("required", ()))

@@ -97,3 +97,17 @@ async def test_the_idempotency_key_pattern_is_the_one_the_api_checks(api: Api) -
         matches = pattern.search(key) is not None
         assert matches is (status == 200), (key, status, body)
     assert pattern.search("end\n") is None
+
+
+async def test_the_path_ids_pattern_is_the_one_routes_match(api: Api) -> None:
+    document = await api.ok("GET", "/openapi.json", headers={})
+    [param] = document["paths"]["/v1/payments/{id}"]["get"]["parameters"]
+    pattern = re.compile(param["schema"]["pattern"])
+
+    for segment, routed in (("pay_1a2b_3c4d", True), ("x" * 64, True), ("x" * 65, False),
+                            ("pay.1", False), ("pay%201", False)):  # fmt: skip
+        response = await api.client.get(f"/v1/payments/{segment}", headers=api.merchant)
+        body = await response.json()
+        # Routed: the handler's "no such payment"; not routed: "no such route".
+        assert (body["error"]["message"] == "No such payment.") is routed, (segment, body)
+        assert (pattern.search(segment) is not None) is routed, segment
