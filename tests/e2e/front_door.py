@@ -30,6 +30,7 @@ from payportal.persistence.keys import create_api_key_async
 from payportal.processors.sandbox import SANDBOX, Faults, create_sandbox_app
 from payportal.processors.sandbox_client import SandboxProcessor
 from payportal.web import install_web
+from tests import artifacts
 
 from .api_harness import SECRET, Api, DirectHandle
 from .web_client import another_browser, browser_on
@@ -87,6 +88,7 @@ async def serving_front_door(database_url: str, aiohttp_server: Any, *,
     app[LIVE_WAIT_S] = LIVE_WAIT_S_TESTS
     install_web(app, settings=None, processor_origin=sandbox_url)
     add_callback_routes(app, store=store, router=router, secrets={"sandbox": [SECRET]})
+    artifacts.keep_documents(app)
     server = TestServer(app, host="127.0.0.1", access_log=None)
     await server.start_server()
     client = await browser_on(server)
