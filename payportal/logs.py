@@ -9,6 +9,9 @@ log, SQLAlchemy, our stdlib loggers) all end in one stdlib handler, whose
   frames and source lines but never a frame's local variables. structlog's default
   console renderer prints every frame's locals (through rich or better-exceptions),
   and a request handler's locals hold the raw body: a password, a card token;
+- a request the HTTP parser refused is logged with the error's class only: the
+  parser's message and traceback quote the request's bytes (a header line and its
+  credential);
 - ``redact`` replaces the value of every field whose name says it holds a secret or a
   body (``password``, ``token``, ``secret``, ``api_key``, ``authorization``,
   ``cookie``, ``cvc``, ``body`` …), renders bytes as their length only, and masks
@@ -139,6 +142,24 @@ def redact(_logger: Any, _method: str, event_dict: structlog.typing.EventDict
 
 
 _HANDLER_NAME: Final = "payportal"
+# The HTTP parser's errors (``aiohttp.http_exceptions``): the request was not HTTP, the
+# client's fault, and their text quotes the offending bytes — a header line with its
+# credential or cookie, whatever followed a control character in it.
+_PROTOCOL_ERRORS_MODULE: Final = "aiohttp.http_exceptions"
+
+
+def _without_request_bytes(record: logging.LogRecord) -> bool:
+    """Handler filter: a record of a request the HTTP parser refused keeps the error's
+    class and the client's address, not the error's text or a traceback (which quote
+    the request), at INFO rather than ERROR."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None and type(exc).__module__ == _PROTOCOL_ERRORS_MODULE:
+        record.msg = f"{record.getMessage()}: malformed request ({type(exc).__name__})"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
 
 
 def configure_logging(*, level: int = logging.INFO, stream: TextIO | None = None) -> None:
@@ -180,6 +201,7 @@ def configure_logging(*, level: int = logging.INFO, stream: TextIO | None = None
     )
     handler = logging.StreamHandler(stream)
     handler.set_name(_HANDLER_NAME)
+    handler.addFilter(_without_request_bytes)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for existing in list(root.handlers):

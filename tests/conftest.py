@@ -3,6 +3,10 @@
 On a laptop without them the tests that need them are skipped and say why; under
 ``CI=true`` a missing service fails those tests instead, so CI can never pass by
 skipping the database.
+
+Also what the final secrets scan (``tests/zz_scan``) reads: every test's captured
+output is written to ``test-artifacts/captured/`` and every password hashed in this
+process is remembered as a needle (``tests.artifacts``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from urllib.parse import urlsplit
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest
+from argon2 import PasswordHasher
+
+from tests import artifacts
 
 POSTGRES_URL_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 REDIS_URL_DEFAULT = "redis://127.0.0.1:6379/15"
@@ -67,3 +74,45 @@ def local_ray() -> Iterator[None]:
     connect_ray(None)
     yield
     ray.shutdown()
+
+
+# -- artifacts for the final scan --------------------------------------------------------------
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    artifacts.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    report = yield
+    # The teardown report carries every phase's captured sections.
+    if report.when == "teardown" and item.get_closest_marker("plants_secrets") is None:
+        sections = [f"--- {name}\n{text}" for name, text in report.sections if text]
+        if sections:
+            artifacts.keep(artifacts.CAPTURED, item.nodeid, "\n".join(sections))
+    return report
+
+
+def _a_password(value: object) -> str | None:
+    """A password a test chose, worth looking for: generated ones (schemathesis,
+    hypothesis) like "00000000" would be found everywhere by chance."""
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    letters = sum(c.isalpha() for c in text)
+    return text if len(text) >= 8 and letters >= 4 and len(set(text)) >= 6 else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remember_hashed_passwords() -> Iterator[None]:
+    """Every password set in this process (payers' accounts, resets) is a needle."""
+    original = PasswordHasher.hash
+
+    def remembering(self: PasswordHasher, password: str | bytes, **options: object) -> str:
+        artifacts.remember_secret(_a_password(password))
+        return original(self, password, **options)  # type: ignore[arg-type]
+
+    PasswordHasher.hash = remembering  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        PasswordHasher.hash = original  # type: ignore[method-assign]

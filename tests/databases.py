@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from payportal.persistence import migrate
+from tests import artifacts
 
 SQLITE = "sqlite"
 POSTGRES = "postgres"
@@ -43,6 +44,19 @@ async def create_postgres_database(postgres_url: str) -> tuple[str, str]:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", "")), name
 
 
+async def dump_postgres_database(postgres_url: str, name: str, label: str) -> None:
+    """Every row of the database, as text, for the final secrets scan (``tests.artifacts``)."""
+    connection = await asyncpg.connect(_asyncpg_dsn(postgres_url, name))
+    try:
+        tables = [r["table_name"] for r in await connection.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
+        rows = {t: [dict(r) for r in await connection.fetch(f'SELECT * FROM "{t}"')]
+                for t in tables}  # fmt: skip
+    finally:
+        await connection.close()
+    artifacts.dump_rows(f"{label}-{name}", rows)
+
+
 async def drop_postgres_database(postgres_url: str, name: str) -> None:
     connection = await asyncpg.connect(_asyncpg_dsn(postgres_url))
     try:
@@ -61,6 +75,7 @@ async def scratch_database(
     one of the ``postgres_url`` fixture (skipped when unreachable), dropped on exit.
     """
     if kind == SQLITE:
+        artifacts.register_database(tmp_path / sqlite_file)
         yield f"sqlite+aiosqlite:///{tmp_path}/{sqlite_file}"
         return
     if kind != POSTGRES:
@@ -70,7 +85,10 @@ async def scratch_database(
     try:
         yield url
     finally:
-        await drop_postgres_database(postgres_url, name)
+        try:
+            await dump_postgres_database(postgres_url, name, request.node.nodeid)
+        finally:
+            await drop_postgres_database(postgres_url, name)
 
 
 @pytest.fixture(params=[SQLITE, pytest.param(POSTGRES, marks=pytest.mark.postgres)])

@@ -38,6 +38,7 @@ from payportal.metrics.http import install_metrics
 from payportal.persistence import Store, directory
 from payportal.processors import ProcessorAdapter
 
+from . import ids
 from .auth import Authenticator
 from .cached import ImmutableRows
 from .connections import connection_phase_middleware
@@ -93,7 +94,10 @@ def _http_error(error: web.HTTPException) -> ApiError:
     if error.status == 404:
         return not_found(None, "route")
     if error.status == 405:
-        return ApiError(405, "invalid_request_error", "method_not_allowed", error.reason)
+        # RFC 9110 requires the methods the resource does answer; aiohttp put them in Allow.
+        allow = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        return ApiError(405, "invalid_request_error", "method_not_allowed", error.reason,
+                        headers=allow)  # fmt: skip
     if error.status == 413:
         return ApiError(413, "invalid_request_error", "parameter_invalid", "Body too large.")
     return ApiError(error.status, "invalid_request_error", "parameter_invalid", error.reason)
@@ -232,5 +236,5 @@ def create_app(
 
     app.cleanup_ctx.append(resources)
     for route in ROUTE_TABLE:
-        app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route(route.method, ids.routed(route.path), route.handler)
     return app

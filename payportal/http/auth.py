@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import re
 import secrets
 import time
 from typing import Final, Literal
@@ -52,6 +53,8 @@ SESSION_TTL: Final = dt.timedelta(hours=12)
 # 32 bytes, as for API keys: unguessable, so an unsalted SHA-256 suffices to store it.
 TOKEN_BYTES: Final = 32
 
+# A bearer credential is visible ASCII (RFC 6750's b64token is a subset of it).
+_CREDENTIAL: Final = re.compile(r"[!-~]+")
 # Argon2id with the library's defaults (RFC 9106's second recommended option).
 _HASHER: Final = PasswordHasher()
 # Verified when the email is unknown, so a login's duration does not reveal whether an
@@ -129,9 +132,12 @@ async def authenticate(request: web.Request) -> Principal:
     """The request's principal, or 401."""
     header = request.headers.get("Authorization", "")
     scheme, _, credential = header.partition(" ")
-    if scheme.lower() != "bearer" or not credential.strip():
+    # Only HTTP's own spaces around the token: str.strip() also drops "\x0b", "\x85" or
+    # "\u2028", and a valid key followed by one of them was accepted.
+    credential = credential.strip(" \t")
+    if scheme.lower() != "bearer" or _CREDENTIAL.fullmatch(credential) is None:
         raise authentication_failed()
-    principal = await request.app[AUTHENTICATOR].principal_for(credential.strip())
+    principal = await request.app[AUTHENTICATOR].principal_for(credential)
     if principal is None:
         raise authentication_failed()
     request[PRINCIPAL] = principal

@@ -31,6 +31,12 @@ def not_utf8(where: str) -> ApiError:
 
 async def decode_body(request: web.Request, type_: type[T]) -> tuple[T, bytes]:
     """The decoded body and its canonical encoding (for idempotency comparisons)."""
+    declared = request.headers.get("Content-Type")
+    if declared is not None and not (declared.isascii() and declared.isprintable()):
+        # Every body is read as JSON whatever type it declares, but a declaration holding
+        # control characters or non-ASCII is no media type at all: refused, as any
+        # other malformed part of a request.
+        raise parameter_invalid("Content-Type", "The Content-Type header is not a media type.")
     raw = await request.read()
     if len(raw) > BODY_BYTES_MAX:
         raise parameter_invalid(None, "The request body is too large.")

@@ -33,7 +33,7 @@ from payportal.accounting.reconciliation import ExceptionNotFound
 from .auth import Principal, authenticate
 from .codec import decode_body, decode_query, respond
 from .errors import not_found, parameter_invalid
-from .schemas import Limit, ListQuery
+from .schemas import Limit, ListQuery, one_line
 from .typedefs import STORE
 
 __all__ = [
@@ -64,11 +64,14 @@ class ExceptionListQuery(ListQuery, frozen=True, kw_only=True):
     limit: Limit = 100
 
 
+Note = one_line(1000, min_length=1)
+
+
 class ExceptionResolve(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     resolution: Literal[
         "matched_manually", "processor_corrected", "refunded", "written_off", "not_an_issue"
     ]
-    note: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+    note: Note
 
 
 class _Out(msgspec.Struct, frozen=True, kw_only=True):

@@ -31,7 +31,7 @@ from .codec import decode_body, decode_query, encode, respond
 from .errors import ApiError, not_found, parameter_invalid
 from .idempotency import Operation, idempotency_key, request_hash, run_idempotent
 from .reads import read_account
-from .schemas import Currency, ListQuery, ObjectId, PositiveMinor
+from .schemas import Currency, ListQuery, Name, ObjectId, PositiveMinor, one_line
 from .typedefs import CLOCK_MS, GATEWAY, ROUTER, SETTINGS, STORE
 
 __all__ = [
@@ -64,7 +64,7 @@ class _In(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
 
 
 class PlanCreate(_In, frozen=True, kw_only=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    name: Name
     amount: PositiveMinor
     currency: Currency
     interval: Literal["month", "year"]
@@ -89,9 +89,12 @@ class PlanChange(_In, frozen=True, kw_only=True):
     plan: ObjectId
 
 
+ItemDescription = one_line(200, min_length=1)
+
+
 class InvoiceItemCreate(_In, frozen=True, kw_only=True):
     amount: PositiveMinor
-    description: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    description: ItemDescription | None = None
     # Charged now when given; else the payer pays the invoice like any other.
     payment_method: ObjectId | None = None
 

@@ -17,11 +17,20 @@ import time
 from typing import Final
 
 __all__ = [
-    "ACCOUNT_PREFIX", "account_of", "child_id", "derived_child_id", "derived_id", "new_id",
-    "unique",
+    "ACCOUNT_PREFIX", "ID_SEGMENT", "account_of", "child_id", "derived_child_id", "derived_id",
+    "new_id", "routed", "unique",
 ]  # fmt: skip
 
 ACCOUNT_PREFIX: Final = "acct_"
+# A route's ``{id}`` as aiohttp matches it: what the ids here look like (the API's
+# ``schemas.ObjectId``). A path whose id is anything else — a NUL, a newline, 300
+# characters — matches no route and is a 404 before any handler or database sees it.
+ID_SEGMENT: Final = "{id:[A-Za-z0-9_-]{1,64}}"
+
+
+def routed(path: str) -> str:
+    """``path`` as registered with aiohttp: its ``{id}`` limited to ``ID_SEGMENT``."""
+    return path.replace("{id}", ID_SEGMENT)
 # 40 random bits: two ids minted in the same millisecond collide once in 10^12 pairs.
 RANDOM_HEX: Final = 10
 MS_HEX: Final = 11

@@ -17,6 +17,12 @@ __all__ = ["openapi_document", "render_docs"]
 REF_TEMPLATE: Final = "#/components/schemas/{name}"
 _PATH_PARAM: Final = re.compile(r"{([^}]+)}")
 
+# An {id} is routed only when it looks like an id (``ids.ID_SEGMENT``); anything else is
+# a 404 for an unknown route.
+_PATH_SCHEMAS: Final = {
+    "id": {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,64}$(?!\n)"},
+}
+
 _ERROR_STATUSES: Final = {
     "400": "Invalid request (param names the field)",
     "401": "Missing or bad credentials",
@@ -92,9 +98,10 @@ def openapi_document(routes: list[Any], *, version: str = "0.1.0") -> dict[str, 
             "tags": [route.tag],
         }
         parameters: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(
+                name, {"type": "string"})}
             for name in _PATH_PARAM.findall(route.path)
-        ]
+        ]  # fmt: skip
         if route.query is not None:
             query = components[route.query.__name__]
             required = set(query.get("required", ()))
@@ -107,13 +114,19 @@ def openapi_document(routes: list[Any], *, version: str = "0.1.0") -> dict[str, 
                 "name": "Idempotency-Key", "in": "header",
                 "required": route.idempotency == "required",
                 "description": "1-255 printable ASCII; scoped to (principal, account).",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                # Printable ASCII, as ``idempotency.idempotency_key`` checks; "$(?!\n)"
+                # is the end in Python and ECMA-262, as the schemas' patterns.
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                           "pattern": r"^[ -~]+$(?!\n)"},
             })  # fmt: skip
         if parameters:
             operation["parameters"] = parameters
         if route.body is not None:
             body = _json_content(by_type[route.body])
-            operation["requestBody"] = {"required": True, "content": body}
+            # A missing body is read as {} (``codec.decode_body``): it is optional exactly
+            # when every field is, e.g. a refund of the whole payment.
+            required = bool(components[route.body.__name__].get("required"))
+            operation["requestBody"] = {"required": required, "content": body}
         events = getattr(route, "events", None)
         if route.response is not None:
             ok = {"description": "OK", "content": _json_content(by_type[route.response])}
@@ -131,7 +144,7 @@ def openapi_document(routes: list[Any], *, version: str = "0.1.0") -> dict[str, 
         errors = dict(_ERROR_STATUSES)
         if route.idempotency is not None:
             errors.update(_IDEMPOTENT_ERRORS)
-        if route.auth == "none":
+        if route.auth == "none" and not getattr(route, "credentials_in_body", False):
             errors.pop("401")
         for status, description in sorted(errors.items()):
             responses[status] = {"description": description, "content": _json_content(error_ref)}

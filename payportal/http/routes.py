@@ -46,6 +46,9 @@ class RouteSpec(msgspec.Struct, frozen=True, kw_only=True):
     response_alternatives: tuple[str, ...] = ()
     # For an event stream: the type of each event's JSON ``data``.
     events: Any = None
+    # An operation without a bearer credential that checks one in its body (sign-in):
+    # a wrong one is 401, which the OpenAPI document then lists.
+    credentials_in_body: bool = False
 
 
 def _r(method: str, path: str, handler: Handler, operation_id: str, summary: str, tag: str,
@@ -76,7 +79,7 @@ ROUTE_TABLE: list[RouteSpec] = [
        response=s.Payer),
     _r("POST", "/v1/payer/sessions", accounts.create_payer_session, "createPayerSession",
        "Log a payer in", "payers", auth="none", body=s.PayerSessionCreate,
-       response=s.PayerSession),
+       response=s.PayerSession, credentials_in_body=True),
     _r("GET", "/v1/payer/accounts", accounts.list_payer_accounts, "listPayerAccounts",
        "The calling payer's accounts", "payers", auth="payer", query=s.ListQuery,
        response=s.AccountList),

@@ -9,7 +9,7 @@ durations carry their unit in the name (``processing_ms``); dates are ISO ``YYYY
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -81,18 +81,42 @@ Email = Annotated[
         pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$(?!\n)",
     ),
 ]
-# What an invoice or a payment is for, in the merchant's words: one line a person reads
-# on pages, statements and emails, so no control characters (C0, DEL, C1) at all.
+# Text a person wrote is one line: no control characters (C0, DEL, C1) and no Unicode
+# line or paragraph separator. It is shown on pages, statements, emails and CSV, and a
+# NUL cannot even be stored in PostgreSQL: accepted, it broke the read models' projection.
+ONE_LINE: Final = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$(?!\n)"
+
+
+def one_line(max_length: int, *, min_length: int = 0) -> Any:
+    """A text field of one line (``ONE_LINE``) of at most ``max_length`` characters."""
+    return Annotated[str, msgspec.Meta(min_length=min_length, max_length=max_length,
+                                       pattern=ONE_LINE)]  # fmt: skip
+
+
+# What an invoice or a payment is for, in the merchant's words: shown to payers.
 Description = Annotated[
     str,
     msgspec.Meta(
-        max_length=DESCRIPTION_CHARS_MAX, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$(?!\n)",
-        description=f"Free text, at most {DESCRIPTION_CHARS_MAX} characters, no control "
-        "characters; shown to payers.",
+        max_length=DESCRIPTION_CHARS_MAX, pattern=ONE_LINE,
+        description=f"Free text, at most {DESCRIPTION_CHARS_MAX} characters, one line; "
+        "shown to payers.",
     ),
 ]
+Name = one_line(200, min_length=1)
+ExternalRef = one_line(200)
+InvoiceNumber = one_line(64, min_length=1)
+ProcessorToken = one_line(255, min_length=1)
+Brand = one_line(32)
+LoginEmail = one_line(320)
+Password = one_line(1024)
+NewPassword = one_line(1024, min_length=8)
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
-ObjectId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# Ids as the API mints them (``ids``): a prefix and hex digits joined by underscores.
+# Nothing else names an object; a NUL in a cursor or an account reached PostgreSQL,
+# which refused it with a 500 before "no such object" was found.
+ObjectId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$(?!\n)")
+]
 
 
 class _In(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -107,10 +131,10 @@ class _Out(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AccountCreate(_In, frozen=True, kw_only=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    name: Name
     email: Email
     currency: Currency
-    external_ref: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    external_ref: ExternalRef | None = None
 
 
 class ServicePeriodBody(_In, frozen=True, kw_only=True):
@@ -121,7 +145,7 @@ class ServicePeriodBody(_In, frozen=True, kw_only=True):
 class InvoiceCreate(_In, frozen=True, kw_only=True):
     amount: PositiveMinor
     due_date: dt.date
-    number: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    number: InvoiceNumber | None = None
     description: Description | None = None
     service_period: ServicePeriodBody | None = None
 
@@ -136,7 +160,7 @@ class PaymentCreate(_In, frozen=True, kw_only=True):
     amount: PositiveMinor
     currency: Currency
     payment_method: ObjectId | None = None
-    token: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
+    token: ProcessorToken | None = None
     allocations: list[AllocationRequest] = []
     description: Description | None = None
 
@@ -150,9 +174,9 @@ class PaymentMethodCreate(_In, frozen=True, kw_only=True):
     """``token`` comes from the processor's tokenization (the card data never reaches the
     portal). The card facts the tokenization answered may be passed along to be shown."""
 
-    token: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    token: ProcessorToken
     type: Literal["card", "debit", "wallet"] = "card"
-    brand: Annotated[str, msgspec.Meta(max_length=32)] = "unknown"
+    brand: Brand = "unknown"
     last4: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}$(?!\n)")] | None = None
     exp_month: Annotated[int, msgspec.Meta(ge=1, le=12)] | None = None
     exp_year: Annotated[int, msgspec.Meta(ge=2000, le=2200)] | None = None
@@ -162,12 +186,12 @@ class PaymentMethodCreate(_In, frozen=True, kw_only=True):
 class PayerCreate(_In, frozen=True, kw_only=True):
     email: Email
     # Absent: the payer is invited to set one.
-    password: Annotated[str, msgspec.Meta(min_length=8, max_length=1024)] | None = None
+    password: NewPassword | None = None
 
 
 class PayerSessionCreate(_In, frozen=True, kw_only=True):
-    email: Annotated[str, msgspec.Meta(max_length=320)]
-    password: Annotated[str, msgspec.Meta(max_length=1024)]
+    email: LoginEmail
+    password: Password
 
 
 # -- query strings --------------------------------------------------------------------------

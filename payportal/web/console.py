@@ -49,6 +49,7 @@ from payportal.accounting import (
 )
 from payportal.accounting.reconciliation import RESOLUTIONS, ExceptionNotFound
 from payportal.engine import PaymentStatus
+from payportal.http import ids
 from payportal.http.errors import ApiError
 from payportal.http.ratelimit import client_address
 from payportal.http.typedefs import RATE_LIMITS, STORE
@@ -481,4 +482,4 @@ def install(app: web.Application) -> None:
     add("GET", "/console/retries", _signed_in(retries_page))
     add("GET", "/console/revenue", _signed_in(revenue_page))
     add("GET", "/console/exceptions", _signed_in(exceptions_page))
-    add("POST", "/console/exceptions/{id}/resolve", _signed_in(resolve))
+    add("POST", ids.routed("/console/exceptions/{id}/resolve"), _signed_in(resolve))

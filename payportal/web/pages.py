@@ -43,7 +43,7 @@ from payportal.http.ratelimit import (
     client_address,
 )
 from payportal.http.reads import read_account, read_payment, wait_for_account_projection
-from payportal.http.schemas import AllocationRequest, PaymentCreate
+from payportal.http.schemas import AMOUNT_MINOR_MAX, AllocationRequest, PaymentCreate
 from payportal.http.typedefs import METHODS, RATE_LIMITS, ROUTER, STORE
 from payportal.persistence import directory, queries
 
@@ -125,7 +125,10 @@ def parse_amount(raw: str, currency: str) -> int | None:
     exponent = CURRENCY_EXPONENTS.get(currency, 2)
     if len(fraction) > exponent:
         return None
-    return int(whole) * 10**exponent + int((fraction or "0").ljust(exponent, "0") or "0")
+    minor = int(whole) * 10**exponent + int((fraction or "0").ljust(exponent, "0") or "0")
+    # Past the API's largest amount it is no amount: beyond 2^64 it could not even be
+    # sent to a shard (a 500), and short of that the engine would refuse it anyway.
+    return minor if minor <= AMOUNT_MINOR_MAX else None
 
 
 def amount_input(amount_minor: int, currency: str) -> str:
@@ -365,19 +368,33 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+# What the processor's hosted fields put in the form: a token, a brand name, digits.
+_TOKEN: Final = re.compile(r"tok_[A-Za-z0-9_]{1,200}")
+_BRAND: Final = re.compile(r"[a-z0-9 _-]{1,32}")
+_CARD_FACT: Final = re.compile(r"[0-9]{0,4}")
+_SAVED_METHOD: Final = re.compile(r"pm_[A-Za-z0-9_]{1,60}")
+
+
 async def _new_method(
     request: web.Request, account_id: str, form: Any, *, keep: bool
 ) -> tuple[str | None, str | None]:
     """Record a token from the hosted fields or a wallet; (payment method id, error)."""
     token = _form_str(form, "token")
-    if not token.startswith("tok_"):
+    if _TOKEN.fullmatch(token) is None:
         return None, "Enter your card details and choose “Use this card” first."
     wallet = _form_str(form, "wallet") or None
     if wallet is not None and wallet not in WALLET_NAMES:
         return None, "That wallet is not supported."
     last4 = _form_str(form, "last4")
-    brand = _form_str(form, "brand", 32).lower() or "unknown"
+    # Read longer than a brand may be, so that a longer one is refused, not cut short.
+    brand = _form_str(form, "brand", 64).lower() or "unknown"
     exp_month, exp_year = _form_str(form, "exp_month"), _form_str(form, "exp_year")
+    # The hosted fields fill these in from the processor's answer; anything else was
+    # not typed by the payer but changed on the way, and would be stored and shown.
+    if (_BRAND.fullmatch(brand) is None or _CARD_FACT.fullmatch(last4) is None
+            or _CARD_FACT.fullmatch(exp_month) is None
+            or _CARD_FACT.fullmatch(exp_year) is None):  # fmt: skip
+        return None, "Enter your card details and choose “Use this card” first."
     method_id = ids.derived_id("pm", account_id, token)
     # A double submit inserts the same row twice at once; the loser finds it there.
     with contextlib.suppress(sa.exc.IntegrityError):
@@ -409,11 +426,18 @@ async def pay(request: web.Request) -> web.Response:
     if amount_minor is None or amount_minor <= 0:
         state.errors["amount"] = "Enter an amount, like 125.00."
     key = _form_str(form, "idempotency_key")
-    if not 16 <= len(key) <= 64 or not key.isascii():
+    if not 16 <= len(key) <= 64 or not (key.isascii() and key.isprintable()):
+        state.errors["form"] = "This form is out of date. Reload the page and try again."
+    if not all(_is_invoice_of(value, account.account_id) for value in chosen):
+        # Not one of this account's invoices at all (whether still open is not asked: a
+        # form sent twice names invoices the first submission paid). It was ignored,
+        # and the amount paid as if nothing had been chosen.
         state.errors["form"] = "This form is out of date. Reload the page and try again."
     engine = request.app[STORE].engine
     method_id = token = None
-    if method in ("card", "wallet"):
+    if method in ("card", "wallet") and state.errors:
+        pass  # a refused form stores nothing, not even the new card: it comes again
+    elif method in ("card", "wallet"):
         keep = method == "card" and form.get("save") == "yes"
         method_id, problem = await _new_method(request, account.account_id, form, keep=keep)
         if problem is not None:
@@ -422,7 +446,10 @@ async def pay(request: web.Request) -> web.Response:
             token = _form_str(form, "token")
             method_id = None
     else:
-        row = await directory.payment_method(engine, method)
+        # A saved method's id, or nothing to look up (a NUL would not even reach a
+        # PostgreSQL query without failing it).
+        row = (await directory.payment_method(engine, method)
+               if _SAVED_METHOD.fullmatch(method) else None)  # fmt: skip
         if row is None or row.account_id != account.account_id or row.deleted_at is not None:
             state.errors["method"] = "Choose how to pay."
         else:
@@ -456,6 +483,13 @@ async def pay(request: web.Request) -> web.Response:
         state.errors["form"] = message
         return await _pay_page(request, session, account, choices, state, status=response.status)
     return web.Response(status=303, headers={"Location": f"/payments/{payment['id']}"})
+
+
+_INVOICE_ID: Final = re.compile(r"inv_[0-9a-f]+_[0-9a-f]+")
+
+
+def _is_invoice_of(value: str, account_id: str) -> bool:
+    return _INVOICE_ID.fullmatch(value) is not None and ids.account_of(value, "inv") == account_id
 
 
 def _submitted(body: PaymentCreate, chosen: list[str]) -> bytes:
@@ -692,7 +726,11 @@ async def autopay(request: web.Request) -> web.Response:
     billing = _billing()
     if billing is None:
         raise web.HTTPNotFound()
-    enabled = form.get("enabled") == "yes"
+    choice = form.get("enabled")
+    if choice not in ("yes", "no"):
+        # The page sends one of the two; anything else was not the page's form.
+        raise web.HTTPBadRequest(reason="The form is out of date.")
+    enabled = choice == "yes"
     await billing.set_autopay(request.app[STORE].engine, account_id=account.account_id,
                               enabled=enabled)  # fmt: skip
     return _back_to_methods(account.account_id, "autopay_on" if enabled else "autopay_off")
@@ -768,11 +806,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/pay", pay_page)
     app.router.add_post("/pay", pay)
     app.router.add_get("/payments", history)
-    app.router.add_get("/payments/{id}", payment_page)
+    app.router.add_get(ids.routed("/payments/{id}"), payment_page)
     app.router.add_get("/methods", methods_get)
     app.router.add_post("/methods", method_add)
-    app.router.add_post("/methods/{id}/remove", method_remove)
-    app.router.add_post("/methods/{id}/default", method_default)
+    app.router.add_post(ids.routed("/methods/{id}/remove"), method_remove)
+    app.router.add_post(ids.routed("/methods/{id}/default"), method_default)
     app.router.add_post("/autopay", autopay)
     app.router.add_get("/statements", statements_page)
     app.router.add_get("/statements/download", statement_download)

@@ -133,7 +133,7 @@ async def account_stream(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/accounts/{id}/events", account_stream)
+    app.router.add_get(ids.routed("/accounts/{id}/events"), account_stream)
     app.router.add_get("/pay/preview.json", preview)
-    app.router.add_get("/payments/{id}/status.json", status)
-    app.router.add_get("/payments/{id}/events", stream)
+    app.router.add_get(ids.routed("/payments/{id}/status.json"), status)
+    app.router.add_get(ids.routed("/payments/{id}/events"), stream)

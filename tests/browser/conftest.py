@@ -9,7 +9,9 @@ missing browser fails them (``.ci/run`` installs it). Screenshots go to
 
 from __future__ import annotations
 
+import contextlib
 import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from tests import artifacts
 from tests.serve_process import serving
 
 CHROMIUM = os.environ.get("PAYPORTAL_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -63,9 +66,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Itera
             mail_ui=served.inbox, payer_email=email.strip(),
             payer_password=password.strip(), log=served.log,
         )  # fmt: skip
+        _keep_inbox(served.inbox)
     output = served.output()
     assert "4242424242424242" not in output
     assert "4000000000000002" not in output
+
+
+def _keep_inbox(inbox: str) -> None:
+    """Every email the catcher received, for the final secrets scan."""
+    with contextlib.suppress(OSError), urllib.request.urlopen(
+        f"{inbox}/api/messages", timeout=10
+    ) as answer:
+        artifacts.keep(artifacts.DOCUMENTS, "mail-catcher-inbox", answer.read(), "json")
+
+
+def _keep_page(page: Any, label: str) -> None:
+    """The page's markup, for the final secrets scan."""
+    with contextlib.suppress(Exception):  # a page that is closing keeps nothing
+        artifacts.keep(artifacts.DOCUMENTS, label, page.content(), "html")
 
 
 @pytest.fixture(scope="package")
@@ -83,7 +101,7 @@ def browser(chromium_path: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, stack: Stack) -> Iterator[Any]:
+def page(browser: Any, stack: Stack, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A fresh phone-sized browser context (its own cookies) and page."""
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True,
                                   base_url=stack.base)  # fmt: skip
@@ -92,6 +110,7 @@ def page(browser: Any, stack: Stack) -> Iterator[Any]:
     try:
         yield page
     finally:
+        _keep_page(page, f"browser-{request.node.name}-last")
         context.close()
 
 
@@ -104,6 +123,7 @@ def shoot(request: pytest.FixtureRequest, page: Any) -> Any:
     def take(step: str) -> Path:
         path = SCREENSHOTS / f"{name}-{step}.png"
         page.screenshot(path=str(path), full_page=True)
+        _keep_page(page, f"browser-{name}-{step}")
         return path
 
     return take

@@ -20,6 +20,7 @@ from payportal.persistence import Store
 from payportal.persistence.keys import create_api_key_async
 from payportal.processors.sandbox import SANDBOX, Faults, SandboxState, create_sandbox_app
 from payportal.processors.sandbox_client import SandboxProcessor
+from tests import artifacts
 
 SECRET = "whsec_" + base64.b64encode(b"api-test-webhook-secret-32-bytes").decode()
 SHARDS = 2
@@ -68,6 +69,7 @@ class Api:
         self.processor = processor
         self.sandbox = sandbox
         self.merchant = {"Authorization": f"Bearer {merchant_key}"}
+        artifacts.remember_secret(merchant_key)
         self.store = store
         # Added to the front door's clock (not the shards'): ages what the API sees.
         self.clock_offset_ms = 0
@@ -137,6 +139,7 @@ class Api:
                       json={"email": email, "password": password})  # fmt: skip
         session = await self.ok("POST", "/v1/payer/sessions", headers={},
                                 json={"email": email, "password": password})  # fmt: skip
+        artifacts.remember_secret(session["token"])
         return {"Authorization": f"Bearer {session['token']}"}
 
 
@@ -155,6 +158,7 @@ async def api(database_url: str, aiohttp_server: Any, aiohttp_client: Any) -> As
     clock: list[Api] = []
     app = create_app(router=router, store=store, processor=processor,
                      clock_ms=lambda: clock[0].clock_ms())  # fmt: skip
+    artifacts.keep_documents(app)
     client = await aiohttp_client(app)
     router.follow_balances()
     key = await create_api_key_async(store, "tests")

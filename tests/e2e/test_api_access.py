@@ -9,6 +9,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from .api_harness import Api
 
@@ -146,3 +147,25 @@ async def test_unknown_fields_are_400_naming_the_field_and_every_answer_has_a_re
     assert response.headers["X-Request-Id"] == "req-from-client"
     assert missing.status == 404
     assert missing.headers["X-Request-Id"].startswith("req_")
+
+
+@pytest.mark.parametrize("after", ["\u2028", "\x85", "\u00a0", " x"])
+async def test_a_valid_key_followed_by_anything_is_401(api: Api, after: str) -> None:
+    headers = {"Authorization": api.merchant["Authorization"] + after}
+
+    status, body, _ = await api.call("GET", "/v1/accounts", headers=headers)
+
+    assert status == 401, body
+    assert body["error"]["type"] == "authentication_error"
+
+
+@pytest.mark.parametrize("segment", ["acct_%00x", "acct_x%0A", "x%E2%80%A8", "x" * 65])
+async def test_a_path_id_that_is_no_id_is_a_404_before_any_handler(api: Api, segment: str) -> None:
+    # A NUL in an id reached PostgreSQL from a handler, which answered 500.
+    for method, path in (("GET", "/v1/accounts/{}"), ("POST", "/v1/accounts/{}/invoices"),
+                         ("GET", "/v1/payment_methods/{}"), ("GET", "/v1/accounts/{}/events")):
+        response = await api.client.request(method, URL(path.format(segment), encoded=True),
+                                            headers=api.merchant, json={})  # fmt: skip
+        body = await response.json()
+        assert response.status == 404, (method, path, response.status, body)
+        assert body["error"]["code"] == "resource_missing"

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import io
 import re
 import uuid
 from typing import Any
 
 import msgspec
+import pytest
 from aiohttp import ClientResponse
 
 from .test_portal_security import Portal, _email, portal
@@ -341,3 +343,65 @@ async def test_the_pages_streams_refuse_a_last_event_id_that_is_no_event_id(
             assert stream.status == 200, (path, after)
             assert stream.content_type == "text/event-stream"
             stream.close()
+
+
+async def test_a_chosen_invoice_that_is_not_the_accounts_is_refused_and_nothing_is_paid(
+    portal: Portal,
+) -> None:
+    account_id = await _signed_in(portal)
+    other = await portal.api.account()
+    foreign = await portal.api.invoice(other, 1_000, dt.date(2026, 1, 1))
+
+    for chosen in (foreign, "inv_0_0\x00", "not-an-invoice"):
+        response = await _pay(portal, account_id, "10.00", invoice=chosen)
+        assert response.status == 400, (chosen, response.status)
+        assert "This form is out of date" in await response.text()
+    payments = await portal.api.ok("GET", "/v1/payments", params={"account": account_id})
+    assert payments["data"] == []
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("brand", "vi\x00sa"), ("brand", "vi\u2028sa"), ("token", "tok_a\nbc"), ("last4", "42424"),
+    ("exp_month", "1\x0b2"), ("exp_year", "20300"), ("brand", "v" * 33),
+    # A saved method's id with a NUL failed the PostgreSQL query: a 500.
+    ("method", "pm_x\x00y"),
+])  # fmt: skip
+async def test_card_facts_that_are_not_the_hosted_fields_are_refused_and_nothing_is_paid(
+    portal: Portal, field: str, value: str
+) -> None:
+    account_id = await _signed_in(portal)
+    token = await portal.token(f"/pay?account={account_id}")
+    fields = {"account": account_id, "amount": "10.00", "method": "card",
+              "idempotency_key": uuid.uuid4().hex, **await portal.card_token()}  # fmt: skip
+
+    response = await portal.post("/pay", {**fields, field: value}, token=token)
+
+    assert response.status == 400, (field, response.status)
+    payments = await portal.api.ok("GET", "/v1/payments", params={"account": account_id})
+    assert payments["data"] == []
+    methods = await portal.api.ok("GET", f"/v1/accounts/{account_id}/payment_methods",
+                                  params={"include_deleted": "true"})  # fmt: skip
+    assert methods["data"] == []
+
+
+async def test_an_autopay_choice_that_is_neither_yes_nor_no_is_refused(portal: Portal) -> None:
+    account_id = await _signed_in(portal)
+    token = await portal.token(f"/methods?account={account_id}")
+
+    response = await portal.post("/autopay", {"account": account_id, "enabled": "maybe"},
+                                 token=token)  # fmt: skip
+
+    assert response.status == 400
+
+
+async def test_a_refused_payment_form_stores_not_even_its_new_card(portal: Portal) -> None:
+    account_id = await _signed_in(portal)
+
+    refused = [await _pay(portal, account_id, "ten dollars"),
+               # The API refuses such a key; the page used to after storing the card.
+               await _pay(portal, account_id, "10.00", key=f"{uuid.uuid4().hex}\x00")]
+
+    assert [response.status for response in refused] == [400, 400]
+    methods = await portal.api.ok("GET", f"/v1/accounts/{account_id}/payment_methods",
+                                  params={"include_deleted": "true"})  # fmt: skip
+    assert methods["data"] == []

@@ -34,6 +34,7 @@ from payportal.persistence.keys import create_api_key_async
 from payportal.processors.sandbox import SANDBOX, Faults, create_sandbox_app
 from payportal.processors.sandbox_client import SandboxProcessor
 from payportal.web import install_web
+from tests import artifacts
 
 from .api_harness import CARDS, SECRET, Api, DirectHandle
 from .web_client import another_browser, browser_on, csrf_token
@@ -126,6 +127,7 @@ async def portal(database_url: str, aiohttp_server: Any) -> AsyncIterator[Portal
     install_web(app, settings=None, processor_origin=sandbox_url)
     # As serve mounts them: the processor's signed callbacks beside the pages.
     add_callback_routes(app, store=store, router=router, secrets={"sandbox": [SECRET]})
+    artifacts.keep_documents(app)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     client = await browser_on(server)

@@ -15,6 +15,9 @@ import structlog
 from payportal.logs import REDACTED, configure_logging, redact, redact_text
 
 SECRET = "Geheimes-Passwort-7"  # test-only
+# These tests log secrets on purpose, and pytest's own capture keeps records as they were
+# logged: their captured output is not the suite's to scan (tests/zz_scan).
+pytestmark = pytest.mark.plants_secrets
 
 
 def _redacted(**fields: Any) -> dict[str, Any]:
@@ -143,3 +146,22 @@ def test_structlog_and_stdlib_fields_and_messages_are_redacted(output: io.String
     assert "charge [card number] with" in text
     assert SECRET not in text, text
     assert "4242424242424242" not in text
+
+
+def test_a_request_the_http_parser_refused_is_logged_without_its_bytes(
+    output: io.StringIO,
+) -> None:
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    quoted = f"Invalid header value char:\n\n    b'X-Request-Id: 1\\x00{SECRET}'"
+    try:
+        raise BadHttpMessage(quoted)
+    except BadHttpMessage as error:
+        logging.getLogger("aiohttp.server").error(
+            "Error handling request from %s", "127.0.0.1", exc_info=error
+        )
+    text = output.getvalue()
+    assert "Error handling request from 127.0.0.1: malformed request (BadHttpMessage)" in text
+    assert "[info" in text
+    assert SECRET not in text, text
+    assert "Traceback" not in text

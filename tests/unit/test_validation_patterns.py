@@ -65,3 +65,10 @@ def test_a_value_a_pattern_accepts_is_refused_with_a_newline_after_it(
 def test_an_amount_in_other_digits_than_ascii_is_not_an_amount(typed: str) -> None:
     assert parse_amount(typed, "USD") is None
     assert parse_amount("1,234.50", "USD") == 123_450
+
+
+@pytest.mark.parametrize("typed", ["10000000000.01", "92233720368547758.08", "1" + "0" * 30])
+def test_an_amount_past_the_apis_largest_is_not_an_amount(typed: str) -> None:
+    # 2^63 cents and more could not even be sent to a shard: the payment page was a 500.
+    assert parse_amount(typed, "USD") is None
+    assert parse_amount("10000000000.00", "USD") == 10**12
