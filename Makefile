@@ -19,7 +19,7 @@ LOADTEST_HOST ?= http://127.0.0.1:8080
 # Extra arguments for the benchmark, e.g. make bench BENCH_ARGS="--keep-logs".
 BENCH_ARGS ?=
 
-.PHONY: venv test lint typecheck run bench bench-quick loadtest loadtest-check clean
+.PHONY: venv test lint typecheck run bench bench-quick soak loadtest loadtest-check clean
 
 venv: $(STAMP)
 
@@ -69,6 +69,16 @@ bench: venv
 # The same, reduced to fit in under 3 minutes on a 2-core machine (it says what it left out).
 bench-quick: venv
 	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
+
+# The long runs make test keeps short: 200 random stops of a busy serve, and the system
+# simulation for SOAK_SECONDS (default an hour) of seeds. Prints each one's figures.
+SOAK_STOP_ROUNDS ?= 200
+SOAK_SECONDS ?= 3600
+soak: venv
+	PAYPORTAL_STOP_ROUNDS=$(SOAK_STOP_ROUNDS) $(BIN)/pytest -s \
+		tests/e2e/test_serve_stop.py -k sigterm
+	PAYPORTAL_SOAK=1 PAYPORTAL_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -s \
+		tests/simulation/test_system_simulation.py
 
 # Runs against a portal already started with `make run` on 127.0.0.1.
 loadtest: venv

@@ -54,19 +54,22 @@ class Child:
         return f"Child({self.name!r}, pid={self.pid}, port={self.port})"
 
 
-def die_with_parent() -> None:
-    """In a child started by ``start_child``: exit with SIGTERM when the parent dies.
+def die_with_parent(parent: int | None = None) -> None:
+    """In a child started by ``start_child`` (or given its parent's pid): exit with
+    SIGTERM when the parent dies.
 
     Called by the child itself, not between fork and exec, where a process with threads
     (Ray's) must not load libraries. The parent forks from its event loop's thread, which
     lives as long as it does."""
-    parent = os.environ.get(PARENT_PID_ENV)
+    if parent is None:
+        inherited = os.environ.get(PARENT_PID_ENV)
+        parent = None if inherited is None else int(inherited)
     if parent is None or not sys.platform.startswith("linux"):
         return
     libc_name = ctypes.util.find_library("c")
     if libc_name is not None:
         ctypes.CDLL(libc_name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(parent):  # it died before the request took effect
+    if os.getppid() != parent:  # it died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -93,8 +96,11 @@ async def start_child(
     port: once it is started)."""
     if port is not None and await _accepts(host, port):
         raise ChildFailed(f"{name}: {host}:{port} is already in use")
+    # A session of its own: Ctrl-C in a terminal reaches serve only, which stops its
+    # children after the front door has drained (a sandbox gone first would fail the
+    # charges still in flight); if serve dies instead, die_with_parent ends them.
     process = await asyncio.create_subprocess_exec(
-        *argv, env={**os.environ, PARENT_PID_ENV: str(os.getpid())}
+        *argv, env={**os.environ, PARENT_PID_ENV: str(os.getpid())}, start_new_session=True
     )
     child = Child(name, process, port)
     if port is None:

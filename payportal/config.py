@@ -59,6 +59,9 @@ RATE_LIMITS_SCALE_LIMIT = 1_000_000
 CLIENT_TIMEOUT_MS_LIMIT = 3_600_000
 # Past this a cap per address is no cap (a process has far fewer file descriptors).
 CONNECTIONS_PER_ADDRESS_LIMIT = 1_000_000
+# Systemd and Kubernetes give a stopping service 90 s and 30 s by default; ten minutes
+# is past any orchestrator's patience.
+SHUTDOWN_TIMEOUT_S_LIMIT = 600
 
 # Names in these families belong to the test suite and benchmarks, not to the server.
 NON_SETTING_PREFIXES = ("PAYPORTAL_TEST_", "PAYPORTAL_BENCH_")
@@ -119,6 +122,9 @@ class Settings:
     header_timeout_ms: int = 10_000
     body_timeout_ms: int = 30_000
     connections_per_address: int = 256
+    # A stop (SIGINT/SIGTERM) ends within this many seconds (payportal.shutdown): every
+    # step gets what is left of it, and a step that hangs is named and abandoned.
+    shutdown_timeout_s: int = 30
 
     @property
     def public_url(self) -> str:
@@ -218,6 +224,7 @@ def load_settings(
         connections_per_address=_int(
             raw, "CONNECTIONS_PER_ADDRESS", 256, 1, CONNECTIONS_PER_ADDRESS_LIMIT
         ),
+        shutdown_timeout_s=_int(raw, "SHUTDOWN_TIMEOUT_S", 30, 1, SHUTDOWN_TIMEOUT_S_LIMIT),
     )
 
 
@@ -284,6 +291,7 @@ SETTING_NAMES = frozenset(
         "HEADER_TIMEOUT_MS",
         "BODY_TIMEOUT_MS",
         "CONNECTIONS_PER_ADDRESS",
+        "SHUTDOWN_TIMEOUT_S",
     )
 )
 

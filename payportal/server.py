@@ -13,8 +13,9 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import signal
+import os
 import sys
+import time
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from payportal.children import Child, start_child, stop_children
 from payportal.config import Settings
 from payportal.gc_tuning import tune_for_throughput
 from payportal.logs import configure_logging
+from payportal.shutdown import Shutdown, wait_for_stop_signal
 
 __all__ = ["front_door_url", "run", "sandbox_webhook_secret"]
 
@@ -33,6 +35,9 @@ JANITOR_INTERVAL_MS = 1_000
 WORKER_START_S_MAX = 120
 # How long a side process (sandbox, mail) gets to stop after SIGTERM before SIGKILL.
 CHILD_STOP_S = 10.0
+# Requests in flight when a stop begins get this long to finish before aiohttp cancels
+# them; a payment's own work takes milliseconds, a charge at most its timeout.
+DRAIN_S_MAX = 10.0
 
 
 def front_door_url(settings: Settings) -> str:
@@ -68,14 +73,16 @@ def run(
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
         pass
-    asyncio.run(
+    status = asyncio.run(
         _serve(settings, workers=workers or 1, seed_demo=seed_demo, sandbox=sandbox, mail=mail)
     )
+    if status:
+        sys.exit(status)
 
 
 async def _serve(
     settings: Settings, *, workers: int, seed_demo: bool, sandbox: bool, mail: bool
-) -> None:
+) -> int:
     from payportal.actors import ShardRouter
     from payportal.actors.cluster import connect_ray, ensure_shards
     from payportal.persistence import Store, migrate
@@ -199,31 +206,41 @@ async def _serve(
 
     _print_banner(started, demo, base)
     tune_for_throughput()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        _stop_workers(workers_started)
-        publisher_task.cancel()
-        accounting_task.cancel()
-        if billing_task is not None:
-            billing_task.cancel()
-        for each in runners:
-            await each.cleanup()
-        await router.close()
-        # A clean stop leaves no journal to replay: checkpoint every hot account now.
-        await asyncio.gather(*(h.flush_checkpoints.remote() for h in handles))
-        if processor is not None:
-            await processor.close()
-        await stop_children(children, timeout_s=CHILD_STOP_S)
-        await streams.close()
-        await store.close()
-        if advertised is not None:
-            advertised.unlink(missing_ok=True)
-        print("payportal stopped", file=sys.stderr)
+    received = await wait_for_stop_signal("payportal serve")
+    shutdown = Shutdown("payportal serve", settings.shutdown_timeout_s)
+    shutdown.begin(received.name)
+    # Stop accepting and drain first, so no request meets a half-stopped process.
+    await _stop_front_door(shutdown, runners)
+    await shutdown.step("front-door workers", lambda: asyncio.to_thread(
+        _stop_workers, workers_started, shutdown.remaining_s(DRAIN_S_MAX)))  # fmt: skip
+    await shutdown.stop_tasks(
+        "background loops", [publisher_task, accounting_task, billing_task]
+    )
+    await shutdown.step("shard router", router.close)
+    # A clean stop leaves no journal to replay: checkpoint every hot account now. A
+    # shard that cannot answer (its Ray stopping too) replays its journal next start.
+    await shutdown.step("checkpoint flush", lambda: asyncio.gather(
+        *(h.flush_checkpoints.remote() for h in handles)))  # fmt: skip
+    if processor is not None:
+        await shutdown.step("processor client", processor.close)
+    await shutdown.step("child processes", lambda: stop_children(
+        children, timeout_s=shutdown.remaining_s(CHILD_STOP_S)))  # fmt: skip
+    await shutdown.step("status streams", streams.close)
+    await shutdown.step("store", store.close)
+    if advertised is not None:
+        advertised.unlink(missing_ok=True)
+    status = shutdown.finish()
+    print("payportal stopped" if status == 0 else
+          f"payportal stopped; did not finish: {', '.join(shutdown.unfinished)}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return status
+
+
+async def _stop_front_door(shutdown: Shutdown, runners: list[web.AppRunner]) -> None:
+    """Stop listening, end the event streams, let requests in flight finish (bounded by
+    each runner's ``shutdown_timeout``, after which aiohttp cancels them)."""
+    for runner in runners:
+        await shutdown.step("front door", runner.cleanup, cap_s=DRAIN_S_MAX + 5)
 
 
 async def _front_door(
@@ -254,7 +271,7 @@ async def _front_door(
         response.headers["X-Payportal-Worker"] = str(worker)
 
     app.on_response_prepare.append(tag_worker)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=DRAIN_S_MAX)
     await runner.setup()
     await GuardedSite(
         runner, settings.host, settings.port, reuse_port=True,
@@ -279,7 +296,8 @@ def _start_workers(settings: Settings, workers: int, *, sandbox: bool) -> list[A
     for worker in range(1, workers):
         ready = context.Event()
         child = context.Process(
-            target=_worker_main, args=(settings, address, worker, sandbox, ready), daemon=True
+            target=_worker_main, args=(settings, address, worker, sandbox, ready, os.getpid()),
+            daemon=True,
         )
         child.start()
         children.append((child, ready))
@@ -293,16 +311,26 @@ def _start_workers(settings: Settings, workers: int, *, sandbox: bool) -> list[A
     return [child for child, _ in children]
 
 
-def _stop_workers(children: list[Any]) -> None:
+def _stop_workers(children: list[Any], timeout_s: float) -> None:
+    """SIGTERM each worker (it runs its own bounded stop), wait, SIGKILL what is left."""
     for child in children:
-        child.terminate()  # SIGTERM: the worker closes its site and store
+        child.terminate()
+    deadline = time.monotonic() + timeout_s
     for child in children:
-        child.join(timeout=30)
+        child.join(timeout=max(0.0, deadline - time.monotonic()))
+    for child in children:
+        if child.is_alive():
+            child.kill()
+            child.join()
 
 
 def _worker_main(
-    settings: Settings, address: str, worker: int, sandbox: bool, ready: Any
+    settings: Settings, address: str, worker: int, sandbox: bool, ready: Any, parent: int
 ) -> None:
+    from payportal.children import die_with_parent
+
+    # A worker never outlives serve, also when serve is killed and cannot stop it.
+    die_with_parent(parent)
     configure_logging()
     try:
         import uvloop
@@ -310,12 +338,14 @@ def _worker_main(
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    asyncio.run(_worker(settings, address, worker, sandbox, ready))
+    status = asyncio.run(_worker(settings, address, worker, sandbox, ready))
+    if status:
+        sys.exit(status)
 
 
 async def _worker(
     settings: Settings, address: str, worker: int, sandbox: bool, ready: Any
-) -> None:
+) -> int:
     from payportal.actors import ShardRouter
     from payportal.actors.cluster import connect_ray, get_shards
     from payportal.persistence import Store
@@ -341,19 +371,17 @@ async def _worker(
     runner = await _front_door(settings, router, store, processor, streams, worker=worker)
     tune_for_throughput()
     ready.set()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-        await router.close()
-        if processor is not None:
-            await processor.close()
-        await streams.close()
-        await store.close()
+    process = f"payportal serve worker {worker}"
+    received = await wait_for_stop_signal(process)
+    shutdown = Shutdown(process, settings.shutdown_timeout_s)
+    shutdown.begin(received.name)
+    await _stop_front_door(shutdown, [runner])
+    await shutdown.step("shard router", router.close)
+    if processor is not None:
+        await shutdown.step("processor client", processor.close)
+    await shutdown.step("status streams", streams.close)
+    await shutdown.step("store", store.close)
+    return shutdown.finish()
 
 
 def _redacted(url: str) -> str:

@@ -43,6 +43,7 @@ from .auth import Authenticator
 from .cached import ImmutableRows
 from .connections import connection_phase_middleware
 from .errors import ApiError, not_found
+from .events import end_streams_on_shutdown
 from .gateway import Gateway
 from .methods import PaymentMethods
 from .ratelimit import RateLimits, install_rate_limits, rate_limit_middleware
@@ -235,6 +236,8 @@ def create_app(
             await owned.close()  # type: ignore[attr-defined]
 
     app.cleanup_ctx.append(resources)
+    # Streams never end by themselves; a stop must not wait for their clients.
+    end_streams_on_shutdown(app)
     for route in ROUTE_TABLE:
         app.router.add_route(route.method, ids.routed(route.path), route.handler)
     return app

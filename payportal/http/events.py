@@ -18,10 +18,13 @@ resuming is "everything above ``Last-Event-ID``". Rules:
   the other routes': a payer sees only their accounts; anything else is 404.
 - Keep-alive: aiohttp-sse's ``: ping`` comment every ``PING_INTERVAL_S``.
 - An app without ``STATUS_STREAMS`` (no publisher runs for it) answers these routes 404.
+- A stopping server ends its streams at once (``on_shutdown``) instead of waiting for
+  clients that would never leave; EventSource reconnects with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Final
 
@@ -41,7 +44,8 @@ from .errors import not_found, parameter_invalid
 from .typedefs import STORE
 
 __all__ = [
-    "EVENT_ID_MAX", "LIVE_WAIT_S", "STATUS_STREAMS", "account_events", "last_event_id",
+    "EVENT_ID_MAX", "LIVE_WAIT_S", "STATUS_STREAMS", "account_events",
+    "end_streams_on_shutdown", "last_event_id",
     "parse_event_id", "payment_events", "serve_status_stream",
 ]  # fmt: skip
 
@@ -52,6 +56,8 @@ STATUS_STREAMS: web.AppKey[StatusStreams] = web.AppKey("status_streams")
 # client that went away is noticed within this time. Tests shorten it.
 LIVE_WAIT_S: web.AppKey[float] = web.AppKey("live_wait_s")
 LIVE_WAIT_S_DEFAULT: Final = 5.0
+# The handlers of the streams open now, ended by ``end_open_streams`` when the app stops.
+_OPEN_STREAMS: web.AppKey[set[asyncio.Task[object]]] = web.AppKey("open_status_streams")
 # Proxies and mobile networks drop connections idle for 30-60 s; 15 s keeps them open.
 PING_INTERVAL_S: Final = 15.0
 LAST_EVENT_ID: Final = "Last-Event-ID"
@@ -140,6 +146,10 @@ async def serve_status_stream(
     engine = request.app[STORE].engine
     wait_s = request.app.get(LIVE_WAIT_S, LIVE_WAIT_S_DEFAULT)
     position = after  # the last journal id this connection has passed (sent or not)
+    handler = asyncio.current_task()
+    open_streams = request.app.get(_OPEN_STREAMS)
+    if open_streams is not None and handler is not None:
+        open_streams.add(handler)
     async with sse_response(request, ping_interval=PING_INTERVAL_S) as sse:
         try:
             first = await streams.first_id(account_id)
@@ -164,4 +174,19 @@ async def serve_status_stream(
                         await sse.send(entry.data.decode(), id=str(entry.id))
         except ConnectionResetError:
             pass  # the client went away; it resumes with Last-Event-ID
+        finally:
+            if open_streams is not None and handler is not None:
+                open_streams.discard(handler)
     return sse
+
+
+def end_streams_on_shutdown(app: web.Application) -> None:
+    """Make ``app``'s open streams end when it stops: their handlers are cancelled in
+    ``on_shutdown``, before the runner waits for in-flight requests."""
+    app[_OPEN_STREAMS] = set()
+
+    async def end_open_streams(app: web.Application) -> None:
+        for handler in list(app[_OPEN_STREAMS]):
+            handler.cancel()
+
+    app.on_shutdown.append(end_open_streams)
