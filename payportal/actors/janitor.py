@@ -1,6 +1,6 @@
 """The retry and inquiry janitor: due retries are charged, unresolved attempts are inquired.
 
-The model (DESIGN.md decisions 4-6, Kill Bill's payment janitor): the schedule is durable.
+The model (docs/design.md decisions 4-6, Kill Bill's payment janitor): the schedule is durable.
 Each ``run_once`` reads what is due from the database — payments ``retry_scheduled``
 whose ``next_retry_at_ms`` has passed (the payments read model), and attempts whose
 outcome is ``unknown`` or that have sat in ``processing`` far longer than a charge

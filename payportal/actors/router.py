@@ -1,6 +1,6 @@
 """The front door's side of the shards: route each command, batch per shard, route replies.
 
-The model (DESIGN.md decision 2): one Ray call per item caps the system near 2,000 calls
+The model (docs/design.md decision 2): one Ray call per item caps the system near 2,000 calls
 a second, one call per 100 items carries ~177,000 items a second. So commands for a
 shard wait here for at most ``batch_max_wait_ms`` or until ``batch_max_items`` have
 gathered, then go as one msgpack-encoded call; each caller awaits its own future,

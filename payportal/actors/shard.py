@@ -1,6 +1,6 @@
 """Account shards: many accounts per Ray actor, each account's commands applied in order.
 
-The model (DESIGN.md decisions 1-3): a shard owns the accounts that hash to it. It takes
+The model (docs/design.md decisions 1-3): a shard owns the accounts that hash to it. It takes
 a batch of commands, loads any account it does not hold from its checkpoint and journal,
 then applies every command synchronously through the engine: there is no ``await``
 between reading an account's state and writing it back, so one account's commands run

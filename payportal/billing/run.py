@@ -1,6 +1,6 @@
 """The billing run: claim due subscription periods, issue their invoices, charge autopay.
 
-The model (DESIGN.md decisions 4 and 5; Kill Bill's invoice and payment split): the
+The model (docs/design.md decisions 4 and 5; Kill Bill's invoice and payment split): the
 schedule is durable. A run reads what is due from the database, so a restarted run, or a
 second scheduler beside the first, picks up exactly where the other left off; nothing is
 kept in memory between runs. Each billing invoice walks four steps, and each step is safe

@@ -458,7 +458,7 @@ def _decide_issue_invoice(state: AccountState, command: IssueInvoice, now_ms: in
             service_period=command.service_period, description=command.description,
         )
     ]  # fmt: skip
-    # Credit is applied to new invoices at once (API.md), so credit and an open balance
+    # Credit is applied to new invoices at once (docs/api.md), so credit and an open balance
     # never stand side by side.
     applied_minor = min(state.credit_minor, command.amount_minor)
     if applied_minor > 0:

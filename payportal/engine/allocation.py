@@ -1,6 +1,6 @@
 """Allocation: how a payment's amount is split over an account's open invoices.
 
-The rule (API.md): explicit allocations first, each capped at what the invoice still
+The rule (docs/api.md): explicit allocations first, each capped at what the invoice still
 owes; then the open invoices oldest due date first (then invoice number, then id, so
 the order is total and deterministic); whatever is left becomes account credit. The
 same function answers the preview and applies the payment, so a preview on an

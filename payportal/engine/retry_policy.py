@@ -142,12 +142,12 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     jitter_permille: int = 100
 
 
-# API.md: 4 attempts over 7 days for one-off payments (6 h, 18 h, 54 h ≈ 3.2 days).
+# docs/api.md: 4 attempts over 7 days for one-off payments (6 h, 18 h, 54 h ≈ 3.2 days).
 ONE_OFF: Final = RetryPolicy(
     interval_ms_initial=6 * HOUR_MS, backoff_coefficient=3, interval_ms_max=3 * DAY_MS,
     attempts_max=4, window_ms=7 * DAY_MS,
 )
-# API.md: 8 attempts over 14 days for subscriptions (12 h, 1 d, then every 2 d ≈ 11.5 d).
+# docs/api.md: 8 attempts over 14 days for subscriptions (12 h, 1 d, then every 2 d ≈ 11.5 d).
 SUBSCRIPTION: Final = RetryPolicy(
     interval_ms_initial=12 * HOUR_MS, backoff_coefficient=2, interval_ms_max=2 * DAY_MS,
     attempts_max=8, window_ms=14 * DAY_MS,
@@ -182,7 +182,7 @@ class NetworkCap(msgspec.Struct, frozen=True, kw_only=True):
     per_initiator: bool = False
 
 
-# Card-network reattempt caps per card (REFERENCES.md). Visa since May 2025: 20 per 30
+# Card-network reattempt caps per card (docs/references.md). Visa since May 2025: 20 per 30
 # days, counted separately for customer- and merchant-initiated payments. Mastercard:
 # 10 per 24 h and 35 per 30 days. Other networks get the strictest of both.
 NETWORK_CAPS: Final[dict[Network, tuple[NetworkCap, ...]]] = {
@@ -242,7 +242,7 @@ def earliest_reattempt_ms(
             return at_ms
 
 
-# Unknown outcomes are asked about at 1 min, 5 min, 1 h, then daily (DESIGN.md 6).
+# Unknown outcomes are asked about at 1 min, 5 min, 1 h, then daily (docs/design.md 6).
 INQUIRY_DELAYS_MS: Final[tuple[int, ...]] = (MINUTE_MS, 5 * MINUTE_MS, HOUR_MS)
 
 

@@ -1,4 +1,4 @@
-"""The HTTP front door: the public API of API.md on aiohttp, with msgspec types.
+"""The HTTP front door: the public API of docs/api.md on aiohttp, with msgspec types.
 
 ``create_app`` builds the application around a shard router and a store; the server
 (``payportal serve``) runs it on uvloop. Modules: ``app`` (assembly and middleware),

@@ -6,7 +6,7 @@ The model: a bearer credential names a ``Principal``. ``sk_…`` is a merchant A
 for ``CACHE_TTL_S`` so a busy client costs no database read per request; revoking a key
 or a session therefore takes effect within that time.
 
-Access rule (API.md): a merchant sees every account; a payer only the accounts linked
+Access rule (docs/api.md): a merchant sees every account; a payer only the accounts linked
 to them. Anything else — another payer's account, or a merchant-only operation — is
 answered 404, never 403, so a response never confirms that an object exists.
 """

@@ -1,6 +1,6 @@
 """Processor callbacks: ``POST /v1/processors/{processor}/callbacks``, verified, deduped, applied.
 
-The model (API.md "Processor callbacks", DESIGN.md decisions 4-5): a processor reports an
+The model (docs/api.md "Processor callbacks", docs/design.md decisions 4-5): a processor reports an
 attempt's outcome by a signed Standard Webhooks v1 request. The receiver is thin:
 
 1. verify — the timestamp against our clock (more than ``tolerance_s`` old or ahead →

@@ -1,6 +1,6 @@
 """The processor gateway: one attempt's charge, outside the account's critical section.
 
-The model (DESIGN.md decisions 5 and 6): the shard has already journaled the payment as
+The model (docs/design.md decisions 5 and 6): the shard has already journaled the payment as
 ``processing`` and the account is free again. The gateway calls the processor with the
 attempt id as the processor's idempotency key, under a timeout, and feeds the answer
 back to the shard as a ``RecordOutcome`` — a new command in the account's serial order.

@@ -1,4 +1,4 @@
-"""Idempotent requests (API.md "Idempotency"; brandur's atomic phases, Stripe's rules).
+"""Idempotent requests (docs/api.md "Idempotency"; brandur's atomic phases, Stripe's rules).
 
 The model: a key is scoped to (principal, account). The first request with a key inserts
 an in-flight row in ``idempotency_records``; the database's UNIQUE constraint lets

@@ -1,6 +1,6 @@
 """The status publisher: journal → per-account status streams, only after commit.
 
-The model (DESIGN.md decisions 3 and 7): nothing is announced before it is durable, so
+The model (docs/design.md decisions 3 and 7): nothing is announced before it is durable, so
 the publisher reads the journal itself — committed rows only — never the shards'
 in-memory decisions. Per shard it keeps a cursor in ``status_cursors`` (its own, apart
 from the read-model projector's) and, in journal id order, appends each row that

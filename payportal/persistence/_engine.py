@@ -72,7 +72,7 @@ def create_engine_for(url: str | URL, *, pool_size: int = 5, **kwargs: Any) -> A
     if not is_sqlite(parsed):
         # No pre-ping: it would cost a round trip per commit. A dropped connection fails
         # one statement, SQLAlchemy then invalidates the whole pool, and the shard whose
-        # commit failed restarts (DESIGN.md decision 3).
+        # commit failed restarts (docs/design.md decision 3).
         return create_async_engine(parsed, **kwargs)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The store under the account shards: group commit, projection, recovery and the journal.
 
-The model (DESIGN.md decisions 3 and 4): a shard hands over a batch of account changes
+The model (docs/design.md decisions 3 and 4): a shard hands over a batch of account changes
 and ``commit`` writes its journal rows (and any coalesced checkpoints) in ONE statement
 or transaction, or raises and writes nothing. The database arbitrates exactly-once on
 the journal itself: UNIQUE (account_id, version) refuses any event applied twice, and

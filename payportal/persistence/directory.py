@@ -4,7 +4,7 @@ idempotency records. Small synchronous writes the HTTP layer makes before it ans
 The model: none of these are read models of the journal, so reading them back never
 lags. Each function is one short transaction on the store's engine. The idempotency
 record's UNIQUE (principal, account_id, key) is what makes a key's first request the
-only one to run (DESIGN.md decision 4): the insert of the in-flight row either wins or
+only one to run (docs/design.md decision 4): the insert of the in-flight row either wins or
 tells the caller what the winner left.
 """
 

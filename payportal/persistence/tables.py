@@ -4,7 +4,7 @@ The model: ``journal`` is the source of truth (append-only events, msgpack bytes
 per event); ``account_checkpoints`` and ``account_payment_checkpoints`` let recovery skip
 most of the journal; everything
 else is a read model rebuilt from account state, or a guard table whose unique
-constraint makes an effect happen once (DESIGN.md decision 4). Rules:
+constraint makes an effect happen once (docs/design.md decision 4). Rules:
 
 - Money is ``BigInteger`` minor units; never a float column.
 - No card data: payment methods appear only as processor tokens' ids.

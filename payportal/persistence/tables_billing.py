@@ -7,7 +7,7 @@ stays the source of truth for money. Rules:
 - ``billing_invoices`` is the claim: one row per invoice billing means to issue, keyed
   by a deterministic invoice id. A subscription period's row is also UNIQUE on
   (subscription_id, period_start), so a period is claimed once however many schedulers
-  race for it or rerun after a crash (DESIGN.md decision 4). One-off items and plan-change
+  race for it or rerun after a crash (docs/design.md decision 4). One-off items and plan-change
   prorations leave ``period_start`` NULL (NULLs are distinct in a UNIQUE constraint).
 - A row moves claimed → invoiced → charging → settled, each step a compare-and-set on
   ``state`` under a lease (``lease_owner``, ``lease_until_ms``) so two schedulers do not

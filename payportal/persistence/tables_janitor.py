@@ -2,7 +2,7 @@
 
 The model: an attempt whose outcome is unknown (a timeout, a dropped connection) or that
 has sat in ``processing`` far longer than any charge takes is resolved by status
-inquiry, never by a new charge (DESIGN.md 6). The schedule (1 min, 5 min, 1 h, then
+inquiry, never by a new charge (docs/design.md 6). The schedule (1 min, 5 min, 1 h, then
 daily: ``engine.retry_policy.inquiry_delay_ms``) must survive a restart, so it lives
 here, not in a janitor's memory. Rules:
 

@@ -6,7 +6,7 @@ answers (they are not read models of the journal, so they never lag). They share
 
 - No secrets in clear: passwords are Argon2id hashes, session tokens SHA-256 hashes.
 - No card data: a payment method holds the processor's token and what the card network
-  lets anyone print (brand, last 4, expiry) — never a number or a CVC (DESIGN.md 9).
+  lets anyone print (brand, last 4, expiry) — never a number or a CVC (docs/design.md 9).
 - Deleting a payment method sets ``deleted_at``; the row stays for payment history.
 """
 

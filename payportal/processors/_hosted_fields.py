@@ -2,7 +2,7 @@
 
 The portal embeds this page in an iframe, so the card number, expiry and CVC go from
 the payer's browser to the processor's ``POST /v1/tokens`` and never through the
-portal (DESIGN.md 9). On success the page posts ``{type: "payportal.card_token",
+portal (docs/design.md 9). On success the page posts ``{type: "payportal.card_token",
 token, brand, last4, exp_month, exp_year}`` to the parent window; on failure
 ``{type: "payportal.card_error", code, message, param}``. The parent's origin comes
 from the ``origin`` query parameter (read in the browser, never echoed by the server),

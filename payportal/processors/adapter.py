@@ -4,14 +4,14 @@ The model (ports and adapters): the gateway speaks to one small async interface;
 sandbox and every real processor are adapters behind it. An adapter never raises for
 what the network does to a request: a timeout or a dropped connection is the outcome
 ``unknown`` (the charge may or may not have happened), resolved later by ``inquire``
-with the same idempotency key (DESIGN.md 6), never by a new charge. A processor fault
+with the same idempotency key (docs/design.md 6), never by a new charge. A processor fault
 (5xx, rate limit) is ``errored``: nothing was captured, and the same request may be
 sent again under the same key. A decline is ``declined`` with the processor's raw code
 and, where the network gives them, the Visa category and Mastercard advice code, which
 ``payportal.engine.classify`` turns into hard / soft / technical.
 
 Tokenization is not part of the interface: card data goes from the payer's browser
-straight to the processor (DESIGN.md 9), and the portal only ever holds the token.
+straight to the processor (docs/design.md 9), and the portal only ever holds the token.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Idempotency-Key behaves as API.md says — one payment and one charge however many
+"""Idempotency-Key behaves as docs/api.md says — one payment and one charge however many
 requests race with one key, byte-identical replays, 422 on a different body, 400 without
 a key — checked by firing real concurrent HTTP requests at the in-process front door and
 counting payments in the journal and charges at the sandbox."""

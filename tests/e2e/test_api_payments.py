@@ -1,4 +1,4 @@
-"""Payments through the public API behave as API.md says — every test card's outcome,
+"""Payments through the public API behave as docs/api.md says — every test card's outcome,
 oldest-first allocation, refunds, cancel, previews and lists — checked end to end over
 HTTP against in-process shards, a real database and the sandbox processor."""
 

@@ -99,7 +99,7 @@ MASTERCARD = PaymentMethodRef(id="pm_mc", brand="mastercard")
 AMEX = PaymentMethodRef(id="pm_amex", brand="amex")
 METHODS = (VISA, MASTERCARD, AMEX)
 
-# Every status change a payment may make (API.md statuses), written out by hand.
+# Every status change a payment may make (docs/api.md statuses), written out by hand.
 STATUS_CHANGES_ALLOWED: frozenset[tuple[PaymentStatus, PaymentStatus]] = frozenset({
     (S.processing, S.succeeded), (S.processing, S.requires_payment_method),
     (S.processing, S.retry_scheduled), (S.processing, S.failed),
@@ -224,7 +224,7 @@ def test_the_rest_goes_to_the_oldest_due_invoice_first(data: st.DataObject) -> N
     amount_minor = sum(requested.values()) + data.draw(st.integers(0, 20_000))
     result = allocate(invoices, amount_minor, explicit)
     got = _by_invoice(result)
-    # API.md: oldest due date first, then invoice number (then id, to make the order total).
+    # docs/api.md: oldest due date first, then invoice number (then id, to make the order total).
     order = sorted(invoices, key=lambda i: (i.due_date, i.number, i.invoice_id))
     still_owed_before = False
     for invoice in order:
@@ -693,7 +693,7 @@ def test_stop_signals_win_over_every_code(
         assert got is DeclineClass.hard  # unknown: never guess "retry"
 
 
-# The backoff each policy promises after attempt n fails (API.md; none after the last).
+# The backoff each policy promises after attempt n fails (docs/api.md; none after the last).
 BACKOFF_BASE_MS: dict[str, tuple[int, ...]] = {
     "one_off": (6 * HOUR_MS, 18 * HOUR_MS, 54 * HOUR_MS),
     "subscription": (12 * HOUR_MS, DAY_MS) + (2 * DAY_MS,) * 5,
@@ -726,7 +726,7 @@ def test_policies_allow_the_documented_attempts() -> None:
     assert (SUBSCRIPTION.attempts_max, SUBSCRIPTION.window_ms) == (8, 14 * DAY_MS)
 
 
-# Card-network caps on reattempts per card (API.md), as (window, most allowed).
+# Card-network caps on reattempts per card (docs/api.md), as (window, most allowed).
 NETWORK_CAPS_EXPECTED: dict[str, tuple[tuple[int, int], ...]] = {
     "visa": ((30 * DAY_MS, 20),),  # counted per initiator since May 2025
     "mastercard": ((DAY_MS, 10), (30 * DAY_MS, 35)),
