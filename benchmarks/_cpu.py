@@ -30,11 +30,14 @@ FRONT_DOOR = "front door"
 SHARDS = "account shards"
 POSTGRES = "PostgreSQL"
 PROCESSOR = "processor (sandbox)"
-MAIL = "mail"
+MAIL = "mail sender"
+# Like the sandbox for a processor, the catcher stands in for an SMTP server elsewhere.
+SMTP = "SMTP (catcher)"
 RAY = "Ray daemons"
 LOADGEN = "load generator"
 OTHER = "other"
-GROUPS = (FRONT_DOOR_SELF, FRONT_DOOR, SHARDS, POSTGRES, PROCESSOR, MAIL, RAY, LOADGEN, OTHER)
+GROUPS = (FRONT_DOOR_SELF, FRONT_DOOR, SHARDS, POSTGRES, PROCESSOR, MAIL, SMTP, RAY, LOADGEN,
+          OTHER)  # fmt: skip
 
 
 # A backend's client in its process title: "127.0.0.1(52368)", "[::1](4711)" or "[local]".
@@ -81,7 +84,9 @@ def _group(
         return POSTGRES
     if "payportal sandbox" in command or "payportal.processors.sandbox" in command:
         return PROCESSOR
-    if "payportal mail" in command:  # the outbox sender, and the catcher standing in for SMTP
+    if "payportal mail-catcher" in command:
+        return SMTP
+    if "payportal mail" in command:
         return MAIL
     if "payportal serve" in command:
         return FRONT_DOOR

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = ["plot", "render", "render_ratios", "step_line", "summarize"]
 
-CPU_GROUPS = (_cpu.FRONT_DOOR, _cpu.SHARDS, _cpu.POSTGRES, _cpu.PROCESSOR, _cpu.MAIL, _cpu.RAY,
-              _cpu.LOADGEN)  # fmt: skip
+CPU_GROUPS = (_cpu.FRONT_DOOR, _cpu.SHARDS, _cpu.POSTGRES, _cpu.PROCESSOR, _cpu.MAIL, _cpu.SMTP,
+              _cpu.RAY, _cpu.LOADGEN)  # fmt: skip
 COLORS = {"ceiling": "tab:green", "naive": "tab:orange", "payportal": "tab:blue"}
 
 
@@ -202,11 +202,16 @@ def render(results: dict[str, Any], ramps: list[Ramp], plan: Plan) -> str:
                 lines.append(f"  {group:22s}" + "".join(f"{v:12,.0f}" for v in values))
         totals = [sum(cpu[s].get(g, 0.0) for g in CPU_GROUPS) for s in servers]
         lines.append(f"  {'total':22s}" + "".join(f"{v:12,.0f}" for v in totals))
+        # What a deployment runs itself: the processor and the SMTP server are elsewhere.
+        elsewhere = (_cpu.PROCESSOR, _cpu.SMTP, _cpu.LOADGEN)
+        own = [t - sum(cpu[s].get(g, 0.0) for g in elsewhere)
+               for s, t in zip(servers, totals, strict=True)]
+        lines.append(f"  {'own (no stand-ins)':22s}" + "".join(f"{v:12,.0f}" for v in own))
         lines.append(f"  {'at (payments/s)':22s}"
                      + "".join(f"{cpu[s]['achieved_rate']:12,.0f}" for s in servers))
         if "payportal" in cpu:
-            lines.append("  (payportal's mail: its outbox sender, and the catcher standing in "
-                         "for an SMTP server; processor: the sandbox, standing in for one)")
+            lines.append("  (the SMTP catcher and the sandbox processor stand in for services a "
+                         "deployment does not run; 'own' leaves them and the load generator out)")
     loadgen = summary.get("loadgen")
     if loadgen:
         lines += ["", (f"Load generator: {loadgen['cpu_pct_at_highest_step']:.0f}% of one core "
