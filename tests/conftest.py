@@ -11,8 +11,10 @@ process is remembered as a needle (``tests.artifacts``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -81,6 +83,28 @@ def local_ray() -> Iterator[None]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     artifacts.clear()
+    session.config.stash[_STARTED_AT] = time.time()
+
+
+# -- Ray's orphaned agents --------------------------------------------------------------------
+
+_STARTED_AT = pytest.StashKey[float]()
+# Ray's per-node agents notice their raylet is gone ("Raylet is dead! Exiting") but stay
+# alive (Ray 2.60) when a test kills a Ray driver outright. Orphans of a dead raylet serve
+# nothing; a long suite run again and again on one machine would pile them up.
+_RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    import psutil
+
+    started_at = session.config.stash.get(_STARTED_AT, time.time())
+    for process in psutil.process_iter(["name", "ppid", "create_time"]):
+        info = process.info
+        if (info["ppid"] == 1 and (info["name"] or "").startswith(_RAY_AGENTS)
+                and info["create_time"] >= started_at):  # fmt: skip
+            with contextlib.suppress(psutil.Error):
+                process.kill()
 
 
 @pytest.hookimpl(wrapper=True)
