@@ -143,9 +143,17 @@ async def serve_status_stream(
     """Status events of ``account_id`` (one payment's when ``payment_id``) after journal id
     ``after``, as Server-Sent Events: from the journal first when the live stream may have
     lost them, then live. Used by the API and by the portal's pages."""
+    with streams.subscription():  # before the first read: see live/_streams.py
+        return await _stream_events(request, streams, account_id, payment_id, after)
+
+
+async def _stream_events(
+    request: web.Request, streams: StatusStreams, account_id: str, payment_id: str | None,
+    position: int,
+) -> web.StreamResponse:  # fmt: skip
     engine = request.app[STORE].engine
     wait_s = request.app.get(LIVE_WAIT_S, LIVE_WAIT_S_DEFAULT)
-    position = after  # the last journal id this connection has passed (sent or not)
+    # ``position``: the last journal id this connection has passed (sent or not).
     handler = asyncio.current_task()
     open_streams = request.app.get(_OPEN_STREAMS)
     if open_streams is not None and handler is not None:

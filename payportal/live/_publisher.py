@@ -16,6 +16,11 @@ Rules:
 - Reading a shard's rows past the cursor in id order sees no gaps, because a shard
   commits one batch at a time (``Store.write`` holds its per-shard lock), so a row of
   the shard never becomes visible after a row with a higher id.
+- Nobody reading costs nothing: while the streams are ``idle`` (the in-process stand-in
+  with no subscriber) a round reads only the shard's newest journal id, moves the cursor
+  there in memory and clears the streams; a reader who comes later is served from the
+  journal (``http/events.py``). The streams are asked twice, before and after that read,
+  so a reader who subscribed meanwhile is published to as usual.
 - Several publishers over one database (one per front door, on Redis) are safe: appends
   are deduplicated by id and the cursor upsert only moves forward. Without Redis each
   process has its own stand-in streams, so run one publisher per database.
@@ -118,6 +123,18 @@ class StatusPublisher:
         cursor = self._cursors.get(shard_id)
         if cursor is None:
             cursor = await self.cursor(shard_id)
+        if self._streams.idle():
+            async with self._store.engine.connect() as connection:
+                newest = (await connection.execute(
+                    sa.select(sa.func.max(j.c.id)).where(j.c.shard_id == shard_id)
+                )).scalar()  # fmt: skip
+            # Asked again, with no await in between the answer and the skip: a reader
+            # who subscribed during the read is published to as usual.
+            if self._streams.idle():
+                if newest is not None and newest > cursor:
+                    self._streams.forget()
+                    self._cursors[shard_id] = newest
+                return 0
         appended = 0
         while True:
             async with self._store.engine.connect() as connection:

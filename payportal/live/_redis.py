@@ -10,6 +10,7 @@ with ``XREAD BLOCK``: a waiting reader holds one pooled connection while it wait
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Final
 
 import redis.asyncio as redis
@@ -51,6 +52,16 @@ class RedisStatusStreams:
 
     def key(self, account_id: str) -> str:
         return self._prefix + account_id
+
+    def subscription(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def idle(self) -> bool:
+        # Readers in other processes read these streams: never known to be idle.
+        return False
+
+    def forget(self) -> None:
+        raise AssertionError("Redis streams are never idle")
 
     async def append(self, account_id: str, entry: StatusEntry) -> bool:
         key = self.key(account_id)

@@ -18,13 +18,21 @@ Limits, the same for both:
 - The last id survives trimming but not expiry: a re-publish of an id older than an
   expired stream's would be accepted again. Readers never see it twice anyway: a
   connection only sends ids above the last it sent, and a resume names that id.
+- A stream holds an unbroken run of its account's status entries, from its first entry
+  up to what the publisher has published. The stand-in may be ``idle`` (nobody reads
+  it, and no other process can): the publisher then skips the work and calls ``forget``,
+  so no stream is left with a gap, and the next reader is served from the journal.
+  Readers hold a ``subscription`` from before their first read of the stream or the
+  journal, so a round that skips can never pass a row a reader would wait for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Final, Protocol
 
 from ._status import StatusEntry
@@ -67,6 +75,19 @@ class StatusStreams(Protocol):
         """Like ``read_after``, but waits up to ``timeout_s`` for an entry to arrive."""
         ...
 
+    def subscription(self) -> contextlib.AbstractContextManager[None]:
+        """Held by a reader for as long as it reads (see ``idle``)."""
+        ...
+
+    def idle(self) -> bool:
+        """True when no reader exists and none can read without holding a subscription
+        in this process: the publisher may skip a round (and then calls ``forget``)."""
+        ...
+
+    def forget(self) -> None:
+        """Drop every stream (only while ``idle``): what they held is in the journal."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -89,6 +110,23 @@ class MemoryStatusStreams:
         self._touched: dict[str, float] = {}  # account → monotonic time of its last append
         self._length_max = length_max
         self._idle_ttl_s = idle_ttl_s
+        self._subscribers = 0
+
+    @contextlib.contextmanager
+    def subscription(self) -> Iterator[None]:
+        self._subscribers += 1
+        try:
+            yield
+        finally:
+            self._subscribers -= 1
+
+    def idle(self) -> bool:
+        return self._subscribers == 0
+
+    def forget(self) -> None:
+        assert self._subscribers == 0, "forgetting streams that are being read"
+        self._streams.clear()
+        self._touched.clear()
 
     def _expire_idle(self, now: float) -> None:
         # Insertion order of ``_touched`` is append order (refreshed by re-inserting), so

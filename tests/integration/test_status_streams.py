@@ -42,7 +42,10 @@ STATUS_EVENTS = {
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def streams(request: pytest.FixtureRequest) -> AsyncIterator[StatusStreams]:
     if request.param == "memory":
-        yield MemoryStatusStreams()
+        memory = MemoryStatusStreams()
+        # These tests read what was published: a reader is there, so nothing is skipped.
+        with memory.subscription():
+            yield memory
         return
     url = request.getfixturevalue("redis_url")
     prefix = f"payportal:test:{uuid.uuid4().hex}:"
@@ -182,6 +185,40 @@ async def test_the_stand_in_keeps_the_newest_entries_and_forgets_idle_streams() 
     await forgetful.append("acct_a", StatusEntry(1, "pay_a", b"{}"))
     await forgetful.append("acct_b", StatusEntry(2, "pay_b", b"{}"))  # sweeps idle acct_a
     assert await forgetful.first_id("acct_a") is None
+
+
+async def test_with_nobody_reading_the_stand_in_is_skipped_and_a_late_reader_misses_nothing(
+    store: Store,
+) -> None:
+    streams = MemoryStatusStreams()
+    publisher = StatusPublisher(store, streams, shard_ids=[SHARD])
+    with streams.subscription():  # a reader, then gone: the stream holds entries 1..k
+        early = _paying_account("early")
+        await store.commit(SHARD, [early.change()])
+        assert await publisher.run_once() == 4
+    assert await _published(streams, early.account_id) != []
+
+    late = _paying_account("late")
+    await store.commit(SHARD, [late.change()])
+    # Nobody reads: nothing is read back or appended, and no stream keeps a gap.
+    assert await publisher.run_once() == 0
+    assert await _published(streams, early.account_id) == []
+    assert await _published(streams, late.account_id) == []
+    newest = (await _journal(store))[-1].id
+    assert publisher._cursors[SHARD] == newest  # moved in memory, not saved
+    assert await publisher.cursor(SHARD) < newest
+
+    # A reader now: what follows is published; what came before is the journal's to serve.
+    with streams.subscription():
+        third = AccountDriver(f"acct_third_{uuid.uuid4().hex[:8]}")
+        third.open()
+        third.invoice(1_000, due_in_days=1)
+        third.pay(1_000)
+        await store.commit(SHARD, [third.change()])
+        assert await publisher.run_once() == 2  # processing, succeeded
+        published = await _published(streams, third.account_id)
+        assert [e.status for _, e in published] == ["processing", "succeeded"]
+        assert published[0][0] > newest
 
 
 async def test_a_running_publisher_publishes_when_woken_and_polls_nothing_meanwhile(
