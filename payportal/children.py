@@ -91,6 +91,7 @@ async def start_child(
     port: int | None,
     host: str = "127.0.0.1",
     ready_timeout_s: float = READY_TIMEOUT_S,
+    env: dict[str, str] | None = None,
 ) -> Child:
     """Start ``argv`` and return once it accepts connections on ``host:port`` (with no
     port: once it is started)."""
@@ -100,7 +101,8 @@ async def start_child(
     # children after the front door has drained (a sandbox gone first would fail the
     # charges still in flight); if serve dies instead, die_with_parent ends them.
     process = await asyncio.create_subprocess_exec(
-        *argv, env={**os.environ, PARENT_PID_ENV: str(os.getpid())}, start_new_session=True
+        *argv, env={**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())},
+        start_new_session=True,
     )
     child = Child(name, process, port)
     if port is None:

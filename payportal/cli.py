@@ -124,9 +124,37 @@ def serve(
             f"--port: must differ from PAYPORTAL_SANDBOX_PORT (both are {settings.port})",
             EXIT_SETTINGS,
         )
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        import ssl
+
+        from payportal.tls import server_context
+
+        try:
+            server_context(settings.tls_cert_file, settings.tls_key_file)
+        except (ssl.SSLError, OSError, ValueError) as error:
+            _fail(f"PAYPORTAL_TLS_CERT_FILE / PAYPORTAL_TLS_KEY_FILE: not a certificate and "
+                  f"its key ({type(error).__name__})", EXIT_SETTINGS)  # fmt: skip
     run = _function("payportal.server", "run", "serve", "the server")
     _sqlite_directory_ensure(settings)
     run(settings, workers=workers, seed_demo=seed_demo, sandbox=sandbox, mail=mail)
+
+
+@app.command("dev-cert")
+def dev_cert(
+    directory: Annotated[
+        Path, typer.Option(help="Where the files go (default: var/tls).")
+    ] = Path("var/tls"),
+) -> None:
+    """A local CA and a certificate it signed for localhost and 127.0.0.1, to try HTTPS."""
+    from payportal.tls import make_dev_cert
+
+    made = make_dev_cert(directory)
+    typer.echo(
+        f"certificate  {made.cert_file}\nkey          {made.key_file}\n"
+        f"CA           {made.ca_file}  (what clients must trust: curl --cacert {made.ca_file})\n"
+        f"\nPAYPORTAL_TLS_CERT_FILE={made.cert_file} PAYPORTAL_TLS_KEY_FILE={made.key_file} "
+        f"PAYPORTAL_TLS_CA_FILE={made.ca_file} payportal serve --seed-demo"
+    )
 
 
 @app.command()

@@ -31,6 +31,7 @@ import tempfile
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 __all__ = ["PROCESSORS", "Settings", "SettingsError", "load_settings"]
@@ -125,6 +126,17 @@ class Settings:
     # A stop (SIGINT/SIGTERM) ends within this many seconds (payportal.shutdown): every
     # step gets what is left of it, and a step that hangs is named and abandoned.
     shutdown_timeout_s: int = 30
+    # TLS at the front door (payportal.tls): both files, or neither (plain HTTP). With TLS,
+    # http_redirect_port (if set) answers plain HTTP with a redirect to HTTPS, and
+    # tls_ca_file is a CA the processes serve starts trust for its certificate.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None
+    http_redirect_port: int | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
 
     @property
     def public_url(self) -> str:
@@ -135,7 +147,7 @@ class Settings:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def sandbox_url(self) -> str:
@@ -225,6 +237,7 @@ def load_settings(
             raw, "CONNECTIONS_PER_ADDRESS", 256, 1, CONNECTIONS_PER_ADDRESS_LIMIT
         ),
         shutdown_timeout_s=_int(raw, "SHUTDOWN_TIMEOUT_S", 30, 1, SHUTDOWN_TIMEOUT_S_LIMIT),
+        **_tls(raw, directory, port),
     )
 
 
@@ -292,6 +305,10 @@ SETTING_NAMES = frozenset(
         "BODY_TIMEOUT_MS",
         "CONNECTIONS_PER_ADDRESS",
         "SHUTDOWN_TIMEOUT_S",
+        "TLS_CERT_FILE",
+        "TLS_KEY_FILE",
+        "TLS_CA_FILE",
+        "HTTP_REDIRECT_PORT",
     )
 )
 
@@ -419,6 +436,35 @@ def _host(raw: Mapping[str, str]) -> str:
     if any(character.isspace() or character in "/@" for character in value):
         raise SettingsError(f"{PREFIX}HOST: must be a host name or IP address, got {_shown(value)}")
     return value
+
+
+def _readable_file(raw: Mapping[str, str], key: str, directory: Path) -> str | None:
+    value = raw.get(PREFIX + key)
+    if value is None:
+        return None
+    path = (directory / value).resolve()
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise SettingsError(f"{PREFIX}{key}: no readable file at {_shown(value)}")
+    return str(path)
+
+
+def _tls(raw: Mapping[str, str], directory: Path, port: int) -> dict[str, Any]:
+    cert = _readable_file(raw, "TLS_CERT_FILE", directory)
+    key = _readable_file(raw, "TLS_KEY_FILE", directory)
+    if (cert is None) != (key is None):
+        missing = "TLS_KEY_FILE" if key is None else "TLS_CERT_FILE"
+        raise SettingsError(f"{PREFIX}{missing}: needed with the other TLS file")
+    redirect = None
+    if PREFIX + "HTTP_REDIRECT_PORT" in raw:
+        if cert is None:
+            raise SettingsError(f"{PREFIX}HTTP_REDIRECT_PORT: redirects to HTTPS, which needs "
+                                f"{PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE")  # fmt: skip
+        redirect = _int(raw, "HTTP_REDIRECT_PORT", 0, 1, 65_535)
+        if redirect == port:
+            raise SettingsError(f"{PREFIX}HTTP_REDIRECT_PORT: must differ from {PREFIX}PORT")
+    return {"tls_cert_file": cert, "tls_key_file": key,
+            "tls_ca_file": _readable_file(raw, "TLS_CA_FILE", directory),
+            "http_redirect_port": redirect}  # fmt: skip
 
 
 def _secret_key(raw: Mapping[str, str]) -> str | None:

@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from payportal.children import Child, start_child, stop_children
@@ -28,6 +29,8 @@ from payportal.shutdown import Shutdown, wait_for_stop_signal
 
 __all__ = ["front_door_url", "run", "sandbox_webhook_secret"]
 
+log = structlog.get_logger("payportal.server")
+
 # Retries are due on a scale of minutes to days, inquiries from one minute on: a second's
 # delay is invisible to payers and costs one indexed query.
 JANITOR_INTERVAL_MS = 1_000
@@ -35,9 +38,14 @@ JANITOR_INTERVAL_MS = 1_000
 WORKER_START_S_MAX = 120
 # How long a side process (sandbox, mail) gets to stop after SIGTERM before SIGKILL.
 CHILD_STOP_S = 10.0
+# Browsers keep to HTTPS for a year after seeing it (RFC 6797).
+HSTS = "max-age=31536000"
 # Requests in flight when a stop begins get this long to finish before aiohttp cancels
 # them; a payment's own work takes milliseconds, a charge at most its timeout.
 DRAIN_S_MAX = 10.0
+# Each later step's own cap, so one that hangs leaves the others time within the bound.
+STEP_S_MAX = 5.0
+FLUSH_S_MAX = 10.0
 
 
 def front_door_url(settings: Settings) -> str:
@@ -46,7 +54,7 @@ def front_door_url(settings: Settings) -> str:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{settings.port}"
+    return f"{'https' if settings.tls else 'http'}://{host}:{settings.port}"
 
 
 def sandbox_webhook_secret(settings: Settings) -> str:
@@ -128,7 +136,7 @@ async def _serve(
     runners: list[web.AppRunner] = []
     children: list[Child] = []
     processor = None
-    base = f"http://{settings.host}:{settings.port}"
+    base = f"{'https' if settings.tls else 'http'}://{settings.host}:{settings.port}"
     if sandbox and not settings.sandbox_external:
         # Its own process, as a real processor is: its CPU is not the front door's.
         settings.resolve_secret_key()  # created once here, read by the child
@@ -139,6 +147,8 @@ async def _serve(
                  "--port", str(settings.sandbox_port), "--callback-url",
                  f"{front_door_url(settings)}/v1/processors/sandbox/callbacks"],
                 port=settings.sandbox_port,
+                # Its callbacks go to the front door over HTTPS: trust its certificate.
+                env={"SSL_CERT_FILE": settings.tls_ca_file} if settings.tls_ca_file else None,
             )
         )  # fmt: skip
         started.append(f"sandbox      {settings.sandbox_url}  (pid {children[-1].pid})")
@@ -158,8 +168,14 @@ async def _serve(
     router.balances.on_news(publisher.wake)
     publisher_task = asyncio.create_task(publisher.run_forever())
     runners.insert(0, await _front_door(settings, router, store, processor, streams, worker=0))
+    if settings.http_redirect_port is not None:
+        runners.append(await _redirect_to_https(settings))
     workers_started = await asyncio.to_thread(_start_workers, settings, workers, sandbox=charging)
     started.append(f"front door   {base}  (API docs {base}/docs)")
+    if settings.tls:
+        started.append(f"tls          {settings.tls_cert_file} (TLS 1.2+, HSTS; SIGHUP reloads it)")
+    if settings.http_redirect_port is not None:
+        started.append(f"http         port {settings.http_redirect_port} redirects to {base}")
     started.append(f"payer portal {base}/  (payers sign in at {base}/signin)")
     started.append(f"console      {base}/console  (sign in with a merchant API key)")
     started.append(f"metrics      {base}/metrics  (Prometheus; merchant API key as bearer)")
@@ -214,19 +230,21 @@ async def _serve(
     await shutdown.step("front-door workers", lambda: asyncio.to_thread(
         _stop_workers, workers_started, shutdown.remaining_s(DRAIN_S_MAX)))  # fmt: skip
     await shutdown.stop_tasks(
-        "background loops", [publisher_task, accounting_task, billing_task]
+        "background loops", [publisher_task, accounting_task, billing_task], cap_s=STEP_S_MAX
     )
-    await shutdown.step("shard router", router.close)
+    await shutdown.step("shard router", router.close, cap_s=STEP_S_MAX)
+    # This process's own connections before the shards flush: a loop cancelled inside a
+    # transaction must not hold SQLite's write lock while the shards wait for it.
+    await shutdown.step("store", store.close, cap_s=STEP_S_MAX)
+    await shutdown.step("status streams", streams.close, cap_s=STEP_S_MAX)
     # A clean stop leaves no journal to replay: checkpoint every hot account now. A
     # shard that cannot answer (its Ray stopping too) replays its journal next start.
     await shutdown.step("checkpoint flush", lambda: asyncio.gather(
-        *(h.flush_checkpoints.remote() for h in handles)))  # fmt: skip
+        *(h.flush_checkpoints.remote() for h in handles)), cap_s=FLUSH_S_MAX)  # fmt: skip
     if processor is not None:
-        await shutdown.step("processor client", processor.close)
+        await shutdown.step("processor client", processor.close, cap_s=STEP_S_MAX)
     await shutdown.step("child processes", lambda: stop_children(
         children, timeout_s=shutdown.remaining_s(CHILD_STOP_S)))  # fmt: skip
-    await shutdown.step("status streams", streams.close)
-    await shutdown.step("store", store.close)
     if advertised is not None:
         advertised.unlink(missing_ok=True)
     status = shutdown.finish()
@@ -271,12 +289,66 @@ async def _front_door(
         response.headers["X-Payportal-Worker"] = str(worker)
 
     app.on_response_prepare.append(tag_worker)
+    context = None
+    if settings.tls:
+        context = _tls_context(settings)
+
+        async def strict_transport(_: web.Request, response: web.StreamResponse) -> None:
+            response.headers["Strict-Transport-Security"] = HSTS
+
+        app.on_response_prepare.append(strict_transport)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=DRAIN_S_MAX)
     await runner.setup()
     await GuardedSite(
         runner, settings.host, settings.port, reuse_port=True,
-        limits=ClientLimits.from_settings(settings),
+        limits=ClientLimits.from_settings(settings), ssl_context=context,
     ).start()
+    return runner
+
+
+def _tls_context(settings: Settings) -> Any:
+    """The front door's TLS context, reloaded from its files on SIGHUP (renewals)."""
+    import signal
+
+    from payportal import tls
+
+    assert settings.tls_cert_file is not None
+    assert settings.tls_key_file is not None
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    context = tls.server_context(cert, key)
+
+    def reload() -> None:
+        try:
+            tls.reload(context, cert, key)
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            log.error("tls_reload_failed", error=type(error).__name__, kept="the old pair")
+        else:
+            log.info("tls_reloaded", cert_file=cert)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    return context
+
+
+async def _redirect_to_https(settings: Settings) -> web.AppRunner:
+    """Plain HTTP on ``http_redirect_port``: every request is sent to the HTTPS port."""
+    from yarl import URL
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        if settings.public_url_configured is not None:
+            target = URL(settings.public_url)
+        else:
+            target = URL.build(scheme="https", host=request.url.host or "127.0.0.1",
+                               port=settings.port)  # fmt: skip
+        location = target.with_path(request.path).with_query(request.query)
+        # 308: the method and body are kept, so a POST is not turned into a GET.
+        raise web.HTTPPermanentRedirect(location)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", redirect)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    assert settings.http_redirect_port is not None
+    await web.TCPSite(runner, settings.host, settings.http_redirect_port).start()
     return runner
 
 
@@ -376,11 +448,11 @@ async def _worker(
     shutdown = Shutdown(process, settings.shutdown_timeout_s)
     shutdown.begin(received.name)
     await _stop_front_door(shutdown, [runner])
-    await shutdown.step("shard router", router.close)
+    await shutdown.step("shard router", router.close, cap_s=STEP_S_MAX)
     if processor is not None:
-        await shutdown.step("processor client", processor.close)
-    await shutdown.step("status streams", streams.close)
-    await shutdown.step("store", store.close)
+        await shutdown.step("processor client", processor.close, cap_s=STEP_S_MAX)
+    await shutdown.step("status streams", streams.close, cap_s=STEP_S_MAX)
+    await shutdown.step("store", store.close, cap_s=STEP_S_MAX)
     return shutdown.finish()
 
 

@@ -128,7 +128,9 @@ class Shutdown:
         log.info("shutdown_step", process=self.process, step=name, took_ms=took_ms)
         return True
 
-    async def stop_tasks(self, name: str, tasks: Iterable[asyncio.Task[Any] | None]) -> bool:
+    async def stop_tasks(
+        self, name: str, tasks: Iterable[asyncio.Task[Any] | None], *, cap_s: float | None = None
+    ) -> bool:
         """Cancel background loops and wait for them; the ones that do not end are named."""
         self._current = name
         pending = {task for task in tasks if task is not None and not task.done()}
@@ -137,7 +139,7 @@ class Shutdown:
         if not pending:
             return True
         began = time.monotonic()
-        _, still = await asyncio.wait(pending, timeout=self.remaining_s())
+        _, still = await asyncio.wait(pending, timeout=self.remaining_s(cap_s))
         if still:
             names = sorted(task.get_name() for task in still)
             self.unfinished.append(f"{name} ({', '.join(names)})")

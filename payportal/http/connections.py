@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
@@ -272,8 +273,9 @@ class GuardedSite(web.BaseSite):
     The runner's app must have ``connection_phase_middleware``."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, *, limits: ClientLimits,
-                 reuse_port: bool | None = None, backlog: int = 128) -> None:  # fmt: skip
-        super().__init__(runner, backlog=backlog)
+                 reuse_port: bool | None = None, backlog: int = 128,
+                 ssl_context: ssl.SSLContext | None = None) -> None:  # fmt: skip
+        super().__init__(runner, backlog=backlog, ssl_context=ssl_context)
         if connection_phase_middleware not in runner.app.middlewares:
             # Without the marks every request would count as headers still arriving.
             raise RuntimeError("the app needs connection_phase_middleware among its middlewares")
@@ -290,7 +292,8 @@ class GuardedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return str(URL.build(scheme="http", host=self._host or "0.0.0.0", port=self.port))  # noqa: S104
+        scheme = "https" if self._ssl_context is not None else "http"
+        return str(URL.build(scheme=scheme, host=self._host or "0.0.0.0", port=self.port))  # noqa: S104
 
     @property
     def open_connections(self) -> dict[str, int]:
@@ -305,7 +308,7 @@ class GuardedSite(web.BaseSite):
         limits, peers = self._limits, self._peers
         self._server = listening = await loop.create_server(
             lambda: _GuardedProtocol(server, limits, peers, loop), self._host, self._port,
-            backlog=self._backlog, reuse_port=self._reuse_port,
+            backlog=self._backlog, reuse_port=self._reuse_port, ssl=self._ssl_context,
         )  # fmt: skip
         sockets = listening.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
