@@ -19,7 +19,7 @@ LOADTEST_HOST ?= http://127.0.0.1:8080
 # Extra arguments for the benchmark, e.g. make bench BENCH_ARGS="--keep-logs".
 BENCH_ARGS ?=
 
-.PHONY: venv test lint typecheck run bench bench-quick soak loadtest loadtest-check clean
+.PHONY: venv test lint typecheck run run-tls bench bench-quick soak loadtest loadtest-check clean
 
 venv: $(STAMP)
 
@@ -60,6 +60,15 @@ test: venv
 run: venv
 	$(BIN)/payportal migrate
 	$(BIN)/payportal serve --seed-demo
+
+# make run over HTTPS with a local development CA (var/tls/ca.pem is what clients trust);
+# plain HTTP on 8079 redirects to it.
+run-tls: venv
+	$(BIN)/payportal migrate
+	$(BIN)/payportal dev-cert --directory var/tls
+	PAYPORTAL_TLS_CERT_FILE=var/tls/cert.pem PAYPORTAL_TLS_KEY_FILE=var/tls/key.pem \
+		PAYPORTAL_TLS_CA_FILE=var/tls/ca.pem PAYPORTAL_HTTP_REDIRECT_PORT=8079 \
+		$(BIN)/payportal serve --seed-demo
 
 # The end-to-end benchmark: ceiling, naive baseline and payportal serve side by side on
 # the local PostgreSQL (PAYPORTAL_BENCH_POSTGRES_URL), then the shard benchmark; 20-40 min.
