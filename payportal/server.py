@@ -237,14 +237,16 @@ async def _serve(
     # transaction must not hold SQLite's write lock while the shards wait for it.
     await shutdown.step("store", store.close, cap_s=STEP_S_MAX)
     await shutdown.step("status streams", streams.close, cap_s=STEP_S_MAX)
+    if processor is not None:
+        await shutdown.step("processor client", processor.close, cap_s=STEP_S_MAX)
+    # The mail sender too before the flush: on SQLite every writer shares one lock, and
+    # a sender stuck mid-round (killed after CHILD_STOP_S) must not hold it meanwhile.
+    await shutdown.step("child processes", lambda: stop_children(
+        children, timeout_s=shutdown.remaining_s(CHILD_STOP_S)))  # fmt: skip
     # A clean stop leaves no journal to replay: checkpoint every hot account now. A
     # shard that cannot answer (its Ray stopping too) replays its journal next start.
     await shutdown.step("checkpoint flush", lambda: asyncio.gather(
         *(h.flush_checkpoints.remote() for h in handles)), cap_s=FLUSH_S_MAX)  # fmt: skip
-    if processor is not None:
-        await shutdown.step("processor client", processor.close, cap_s=STEP_S_MAX)
-    await shutdown.step("child processes", lambda: stop_children(
-        children, timeout_s=shutdown.remaining_s(CHILD_STOP_S)))  # fmt: skip
     if advertised is not None:
         advertised.unlink(missing_ok=True)
     status = shutdown.finish()
