@@ -38,8 +38,10 @@ AMOUNT_MINOR = 100
 CLIENTS = 8
 SHARDS = 2
 # A client sends one payment again for this long before it gives up on it: longer than
-# any fault here lasts, so a give-up means the portal stayed unavailable.
-CLIENT_PATIENCE_S = 60.0
+# any fault here lasts, and than the 60 s after which a payment whose request died with
+# its process is taken over (http.idempotency.IN_FLIGHT_MAX_MS; 409 until then), so a
+# give-up means the portal stayed unavailable.
+CLIENT_PATIENCE_S = 90.0
 RESEND_PAUSE_S = 0.2
 # The HTTP timeout of one request: above the gateway's 15 s charge timeout.
 REQUEST_TIMEOUT_S = 30.0
@@ -50,9 +52,11 @@ SERVE_ENV = {
     "PAYPORTAL_RATE_LIMITS_SCALE": "1000",
     "PAYPORTAL_SHARDS": str(SHARDS),
 }
-# The unknown outcomes are inquired at 1 min (retry_policy.INQUIRY_DELAYS_MS); the
-# shards' clocks are moved past it instead of waiting.
-INQUIRY_DUE_MS = 61_000
+# Unknown outcomes are inquired at 1 min (retry_policy.INQUIRY_DELAYS_MS), and an attempt
+# left ``processing`` by a front door that died mid-charge once it is 10 min old
+# (janitor.PROCESSING_STALE_MS_DEFAULT): the shards' clocks are moved past both instead
+# of waiting.
+INQUIRY_DUE_MS = 11 * 60_000
 RESOLVE_S_MAX = 120.0
 
 
@@ -138,8 +142,8 @@ class Load:
     # Idempotency-Key -> the payment id its answers named (all of them must agree)
     answered_keys: dict[str, str] = field(default_factory=dict)
     disagreements: list[str] = field(default_factory=list)
-    # (monotonic time the payment was first sent, time of its answer, status)
-    timeline: list[tuple[float, float, str]] = field(default_factory=list)
+    # (monotonic time the payment was first sent, time of its answer, status, resends)
+    timeline: list[tuple[float, float, str, int]] = field(default_factory=list)
     # What came back other than a payment: HTTP statuses and connection errors.
     refusals: Counter[str] = field(default_factory=Counter)
     gave_up: int = 0
@@ -178,9 +182,15 @@ class Load:
     def first_success_after(self, moment: float) -> float | None:
         """When the first payment sent after ``moment`` was answered ``succeeded``."""
         with self._lock:
-            times = [answered for sent, answered, status in self.timeline
+            times = [answered for sent, answered, status, _ in self.timeline
                      if sent >= moment and status == "succeeded"]  # fmt: skip
         return min(times) if times else None
+
+    def interrupted_answers(self, moment: float) -> list[float]:
+        """When each payment that had to be resent after ``moment`` was answered."""
+        with self._lock:
+            return sorted(answered for _, answered, _, resends in self.timeline
+                          if resends and answered >= moment)  # fmt: skip
 
     def _client(self) -> None:
         connection: http.client.HTTPConnection | None = None
@@ -205,6 +215,7 @@ class Load:
                    "content-type": "application/json", "Idempotency-Key": key}  # fmt: skip
         sent = time.monotonic()
         deadline = sent + CLIENT_PATIENCE_S
+        resends = 0
         while True:
             if connection is None:
                 connection = http.client.HTTPConnection(
@@ -222,26 +233,29 @@ class Load:
             else:
                 payment = _payment_named(status, raw)
                 if payment is not None:
-                    self._acknowledge(key, payment, sent)
+                    self._acknowledge(key, payment, sent, resends)
                     return connection
                 if status not in (409, 429) and status < 500:
                     raise AssertionError(f"payment answered {status}: {raw[:300]!r}")
                 refusal = str(status)
             with self._lock:
                 self.refusals[refusal] += 1
-            if time.monotonic() > deadline or self._stop.is_set():
+            # Not on stop: a payment once sent is followed until answered, or its fate
+            # would stay unknown to the audit.
+            if time.monotonic() > deadline:
                 with self._lock:
                     self.gave_up += 1
                 return connection
+            resends += 1
             time.sleep(RESEND_PAUSE_S)
 
-    def _acknowledge(self, key: str, payment: dict[str, Any], sent: float) -> None:
+    def _acknowledge(self, key: str, payment: dict[str, Any], sent: float, resends: int) -> None:
         with self._lock:
             earlier = self.answered_keys.setdefault(key, payment["id"])
             if earlier != payment["id"]:
                 self.disagreements.append(f"{key}: {earlier} then {payment['id']}")
             self.acknowledged[payment["id"]] = payment["status"]
-            self.timeline.append((sent, time.monotonic(), payment["status"]))
+            self.timeline.append((sent, time.monotonic(), payment["status"], resends))
 
 
 def _payment_named(status: int, raw: bytes) -> dict[str, Any] | None:
@@ -374,6 +388,46 @@ def statuses(database_url: str, payment_ids: list[str]) -> Counter[str]:
 def unresolved(database_url: str, payment_ids: list[str]) -> int:
     """How many of ``payment_ids`` still have an unknown outcome (``processing``)."""
     return statuses(database_url, payment_ids)["processing"]
+
+
+def settle(workdir: Path, load: Load) -> tuple[int, float, Counter[str]]:
+    """Resolve every acknowledged payment whose outcome is unknown, the way production
+    does (the janitor's inquiries), with the shards' clocks moved instead of waiting:
+    (how many were unknown, seconds it took, the statuses they ended in)."""
+    url = load.portal.database_url
+    ids = list(load.acknowledged)
+    started = time.monotonic()
+    # What the read models show is only "processing" once they have caught up.
+    assert asyncio.run(_caught_up(url)), "the read models did not catch up with the journal"
+    unknown = [p for p, n in _statuses_by_payment(url, ids).items() if n == "processing"]
+    while left := unresolved(url, unknown):
+        assert time.monotonic() - started < RESOLVE_S_MAX, f"{left} payments still processing"
+        advance_shard_clocks(workdir, INQUIRY_DUE_MS)
+        time.sleep(1.0)
+    return len(unknown), time.monotonic() - started, statuses(url, unknown)
+
+
+async def _caught_up(database_url: str) -> bool:
+    store = await Store.connect(database_url)
+    try:
+        return await _wait_for_projection(store, SHARDS)
+    finally:
+        await store.close()
+
+
+def _statuses_by_payment(database_url: str, payment_ids: list[str]) -> dict[str, str]:
+    async def query() -> dict[str, str]:
+        store = await Store.connect(database_url)
+        try:
+            async with store.engine.connect() as connection:
+                p = tables.payments
+                return dict((await connection.execute(
+                    sa.select(p.c.payment_id, p.c.status).where(p.c.payment_id.in_(payment_ids))
+                )).all())  # fmt: skip
+        finally:
+            await store.close()
+
+    return asyncio.run(query())
 
 
 def audit(fault: str, load: Load, recovery_s: float | None, extra: str = "") -> Figures:
