@@ -142,8 +142,9 @@ class Load:
     # Idempotency-Key -> the payment id its answers named (all of them must agree)
     answered_keys: dict[str, str] = field(default_factory=dict)
     disagreements: list[str] = field(default_factory=list)
-    # (monotonic time the payment was first sent, time of its answer, status, resends)
-    timeline: list[tuple[float, float, str, int]] = field(default_factory=list)
+    # (monotonic time the payment was first sent, time of its answer, status, resends,
+    # payment id)
+    timeline: list[tuple[float, float, str, int, str]] = field(default_factory=list)
     # What came back other than a payment: HTTP statuses and connection errors.
     refusals: Counter[str] = field(default_factory=Counter)
     gave_up: int = 0
@@ -182,14 +183,19 @@ class Load:
     def first_success_after(self, moment: float) -> float | None:
         """When the first payment sent after ``moment`` was answered ``succeeded``."""
         with self._lock:
-            times = [answered for sent, answered, status, _ in self.timeline
+            times = [answered for sent, answered, status, _, _ in self.timeline
                      if sent >= moment and status == "succeeded"]  # fmt: skip
         return min(times) if times else None
+
+    def made_since(self, moment: float) -> list[str]:
+        """The payments first sent at or after ``moment``, in the order answered."""
+        with self._lock:
+            return [payment for sent, _, _, _, payment in self.timeline if sent >= moment]
 
     def interrupted_answers(self, moment: float) -> list[float]:
         """When each payment that had to be resent after ``moment`` was answered."""
         with self._lock:
-            return sorted(answered for _, answered, _, resends in self.timeline
+            return sorted(answered for _, answered, _, resends, _ in self.timeline
                           if resends and answered >= moment)  # fmt: skip
 
     def _client(self) -> None:
@@ -255,7 +261,9 @@ class Load:
             if earlier != payment["id"]:
                 self.disagreements.append(f"{key}: {earlier} then {payment['id']}")
             self.acknowledged[payment["id"]] = payment["status"]
-            self.timeline.append((sent, time.monotonic(), payment["status"], resends))
+            self.timeline.append(
+                (sent, time.monotonic(), payment["status"], resends, payment["id"])
+            )
 
 
 def _payment_named(status: int, raw: bytes) -> dict[str, Any] | None:

@@ -70,7 +70,7 @@ def test_dropped_database_connections_lose_nothing_acknowledged(
         assert ended, "no connection was dropped"
         assert not load.gave_up, f"{load.gave_up} payments never answered"
         unknown, resolved_s, states = settle(tmp_path, load)
-        window = [answered - sent for sent, answered, _, _ in load.timeline
+        window = [answered - sent for sent, answered, _, _, _ in load.timeline
                   if first_drop <= sent <= last_drop + BETWEEN_DROPS_S]  # fmt: skip
     audit(
         "PostgreSQL connections dropped",

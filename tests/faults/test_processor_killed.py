@@ -64,7 +64,7 @@ def test_a_processor_killed_mid_charge_charges_nothing_twice(
             finally:
                 load.stop()
             answered_processing = [p for p, s in load.acknowledged.items() if s == "processing"]
-            mid_charge = sum(1 for sent, _, status, _ in load.timeline
+            mid_charge = sum(1 for sent, _, status, _, _ in load.timeline
                              if sent < killed_at and status == "processing")  # fmt: skip
             # The fault must have hit: charges in flight when the processor died.
             assert mid_charge, "no charge was in flight at the kill"
