@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import re
 import subprocess
 import sys
@@ -34,6 +35,8 @@ from payportal.persistence import Store, tables
 from tests.serve_process import Served, free_port, serving
 
 ACCOUNT = "acct_demo_acme"
+# How many times the tests that repeat their fault do so (make soak sets more).
+ROUNDS = int(os.environ.get("PAYPORTAL_TEST_FAULT_ROUNDS", "1"))
 AMOUNT_MINOR = 100
 CLIENTS = 8
 SHARDS = 2
@@ -316,8 +319,6 @@ class Sandbox:
 
 
 def _without_settings() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("PAYPORTAL_")}
 
 
@@ -393,25 +394,25 @@ def statuses(database_url: str, payment_ids: list[str]) -> Counter[str]:
     return asyncio.run(query())
 
 
-def unresolved(database_url: str, payment_ids: list[str]) -> int:
-    """How many of ``payment_ids`` still have an unknown outcome (``processing``)."""
-    return statuses(database_url, payment_ids)["processing"]
-
-
 def settle(workdir: Path, load: Load) -> tuple[int, float, Counter[str]]:
     """Resolve every acknowledged payment whose outcome is unknown, the way production
-    does (the janitor's inquiries), with the shards' clocks moved instead of waiting:
-    (how many were unknown, seconds it took, the statuses they ended in)."""
+    does (the janitor's inquiries, then the quick re-send of what the processor never
+    received, 30 s to 10 min later), with the shards' clocks moved instead of waiting,
+    until none is ``processing`` or waiting for that re-send: (how many were unknown,
+    seconds it took, the statuses they ended in). The audit then reads a database the
+    janitor has stopped writing to."""
     url = load.portal.database_url
     ids = list(load.acknowledged)
     started = time.monotonic()
     # What the read models show is only "processing" once they have caught up.
     assert asyncio.run(_caught_up(url)), "the read models did not catch up with the journal"
     unknown = [p for p, n in _statuses_by_payment(url, ids).items() if n == "processing"]
-    while left := unresolved(url, unknown):
-        assert time.monotonic() - started < RESOLVE_S_MAX, f"{left} payments still processing"
+    while (left := statuses(url, unknown))["processing"] + left["retry_scheduled"]:
+        assert time.monotonic() - started < RESOLVE_S_MAX, f"still unresolved: {dict(left)}"
         advance_shard_clocks(workdir, INQUIRY_DUE_MS)
         time.sleep(1.0)
+        # The read models again, so a status read above is not a stale one.
+        asyncio.run(_caught_up(url))
     return len(unknown), time.monotonic() - started, statuses(url, unknown)
 
 
@@ -421,6 +422,34 @@ async def _caught_up(database_url: str) -> bool:
         return await _wait_for_projection(store, SHARDS)
     finally:
         await store.close()
+
+
+async def _projection_state(database_url: str) -> str:
+    """Where each shard's read models are against its journal, and what the database's
+    sessions are doing: what a stuck projection is diagnosed from."""
+    store = await Store.connect(database_url)
+    try:
+        j = tables.journal
+        async with store.engine.connect() as connection:
+            last = dict((await connection.execute(
+                sa.select(j.c.shard_id, sa.func.max(j.c.id)).group_by(j.c.shard_id)
+            )).all())  # fmt: skip
+            recent = (await connection.execute(
+                sa.select(j.c.shard_id, j.c.event_type, sa.func.count())
+                .where(j.c.id > sa.select(sa.func.max(j.c.id) - 200).scalar_subquery())
+                .group_by(j.c.shard_id, j.c.event_type)
+            )).all()  # fmt: skip
+            sessions = (await connection.execute(sa.text(
+                "SELECT state, wait_event_type, wait_event, left(query, 80), "
+                "now() - state_change FROM pg_stat_activity WHERE datname = current_database()"
+            ))).all()  # fmt: skip
+        cursors = {s: await store.projection_cursor(s) for s in range(SHARDS)}
+    finally:
+        await store.close()
+    return (
+        f"journal last ids {last}, projection cursors {cursors}; the last 200 rows "
+        f"{[tuple(r) for r in recent]}; sessions {[tuple(map(str, r)) for r in sessions]}"
+    )
 
 
 def _statuses_by_payment(database_url: str, payment_ids: list[str]) -> dict[str, str]:
@@ -484,6 +513,7 @@ async def _audit(fault: str, load: Load, recovery_s: float | None,
     failures = (await check_invariants(url, acknowledged)).messages
     if not caught_up:
         failures.append("the read models did not catch up with the journal")
+        failures.append(await _projection_state(url))
     for name, found in (("lost", lost), ("applied twice", applied_twice),
                         ("charged twice", charged_twice)):  # fmt: skip
         if found:

@@ -21,12 +21,12 @@ import pytest
 
 from tests.databases import _asyncpg_dsn
 
-from .harness import Load, audit, portal, settle
+from .harness import ROUNDS, Load, audit, portal, settle
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.postgres]
 
 BEFORE = 100  # payments acknowledged before the first drop
-DROPS = 5
+DROPS = 5 * ROUNDS
 BETWEEN_DROPS_S = 1.0
 AFTER_S = 3.0
 

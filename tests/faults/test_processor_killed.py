@@ -74,9 +74,8 @@ def test_a_processor_killed_mid_charge_charges_nothing_twice(
             load,
             recovery_s,
             f"{mid_charge} mid-charge at the kill, {len(answered_processing)} answered "
-            f"processing in all, {unknown} still unknown at the "
-            "end of the load, all resolved by inquiry "
-            f"in {resolved_s:.1f} s once the clocks passed the inquiry delay, to "
+            f"processing in all, {unknown} still unknown after the load, all resolved by "
+            f"inquiry and re-send in {resolved_s:.1f} s of moved clocks, to "
             f"{dict(sorted(ended.items()))}",
         )
     finally:

@@ -17,12 +17,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .harness import Load, audit, portal, settle
+from .harness import ROUNDS, Load, audit, portal, settle
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.postgres]
 
 BEFORE = 100  # payments acknowledged before the first kill
-KILLS = 2
+KILLS = 2 * ROUNDS
 BETWEEN_S = 2.0  # after the shards answer again, before the next kill
 RECOVERY_S_MAX = 120.0
 
