@@ -61,6 +61,7 @@ SERVE_ENV = {
 # of waiting.
 INQUIRY_DUE_MS = 11 * 60_000
 RESOLVE_S_MAX = 120.0
+UNSETTLED = ("processing", "retry_scheduled")
 
 
 def request(port: int, method: str, path: str, body: Any = None,
@@ -394,19 +395,36 @@ def statuses(database_url: str, payment_ids: list[str]) -> Counter[str]:
     return asyncio.run(query())
 
 
+def journal_captures(database_url: str) -> Counter[str]:
+    """How many times the journal captured each payment (``attempt_succeeded``)."""
+
+    async def query() -> Counter[str]:
+        store = await Store.connect(database_url)
+        try:
+            async with store.engine.connect() as connection:
+                j = tables.journal
+                return Counter((await connection.execute(
+                    sa.select(j.c.payment_id).where(j.c.event_type == "attempt_succeeded")
+                )).scalars())  # fmt: skip
+        finally:
+            await store.close()
+
+    return asyncio.run(query())
+
+
 def settle(workdir: Path, load: Load) -> tuple[int, float, Counter[str]]:
-    """Resolve every acknowledged payment whose outcome is unknown, the way production
-    does (the janitor's inquiries, then the quick re-send of what the processor never
-    received, 30 s to 10 min later), with the shards' clocks moved instead of waiting,
-    until none is ``processing`` or waiting for that re-send: (how many were unknown,
-    seconds it took, the statuses they ended in). The audit then reads a database the
-    janitor has stopped writing to."""
+    """Resolve every acknowledged payment whose outcome is unknown or that waits for a
+    technical re-send, the way production does (the janitor's inquiries; the quick
+    re-send of what the processor failed or never received, 30 s to 10 min later), with
+    the shards' clocks moved instead of waiting, until none is ``processing`` or
+    ``retry_scheduled``: (how many were, seconds it took, the statuses they ended in).
+    The audit then reads a database the janitor has stopped writing to."""
     url = load.portal.database_url
     ids = list(load.acknowledged)
     started = time.monotonic()
     # What the read models show is only "processing" once they have caught up.
     assert asyncio.run(_caught_up(url)), "the read models did not catch up with the journal"
-    unknown = [p for p, n in _statuses_by_payment(url, ids).items() if n == "processing"]
+    unknown = [p for p, n in _statuses_by_payment(url, ids).items() if n in UNSETTLED]
     while (left := statuses(url, unknown))["processing"] + left["retry_scheduled"]:
         assert time.monotonic() - started < RESOLVE_S_MAX, f"still unresolved: {dict(left)}"
         advance_shard_clocks(workdir, INQUIRY_DUE_MS)
