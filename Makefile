@@ -79,13 +79,17 @@ bench: venv
 bench-quick: venv
 	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
 
-# The long runs make test keeps short: 200 random stops of a busy serve, and the system
+# The long runs make test keeps short: 200 random stops of a busy serve, the fault tests
+# with SOAK_FAULT_ROUNDS times their shard kills and connection drops (and the SMTP one,
+# which waits out the mail sender's retry delay), and the system
 # simulation for SOAK_SECONDS (default an hour) of seeds. Prints each one's figures.
 SOAK_STOP_ROUNDS ?= 200
+SOAK_FAULT_ROUNDS ?= 10
 SOAK_SECONDS ?= 3600
 soak: venv
 	PAYPORTAL_STOP_ROUNDS=$(SOAK_STOP_ROUNDS) $(BIN)/pytest -s \
 		tests/e2e/test_serve_stop.py -k sigterm
+	PAYPORTAL_SOAK=1 PAYPORTAL_TEST_FAULT_ROUNDS=$(SOAK_FAULT_ROUNDS) $(BIN)/pytest -s tests/faults
 	PAYPORTAL_SOAK=1 PAYPORTAL_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -s \
 		tests/simulation/test_system_simulation.py
 
