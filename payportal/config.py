@@ -139,15 +139,24 @@ class Settings:
         return self.tls_cert_file is not None
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def local_url(self) -> str:
+        """The front door as a process on this machine reaches it (callbacks, checks)."""
+        # A wildcard listen address is where it listens, not an address to call.
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
     def public_url(self) -> str:
         """The portal's base URL for links in emails, without a trailing slash."""
         if self.public_url_configured is not None:
             return self.public_url_configured.rstrip("/")
-        # A wildcard listen address is no address to send a payer to.
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+        return self.local_url
 
     @property
     def sandbox_url(self) -> str:

@@ -50,11 +50,7 @@ FLUSH_S_MAX = 10.0
 
 def front_door_url(settings: Settings) -> str:
     """The front door as a process on this machine reaches it (callbacks, health checks)."""
-    # A wildcard listen address is where the front door listens, not an address to call.
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{'https' if settings.tls else 'http'}://{host}:{settings.port}"
+    return settings.local_url
 
 
 def sandbox_webhook_secret(settings: Settings) -> str:
@@ -136,7 +132,7 @@ async def _serve(
     runners: list[web.AppRunner] = []
     children: list[Child] = []
     processor = None
-    base = f"{'https' if settings.tls else 'http'}://{settings.host}:{settings.port}"
+    base = f"{settings.scheme}://{settings.host}:{settings.port}"
     if sandbox and not settings.sandbox_external:
         # Its own process, as a real processor is: its CPU is not the front door's.
         settings.resolve_secret_key()  # created once here, read by the child
