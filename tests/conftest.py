@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest
+
+pytest_plugins = ["tests.hang_report"]
 from argon2 import PasswordHasher
 
 from tests import artifacts
