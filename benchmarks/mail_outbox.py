@@ -69,6 +69,8 @@ from payportal.engine import (
 from payportal.mail.payments import PaymentNotice
 from payportal.persistence import AccountChange, Store, tables
 from payportal.persistence._engine import create_engine_for
+from payportal.persistence.directory import email_index
+from payportal.persistence.sealing import open_keyring
 from payportal.persistence.tables_payers import (
     account_profiles,
     payer_accounts,
@@ -261,6 +263,8 @@ def _start(arm: str, role: str, url: str, smtp_port: int, ui_port: int) -> subpr
 
 async def _seed_accounts(url: str) -> None:
     engine = create_engine_for(url)
+    keyring = await open_keyring(engine)
+    assert keyring is not None, "PAYPORTAL_DATA_KEYS: the benchmark's databases are sealed too"
     try:
         async with engine.begin() as connection:
             for n in range(ACCOUNTS):
@@ -268,9 +272,9 @@ async def _seed_accounts(url: str) -> None:
                 await connection.execute(sa.insert(account_profiles).values(
                     account_id=account_id, name=f"Customer {n}",
                     email=f"billing{n}@example.com", currency="USD"))  # fmt: skip
-                await connection.execute(
-                    sa.insert(payers).values(id=f"payer_{n}", email=f"payer{n}@example.com")
-                )
+                email = f"payer{n}@example.com"
+                await connection.execute(sa.insert(payers).values(
+                    id=f"payer_{n}", email=email, email_index=email_index(engine, email)))
                 await connection.execute(
                     sa.insert(payer_accounts).values(payer_id=f"payer_{n}", account_id=account_id)
                 )

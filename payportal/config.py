@@ -126,6 +126,9 @@ class Settings:
     # A stop (SIGINT/SIGTERM) ends within this many seconds (payportal.shutdown): every
     # step gets what is left of it, and a step that hangs is named and abandoned.
     shutdown_timeout_s: int = 30
+    # PAYPORTAL_DATA_KEYS: key encryption keys, or file:<path> (see resolve_data_keys);
+    # None: development keys generated under var/keys/.
+    data_keys: str | None = None
     # TLS at the front door (payportal.tls): both files, or neither (plain HTTP). With TLS,
     # http_redirect_port (if set) answers plain HTTP with a redirect to HTTPS, and
     # tls_ca_file is a CA the processes serve starts trust for its certificate.
@@ -184,6 +187,30 @@ class Settings:
         if self.secret_key is not None:
             return self.secret_key
         return _secret_key_file_load_or_create(self.var_dir / "secret_key")
+
+    @property
+    def data_keys_generated(self) -> bool:
+        return self.data_keys is None
+
+    def resolve_data_keys(self) -> dict[int, bytes]:
+        """The key encryption keys that wrap the database's data keys
+        (``payportal.persistence.sealing``): the configured ones, or, with none configured
+        (development), ones kept in ``var/keys/data-keys``, created on first use. Either
+        way exported as ``PAYPORTAL_DATA_KEYS`` so that this process's children (mail,
+        workers, local Ray actors) open the same data."""
+        from payportal.persistence.sealing import SealingError, new_kek, read_keks
+
+        value = self.data_keys
+        if value is None:
+            path = self.var_dir / "keys" / "data-keys"
+            if not path.exists():
+                _private_file_create(path, new_kek() + "\n")
+            value = f"file:{path}"
+        os.environ[PREFIX + "DATA_KEYS"] = value
+        try:
+            return read_keks(value)
+        except SealingError as error:
+            raise SettingsError(str(error)) from None
 
 
 def load_settings(
@@ -246,6 +273,7 @@ def load_settings(
             raw, "CONNECTIONS_PER_ADDRESS", 256, 1, CONNECTIONS_PER_ADDRESS_LIMIT
         ),
         shutdown_timeout_s=_int(raw, "SHUTDOWN_TIMEOUT_S", 30, 1, SHUTDOWN_TIMEOUT_S_LIMIT),
+        data_keys=_data_keys(raw, directory),
         **_tls(raw, directory, port),
     )
 
@@ -318,6 +346,7 @@ SETTING_NAMES = frozenset(
         "TLS_KEY_FILE",
         "TLS_CA_FILE",
         "HTTP_REDIRECT_PORT",
+        "DATA_KEYS",
     )
 )
 
@@ -476,6 +505,22 @@ def _tls(raw: Mapping[str, str], directory: Path, port: int) -> dict[str, Any]:
             "http_redirect_port": redirect}  # fmt: skip
 
 
+def _data_keys(raw: Mapping[str, str], directory: Path) -> str | None:
+    from payportal.persistence.sealing import SealingError, read_keks
+
+    value = raw.get(PREFIX + "DATA_KEYS")
+    if value is None:
+        return None
+    if value.startswith("file:"):
+        path = Path(value[len("file:"):]).expanduser()
+        value = f"file:{path if path.is_absolute() else directory / path}"
+    try:
+        read_keks(value)  # checked now: a bad key stops start-up with one line
+    except SealingError as error:
+        raise SettingsError(str(error)) from None
+    return value
+
+
 def _secret_key(raw: Mapping[str, str]) -> str | None:
     value = raw.get(PREFIX + "SECRET_KEY")
     if value is not None and len(value) < SECRET_KEY_LENGTH_MIN:
@@ -536,21 +581,26 @@ def _secret_key_file_load_or_create(path: Path) -> str:
         return _secret_key_file_load(path)
     except FileNotFoundError:
         pass
+    _private_file_create(path, secrets.token_urlsafe(48) + "\n")
+    return _secret_key_file_load(path)
+
+
+def _private_file_create(path: Path, content: str) -> None:
+    """``content`` at ``path`` (mode 600) unless another process created it first."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Written whole to a private temporary file, then linked into place: a concurrent
     # reader sees no file or the complete key, never a half-written one, and link()
     # refuses to replace a key another process linked first.
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w", encoding="ascii") as file:
-            file.write(secrets.token_urlsafe(48) + "\n")
+            file.write(content)
             file.flush()
             os.fsync(file.fileno())
         with contextlib.suppress(FileExistsError):
             os.link(temporary, path)
     finally:
         os.unlink(temporary)
-    return _secret_key_file_load(path)
 
 
 def _secret_key_file_load(path: Path) -> str:

@@ -157,6 +157,7 @@ def seed(settings: Any) -> None:
     from payportal.persistence import Store, migrate
 
     async def main() -> DemoSeeded:
+        settings.resolve_data_keys()
         await asyncio.to_thread(migrate, settings.database_url)
         joined = connect_ray_for_command(settings.ray_address, settings.var_dir)
         handles = ensure_shards(settings.shards, settings.database_url, detached=joined)

@@ -92,8 +92,14 @@ async def _serve(
     from payportal.persistence import Store, migrate
 
     started: list[str] = []
+    # Before the migration (it seals an older database's rows) and before any child or
+    # Ray actor starts: they inherit the keys through the environment.
+    settings.resolve_data_keys()
     await asyncio.to_thread(migrate, settings.database_url)
     started.append(f"database     {_redacted(settings.database_url)} (migrated)")
+    if settings.data_keys_generated:
+        started.append("data keys    development keys in var/keys/data-keys "
+                       "(set PAYPORTAL_DATA_KEYS in production)")
 
     connect_ray(settings.ray_address)
     advertised = None

@@ -22,11 +22,17 @@ from urllib.parse import urlsplit
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest
-
-pytest_plugins = ["tests.hang_report"]
 from argon2 import PasswordHasher
 
+from payportal.persistence.sealing import new_kek
 from tests import artifacts
+
+pytest_plugins = ["tests.hang_report"]
+
+# The key encryption key of this run's databases, inherited by every process the tests start
+# (serve, workers, Ray actors): sealed fields open everywhere, and nowhere after the run.
+if not os.environ.get("PAYPORTAL_DATA_KEYS"):
+    os.environ["PAYPORTAL_DATA_KEYS"] = new_kek()
 
 POSTGRES_URL_DEFAULT = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 REDIS_URL_DEFAULT = "redis://127.0.0.1:6379/15"

@@ -32,6 +32,7 @@ async def _shards(settings: Any) -> AsyncIterator[tuple[Any, Any]]:
     from payportal.actors.cluster import connect_ray_for_command, ensure_shards
     from payportal.persistence import Store, migrate
 
+    settings.resolve_data_keys()
     await asyncio.to_thread(migrate, settings.database_url)
     joined = connect_ray_for_command(settings.ray_address, settings.var_dir)
     handles = ensure_shards(settings.shards, settings.database_url, detached=joined)

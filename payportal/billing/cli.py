@@ -29,6 +29,7 @@ async def _run(settings: Any, *, now_ms: int | None, dry_run: bool) -> str:
 
     from .run import BillingRunner
 
+    settings.resolve_data_keys()
     await asyncio.to_thread(migrate, settings.database_url)
     store = await Store.connect(settings.database_url)
     zone = ZoneInfo(settings.billing_timezone)

@@ -13,7 +13,15 @@
   ``payportal mail-catcher``), and how ``serve`` starts them.
 """
 
-from ._outbox import KIND_EMAIL, OutboxEmail, configure_public_url, enqueue_email, public_url
+from ._outbox import (
+    KIND_EMAIL,
+    OutboxEmail,
+    configure_public_url,
+    decode_email,
+    encode_email,
+    enqueue_email,
+    public_url,
+)
 from ._render import RenderedEmail, render_email
 
 __all__ = [
@@ -21,6 +29,8 @@ __all__ = [
     "OutboxEmail",
     "RenderedEmail",
     "configure_public_url",
+    "decode_email",
+    "encode_email",
     "enqueue_email",
     "public_url",
     "render_email",

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payportal.persistence import tables
+from payportal.persistence.sealing import keyring_of
 
 from ._render import render_email
 
@@ -29,6 +30,8 @@ __all__ = [
     "KIND_EMAIL",
     "OutboxEmail",
     "configure_public_url",
+    "decode_email",
+    "encode_email",
     "enqueue_email",
     "public_url",
 ]
@@ -36,16 +39,35 @@ __all__ = [
 KIND_EMAIL: Final = "email"
 
 _encoder: Final = msgspec.msgpack.Encoder()
+# A rendered email names its recipient and says what they owe: sealed at rest
+# (payportal.persistence.sealing) under the ``message`` data key.
+_COLUMN: Final = "outbox.payload"
 
 
 class OutboxEmail(msgspec.Struct, frozen=True, kw_only=True):
-    """A rendered email as stored in ``outbox.payload`` (msgpack)."""
+    """A rendered email as stored in ``outbox.payload`` (msgpack, then sealed)."""
 
     to: tuple[str, ...]
     subject: str
     text: str
     html: str
     cc: tuple[str, ...] = ()
+
+
+_decoder: Final = msgspec.msgpack.Decoder(OutboxEmail)
+
+
+def encode_email(bind: Any, email: OutboxEmail) -> bytes:
+    """An ``email`` row's payload: ``email`` as msgpack, sealed with ``bind``'s key ring."""
+    return keyring_of(bind).seal("message", _COLUMN, _encoder.encode(email)).encode()
+
+
+def decode_email(bind: Any, payload: bytes) -> OutboxEmail:
+    """An ``email`` row's payload, opened with ``bind``'s key ring (an engine or a
+    connection). Raises ``SealedFieldError`` if it was altered, ``msgspec.DecodeError``
+    if it is not an email."""
+    sealed = bytes(payload).decode("ascii", "replace")
+    return _decoder.decode(keyring_of(bind).open(_COLUMN, sealed))
 
 
 _public_url: str | None = None
@@ -83,9 +105,9 @@ async def enqueue_email(
     assert dedupe_key, "an email needs a dedupe key"
     assert "@" in to, "an email needs an address"
     rendered = render_email(template, context, public_url=public_url())
-    payload = _encoder.encode(
-        OutboxEmail(to=(to,), subject=rendered.subject, text=rendered.text, html=rendered.html)
-    )
+    payload = encode_email(connection, OutboxEmail(
+        to=(to,), subject=rendered.subject, text=rendered.text, html=rendered.html
+    ))  # fmt: skip
     values = {
         "kind": KIND_EMAIL,
         "dedupe_key": dedupe_key,

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from payportal.persistence.sealing import keyring_of
 from payportal.persistence.tables_payers import (
     account_profiles,
     payer_accounts,
@@ -214,20 +215,33 @@ async def load_contacts(
     text = sa.String()
     none = sa.cast(sa.null(), text)
     ap, pa, p, m = account_profiles.c, payer_accounts.c, payers.c, payment_methods.c
+
+    def raw(column: Any) -> Any:
+        # The union's column types come from its first part; sealed values are read as
+        # stored and opened below, part by part.
+        return sa.type_coerce(column, sa.Text)
+
     statement = sa.union_all(
-        sa.select(sa.literal("profile", text), ap.account_id, none, ap.name, ap.email, none)
+        sa.select(sa.literal("profile", text), ap.account_id, none, raw(ap.name),
+                  raw(ap.email), none)
         .where(ap.account_id.in_(account_ids)),
-        sa.select(sa.literal("payer", text), pa.account_id, none, p.email, none, none)
+        sa.select(sa.literal("payer", text), pa.account_id, none, raw(p.email), none, none)
         .select_from(payer_accounts.join(payers, p.id == pa.payer_id))
         .where(pa.account_id.in_(account_ids)),
         sa.select(sa.literal("method", text), m.account_id, m.id, m.brand, m.last4, m.wallet)
         .where(m.id.in_(method_ids)),
     )  # fmt: skip
+    keyring = keyring_of(connection)
     for part, account_id, key, first, second, third in await connection.execute(statement):
         if part == "profile":
-            contacts.profiles[account_id] = (first, second)
+            contacts.profiles[account_id] = (
+                keyring.open_text("account_profiles.name", first),
+                keyring.open_text("account_profiles.email", second),
+            )
         elif part == "payer":
-            contacts.payer_emails.setdefault(account_id, []).append(first)
+            contacts.payer_emails.setdefault(account_id, []).append(
+                keyring.open_text("payers.email", first)
+            )
         else:
             contacts.methods[(account_id, key)] = (first, second, third)
     return contacts

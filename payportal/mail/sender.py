@@ -74,9 +74,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payportal.persistence import tables
 from payportal.persistence._engine import READ
+from payportal.persistence.sealing import SealedFieldError
 
 from ._mime import SmtpMessage, build_message
-from ._outbox import KIND_EMAIL, OutboxEmail, public_url
+from ._outbox import KIND_EMAIL, OutboxEmail, decode_email, public_url
 from .payments import PAYMENT_KINDS, decode_notice, load_contacts, render_payment_notice
 
 __all__ = [
@@ -100,7 +101,6 @@ FAILED_ROUND_PAUSE_S: Final = 5.0
 LISTEN_CONNECT_TIMEOUT_S: Final = 10.0
 LISTEN_RETRY_S: Final = 5.0
 
-_email_decoder: Final = msgspec.msgpack.Decoder(OutboxEmail)
 
 
 class SendPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -549,7 +549,7 @@ class OutboxSender:
         for row in claimed:
             try:
                 if row.kind == KIND_EMAIL:
-                    stored = _email_decoder.decode(row.payload)
+                    stored = decode_email(self._reader, row.payload)
                 elif row.id in notices:
                     assert contacts is not None
                     stored = render_payment_notice(row.kind, notices[row.id], contacts,
@@ -560,6 +560,10 @@ class OutboxSender:
                     results.give_up.append((row, f"unknown outbox kind {row.kind!r}"))
                     continue
                 messages.append((row, self._message(row, stored)))
+            except SealedFieldError as error:
+                # Altered at rest (or sealed under a destroyed key): no retry can open it.
+                log.error("mail %s: %s", row.id, error.at_row(str(row.id)))
+                results.give_up.append((row, f"cannot be opened: {error.at_row(str(row.id))}"))
             except (LookupError, msgspec.DecodeError, ValueError) as error:
                 # Nobody to write to, a payload that does not render, a header that cannot
                 # be written: a resend would be the same.

@@ -95,6 +95,7 @@ async def _send_until_stopped(
 ) -> None:
     from payportal.gc_tuning import tune_for_throughput
     from payportal.persistence._engine import create_engine_for
+    from payportal.persistence.sealing import keep_fresh, open_keyring
 
     from ._outbox import configure_public_url
     from .sender import OutboxSender, smtp_target
@@ -104,6 +105,9 @@ async def _send_until_stopped(
     target = smtp_target(settings.smtp_url, catcher_port=catcher_port or settings.mail_catcher_port)
     # One connection for the rounds, one for the odd concurrent read; LISTEN has its own.
     engine = create_engine_for(settings.database_url, pool_size=2)
+    keyring = await open_keyring(engine, settings.resolve_data_keys())
+    assert keyring is not None
+    refresh = asyncio.create_task(keep_fresh(keyring, engine), name="data-keys-refresh")
     sender = OutboxSender(engine, smtp=target, base_url=public_url)
     print(f"mail sender: the outbox sent to {target!r}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
@@ -122,5 +126,6 @@ async def _send_until_stopped(
         except TimeoutError:
             log.warning("mail sender: stopped mid-round; its rows are sent again later")
     finally:
+        refresh.cancel()
         await sender.close()
         await engine.dispose()

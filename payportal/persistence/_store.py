@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Self
 
 import msgspec
@@ -66,6 +66,7 @@ from ._rows import (
     project_outbox,
     project_state,
 )
+from .sealing import keep_fresh, open_keyring
 
 __all__ = ["Store"]
 
@@ -234,6 +235,7 @@ class Store:
     def __init__(self, engine: AsyncEngine, pool: Any = None) -> None:
         self.engine = engine
         self._pool = pool  # asyncpg pool, PostgreSQL only
+        self._key_refresh: asyncio.Task[None] | None = None
         self._reader = engine.execution_options(**READ)
         self.dialect = dialect = engine.dialect.name
         assert dialect in ("sqlite", "postgresql"), dialect
@@ -315,14 +317,17 @@ class Store:
         )
 
     @classmethod
-    async def connect(cls, url: str, *, pool_size: int = 5) -> Self:
-        """Open a pool to ``url`` and check that the database answers."""
+    async def connect(cls, url: str, *, pool_size: int = 5,
+                      data_keys: Mapping[int, bytes] | None = None) -> Self:  # fmt: skip
+        """Open a pool to ``url``, check that the database answers, and load its data keys
+        with the key encryption keys ``data_keys`` (default: ``PAYPORTAL_DATA_KEYS``)."""
         engine = create_engine_for(url, pool_size=pool_size)
         pool = None
         try:
             async with engine.connect() as connection:
                 await connection.execution_options(**READ)
                 await connection.execute(sa.text("SELECT 1"))
+            keyring = await open_keyring(engine, data_keys)
             if engine.dialect.name == "postgresql":
                 import asyncpg  # type: ignore[import-untyped]
 
@@ -333,10 +338,17 @@ class Store:
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine, pool)
+        store = cls(engine, pool)
+        if keyring is not None:
+            store._key_refresh = asyncio.get_running_loop().create_task(
+                keep_fresh(keyring, engine), name="data-keys-refresh"
+            )
+        return store
 
     async def close(self) -> None:
         """Stop background projection, write what it still holds (best effort), close."""
+        if self._key_refresh is not None:
+            self._key_refresh.cancel()
         for projection in self._shards.values():
             if projection.task is not None:
                 projection.task.cancel()

@@ -18,8 +18,16 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._engine import READ
+from .sealing import SealedFieldError, blind_index, keyring_of, search_terms
 from .tables import idempotency_records
-from .tables_payers import account_profiles, payer_accounts, payer_sessions, payers, payment_methods
+from .tables_payers import (
+    account_profiles,
+    account_search_terms,
+    payer_accounts,
+    payer_sessions,
+    payers,
+    payment_methods,
+)
 from .upserts import insert_ignoring_conflicts
 
 __all__ = [
@@ -105,14 +113,26 @@ async def _first(engine: AsyncEngine, query: Any) -> Any:
 
 
 async def insert_account_profile(engine: AsyncEngine, profile: dict[str, Any]) -> None:
+    """The profile (its name and email sealed by the column type) and the blind-index
+    words the console's search finds it by."""
+    keyring = keyring_of(engine)
+    terms = search_terms(profile["name"], profile["email"])
     async with engine.begin() as connection:
         await connection.execute(sa.insert(account_profiles).values(**profile))
+        if terms:
+            await connection.execute(sa.insert(account_search_terms), [
+                {"term": keyring.blind_index("account.term", t),
+                 "account_id": profile["account_id"]} for t in sorted(terms)
+            ])  # fmt: skip
 
 
 async def account_profile(engine: AsyncEngine, account_id: str) -> AccountProfile | None:
-    row = await _first(
-        engine, sa.select(account_profiles).where(account_profiles.c.account_id == account_id)
-    )
+    try:
+        row = await _first(
+            engine, sa.select(account_profiles).where(account_profiles.c.account_id == account_id)
+        )
+    except SealedFieldError as error:
+        raise error.at_row(account_id) from None
     if row is None:
         return None
     return AccountProfile(**{**row._mapping, "created_at": utc(row.created_at)})
@@ -121,11 +141,16 @@ async def account_profile(engine: AsyncEngine, account_id: str) -> AccountProfil
 # -- payers -----------------------------------------------------------------------------------
 
 
+def email_index(bind: Any, email: str) -> str:
+    """The blind index payers are found by (``email`` as stored: lower-cased)."""
+    return blind_index(bind, "payers.email", email)
+
+
 async def payer_by_email(engine: AsyncEngine, email: str) -> PayerLogin | None:
     row = await _first(
         engine,
         sa.select(payers.c.id, payers.c.email, payers.c.password_hash).where(
-            payers.c.email == email
+            payers.c.email_index == email_index(engine, email)
         ),
     )
     if row is None:
@@ -143,14 +168,17 @@ async def link_payer(
     async with engine.begin() as connection:
         row = (
             await connection.execute(
-                sa.select(payers.c.id, payers.c.password_hash).where(payers.c.email == email)
+                sa.select(payers.c.id, payers.c.password_hash).where(
+                    payers.c.email_index == email_index(engine, email)
+                )
             )
         ).first()
         created = row is None
         if row is None:
             payer_id = new_payer_id
             await connection.execute(
-                sa.insert(payers).values(id=payer_id, email=email, password_hash=password_hash)
+                sa.insert(payers).values(id=payer_id, email=email, password_hash=password_hash,
+                                         email_index=email_index(engine, email))
             )
         else:
             payer_id = row.id
@@ -238,9 +266,12 @@ async def insert_payment_method(engine: AsyncEngine, values: dict[str, Any]) -> 
 
 
 async def payment_method(engine: AsyncEngine, payment_method_id: str) -> PaymentMethodRow | None:
-    row = await _first(
-        engine, sa.select(payment_methods).where(payment_methods.c.id == payment_method_id)
-    )
+    try:
+        row = await _first(
+            engine, sa.select(payment_methods).where(payment_methods.c.id == payment_method_id)
+        )
+    except SealedFieldError as error:
+        raise error.at_row(payment_method_id) from None
     return None if row is None else _payment_method(row)
 
 

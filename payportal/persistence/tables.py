@@ -58,6 +58,12 @@ _Minor = sa.BigInteger
 _Ms = sa.BigInteger
 
 
+def _sealed_response() -> sa.types.TypeEngine[bytes]:
+    from .sealing import SealedBytes  # sealing's own table module imports this one
+
+    return SealedBytes("response", "idempotency_records.response_body")
+
+
 def created_at_column() -> sa.Column[object]:
     """When the row was written, by the database's clock; every table's same column."""
     return sa.Column(
@@ -267,7 +273,8 @@ idempotency_records = sa.Table(
     sa.Column("request_hash", sa.String(64), nullable=False),
     # NULL while the first request is in flight (a second one is answered 409).
     sa.Column("status_code", sa.Integer, nullable=True),
-    sa.Column("response_body", sa.LargeBinary, nullable=True),
+    # Sealed (sealing.SealedBytes): a response repeats what the request created.
+    sa.Column("response_body", _sealed_response(), nullable=True),
     created_at_column(),
     sa.UniqueConstraint("principal", "account_id", "key"),
     # Records expire after 24 h at the earliest; the sweeper scans by age.

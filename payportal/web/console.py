@@ -58,9 +58,10 @@ from payportal.persistence import queries
 from payportal.persistence._engine import READ
 from payportal.persistence.directory import utc
 from payportal.persistence.keys import verify_api_key
+from payportal.persistence.sealing import keyring_of, query_terms
 from payportal.persistence.tables import accounts, api_keys, attempts, payments
 from payportal.persistence.tables_janitor import attempt_inquiries
-from payportal.persistence.tables_payers import account_profiles
+from payportal.persistence.tables_payers import account_profiles, account_search_terms
 from payportal.persistence.tables_portal import portal_sessions
 
 from . import render
@@ -301,10 +302,21 @@ async def accounts_page(request: web.Request) -> web.StreamResponse:
     )  # fmt: skip
     if q:
         pattern = _like(q)
-        query = query.where(sa.or_(*(
-            sa.func.lower(column).like(pattern, escape="\\")
-            for column in (p.account_id, p.name, p.email, p.external_ref)
-        )))  # fmt: skip
+        # Names and emails are sealed: matched by whole words through their blind index
+        # (account_search_terms); ids and references, which are not, by substring.
+        matches = [sa.func.lower(column).like(pattern, escape="\\")
+                   for column in (p.account_id, p.external_ref)]  # fmt: skip
+        terms = query_terms(q)
+        if terms:
+            keyring = keyring_of(request.app[STORE].engine)
+            t = account_search_terms.c
+            matches.append(p.account_id.in_(
+                sa.select(t.account_id)
+                .where(t.term.in_([keyring.blind_index("account.term", w) for w in terms]))
+                .group_by(t.account_id)
+                .having(sa.func.count() == len(terms))
+            ))  # fmt: skip
+        query = query.where(sa.or_(*matches))
     if after:
         query = query.where(p.account_id > after)
     rows = await _rows(request.app[STORE].engine, query)

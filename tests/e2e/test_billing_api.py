@@ -8,13 +8,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import msgspec
 import pytest
 import sqlalchemy as sa
 
 from payportal.billing import BillingRunner
 from payportal.http.typedefs import GATEWAY, ROUTER
-from payportal.mail import KIND_EMAIL, OutboxEmail
+from payportal.mail import KIND_EMAIL, OutboxEmail, decode_email
 from payportal.persistence import tables
 
 from .api_harness import Api
@@ -44,7 +43,7 @@ async def _emails(api: Api, template_word: str) -> list[OutboxEmail]:
         rows = (await connection.execute(
             sa.select(tables.outbox.c.payload).where(tables.outbox.c.kind == KIND_EMAIL)
         )).all()  # fmt: skip
-    emails = [msgspec.msgpack.decode(r.payload, type=OutboxEmail) for r in rows]
+    emails = [decode_email(api.store.engine, r.payload) for r in rows]
     return [e for e in emails if template_word in e.subject]
 
 

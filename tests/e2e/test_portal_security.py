@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 from typing import Any
 
-import msgspec
 import pytest
 import sqlalchemy as sa
 from aiohttp import ClientResponse
@@ -28,7 +27,7 @@ from payportal.http.callbacks import add_callback_routes
 from payportal.http.events import LIVE_WAIT_S, STATUS_STREAMS
 from payportal.http.typedefs import AUTHENTICATOR, TASKS
 from payportal.live import MemoryStatusStreams, StatusPublisher
-from payportal.mail import OutboxEmail
+from payportal.mail import KIND_EMAIL, OutboxEmail, decode_email
 from payportal.persistence import Store, tables
 from payportal.persistence.keys import create_api_key_async
 from payportal.processors.sandbox import SANDBOX, Faults, create_sandbox_app
@@ -105,8 +104,9 @@ class Portal:
 
     async def outbox(self, template_subject: str) -> list[OutboxEmail]:
         async with self.store.engine.connect() as connection:
-            rows = (await connection.execute(sa.select(tables.outbox.c.payload))).all()
-        emails = [msgspec.msgpack.decode(r.payload, type=OutboxEmail) for r in rows]
+            rows = (await connection.execute(sa.select(tables.outbox.c.payload).where(
+                tables.outbox.c.kind == KIND_EMAIL))).all()  # fmt: skip
+        emails = [decode_email(self.store.engine, r.payload) for r in rows]
         return [e for e in emails if template_subject in e.subject]
 
 

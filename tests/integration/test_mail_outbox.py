@@ -20,7 +20,7 @@ from payportal.engine import (
     StartRetry,
     evolve,
 )
-from payportal.mail import OutboxEmail, enqueue_email
+from payportal.mail import decode_email, enqueue_email
 from payportal.mail.payments import PaymentNotice
 from payportal.persistence import Store, tables
 
@@ -274,7 +274,7 @@ async def test_enqueue_email_writes_once_per_key_and_only_if_the_caller_commits(
     assert (first, second) == (True, False)
     rows = await _outbox(store)
     assert [(r.kind, r.dedupe_key) for r in rows] == [("email", "notice:1")]
-    stored = msgspec.msgpack.decode(rows[0].payload, type=OutboxEmail)
+    stored = decode_email(store.engine, rows[0].payload)
     assert stored.to == ("ada@example.com",)
     assert "expired" in stored.text
     assert "/methods" in stored.html

@@ -29,6 +29,7 @@ from payportal.mail.catcher import MailCatcher, start_catcher
 from payportal.mail.service import start_mail_processes
 from payportal.persistence import migrate, tables
 from payportal.persistence._engine import create_engine_for
+from payportal.persistence.sealing import open_keyring
 
 # Generous: child processes import payportal first, on a machine others share.
 WAIT_S = 60.0
@@ -69,6 +70,7 @@ async def stopped_at_the_end() -> AsyncIterator[list[Child]]:
 
 async def _enqueue(url: str, key: str) -> None:
     engine = create_engine_for(url)
+    await open_keyring(engine)
     try:
         async with engine.begin() as connection:
             await enqueue_email(connection, dedupe_key=key, to="ada@example.com",

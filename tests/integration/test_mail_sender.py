@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payportal.engine import OutcomeKind
-from payportal.mail import OutboxEmail, enqueue_email
+from payportal.mail import OutboxEmail, encode_email, enqueue_email
 from payportal.mail.catcher import MailCatcher, MailInbox, start_catcher
 from payportal.mail.sender import (
     OutboxSender,
@@ -40,6 +40,7 @@ from payportal.mail.sender import (
     smtp_target,
 )
 from payportal.persistence import Store, tables
+from payportal.persistence.directory import email_index
 from payportal.persistence.tables_payers import (
     account_profiles,
     payer_accounts,
@@ -151,7 +152,8 @@ async def _contacts(engine: AsyncEngine, account_id: str, *, payer_email: str | 
             last4="4242", exp_month=12, exp_year=2030,
         ))  # fmt: skip
         if payer_email is not None:
-            await connection.execute(sa.insert(payers).values(id="payer_1", email=payer_email))
+            await connection.execute(sa.insert(payers).values(
+                id="payer_1", email=payer_email, email_index=email_index(engine, payer_email)))
             await connection.execute(
                 sa.insert(payer_accounts).values(payer_id="payer_1", account_id=account_id)
             )
@@ -588,9 +590,9 @@ async def _paid_accounts(store: Store, new_account: type[AccountDriver], count: 
                 account_id=f"acct_batch_{n}", name=f"Customer {n}",
                 email=f"billing{n}@example.com", currency="USD",
             ))  # fmt: skip
-            await connection.execute(
-                sa.insert(payers).values(id=f"payer_{n}", email=f"payer{n}@example.com")
-            )
+            email = f"payer{n}@example.com"
+            await connection.execute(sa.insert(payers).values(
+                id=f"payer_{n}", email=email, email_index=email_index(store.engine, email)))
             await connection.execute(sa.insert(payer_accounts).values(
                 payer_id=f"payer_{n}", account_id=f"acct_batch_{n}"
             ))  # fmt: skip
@@ -699,9 +701,9 @@ async def test_messages_the_smtp_client_refuses_as_malformed_are_given_up_and_th
     store: Store, catcher: MailCatcher
 ) -> None:
     def row(key: str, to: str, cc: tuple[str, ...] = ()) -> dict[str, Any]:
-        payload = msgspec.msgpack.encode(
-            OutboxEmail(to=(to,), cc=cc, subject="Hello", text="Hi.", html="<p>Hi.</p>")
-        )
+        payload = encode_email(store.engine, OutboxEmail(
+            to=(to,), cc=cc, subject="Hello", text="Hi.", html="<p>Hi.</p>"
+        ))  # fmt: skip
         return {"kind": "email", "dedupe_key": key, "payload": payload, "due_at_ms": 0}
 
     async with store.engine.begin() as connection:
@@ -797,9 +799,9 @@ async def test_on_postgresql_a_row_written_without_a_notification_is_found_by_th
     running = asyncio.create_task(sender.run())
     try:
         await _until(lambda: sender.listens_opened == 1, "the sender did not LISTEN")
-        payload = msgspec.msgpack.encode(
-            OutboxEmail(to=("ada@example.com",), subject="Hello", text="Hi.", html="<p>Hi.</p>")
-        )
+        payload = encode_email(store.engine, OutboxEmail(
+            to=("ada@example.com",), subject="Hello", text="Hi.", html="<p>Hi.</p>"
+        ))  # fmt: skip
         async with store.engine.begin() as connection:  # a plain insert: no NOTIFY
             await connection.execute(sa.insert(tables.outbox).values(
                 kind="email", dedupe_key="quiet:1", payload=payload, due_at_ms=0

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from payportal.persistence import create_engine_for, directory
+from payportal.persistence.sealing import open_keyring
 from payportal.persistence.tables_payers import payment_methods
 
 
@@ -21,6 +22,7 @@ def _method(token: str) -> dict[str, Any]:
 
 async def test_the_same_id_saved_concurrently_is_one_row_and_no_error(database_url: str) -> None:
     engine = create_engine_for(database_url)
+    await open_keyring(engine)
     try:
         # Many at once (a retried request racing its original), then once more later.
         await asyncio.gather(
