@@ -232,6 +232,7 @@ def migrate() -> None:
         "payportal.persistence", "migrate", "migrate", "the persistence layer"
     )
     _sqlite_directory_ensure(settings)
+    settings.resolve_data_keys()  # the migration seals an older database's rows
     migrate_database(settings.database_url)
 
 
@@ -245,6 +246,97 @@ def keys_create(
         "payportal.persistence.keys", "create_api_key", "keys create", "API key storage"
     )
     typer.echo(create_api_key(settings.database_url, name))
+
+
+@keys_app.command("rotate-data-key")
+def keys_rotate_data_key(
+    purpose: Annotated[
+        str, typer.Option(help="Which data key: token, contact, message, response, or all.")
+    ] = "all",
+    settle_s: Annotated[
+        float, typer.Option(min=0, help="Wait between steps, for running processes to "
+                            "learn each key state [default: twice their refresh].")
+    ] = -1,
+) -> None:
+    """Rotate a data key: re-seal every value under a new version, then destroy the old."""
+    from payportal.persistence import sealing
+    from payportal.persistence.rotation import rotate_data_key
+
+    purposes = sealing.PURPOSES if purpose == "all" else (purpose,)
+
+    def progress(column: str, done: int) -> None:
+        typer.echo(f"  {column}: {done} re-sealed")
+
+    async def main(engine: Any, keyring: Any) -> None:
+        for name in purposes:
+            typer.echo(f"rotating the {name} data key")
+            report = await rotate_data_key(
+                engine, keyring, name, progress=progress,
+                **({} if settle_s < 0 else {"settle_s": settle_s}),
+            )  # fmt: skip
+            total = sum(report.resealed.values())
+            typer.echo(f"{name}: v{report.version} active, {total} values re-sealed, "
+                       f"retired {', '.join(f'v{v}' for v in report.retired) or 'none'}")
+
+    _with_keyring(main)
+
+
+@keys_app.command("rewrap-data-keys")
+def keys_rewrap_data_keys() -> None:
+    """Wrap the data keys under the newest key encryption key of PAYPORTAL_DATA_KEYS."""
+    from payportal.persistence.rotation import rewrap_data_keys
+
+    async def main(engine: Any, keyring: Any) -> None:
+        count = await rewrap_data_keys(engine, keyring)
+        typer.echo(f"{count} data keys re-wrapped under key encryption key v{max(keyring.keks)}")
+
+    _with_keyring(main)
+
+
+@keys_app.command("check-sealed")
+def keys_check_sealed() -> None:
+    """Open every sealed value; name each row that does not open (exit 1 if any)."""
+    from payportal.persistence.rotation import check_sealed
+
+    failed = False
+
+    async def main(engine: Any, keyring: Any) -> None:
+        nonlocal failed
+        report = await check_sealed(engine, keyring)
+        for label, count in sorted(report.by_version.items()):
+            typer.echo(f"{label}: {count}")
+        for failure in report.failures:
+            typer.echo(f"does not open: {failure}", err=True)
+        typer.echo(f"{report.checked} sealed values checked, {len(report.failures)} failed")
+        failed = bool(report.failures)
+
+    _with_keyring(main)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _with_keyring(main: Callable[[Any, Any], Any]) -> None:
+    """Run ``main(engine, keyring)`` on the configured database with its data keys."""
+    import asyncio
+
+    from payportal.persistence import create_engine_for, migrate
+    from payportal.persistence.sealing import Keyring, SealingError
+
+    settings = _settings()
+    keks = settings.resolve_data_keys()
+    migrate(settings.database_url)
+
+    async def run() -> None:
+        engine = create_engine_for(settings.database_url)
+        try:
+            await main(engine, await Keyring(keks).load(engine))
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(run())
+    except SealingError as error:
+        _fail(str(error), 1)
 
 
 @demo_app.command("seed")
