@@ -26,13 +26,16 @@ import difflib
 import ipaddress
 import os
 import secrets
+import ssl
 import stat
 import tempfile
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
+
+from payportal.outgoing_tls import POSTGRES_TLS_PARAMS, SYSTEM_CAS, ca_file_check, postgres_ssl
 
 __all__ = ["PROCESSORS", "Settings", "SettingsError", "load_settings"]
 
@@ -218,7 +221,9 @@ def load_settings(
         )
 
     return Settings(
-        database_url=_database_url(raw, f"sqlite+aiosqlite:///{var_dir / 'payportal.db'}"),
+        database_url=_database_url(
+            raw, f"sqlite+aiosqlite:///{var_dir / 'payportal.db'}", directory
+        ),
         redis_url=_redis_url(raw),
         ray_address=_ray_address(raw),
         host=_host(raw),
@@ -394,7 +399,61 @@ DATABASE_SCHEMES_ASYNC = {
 }
 
 
-def _database_url(raw: Mapping[str, str], default: str) -> str:
+def _query(key: str, url: str) -> dict[str, str]:
+    """The URL's query parameters; a parameter given twice is an error (which one wins
+    differs between the libraries that read it)."""
+    values: dict[str, str] = {}
+    for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if name in values:
+            raise SettingsError(f"{PREFIX}{key}: {name} is given more than once")
+        values[name] = value
+    return values
+
+
+def _query_set(url: str, name: str, value: str) -> str:
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    pairs = [(k, value if k == name else v) for k, v in pairs]
+    return parts._replace(query=urlencode(pairs, quote_via=quote, safe="/")).geturl()
+
+
+def _ca_file(key: str, value: str, directory: Path, what: str = "") -> str:
+    """The absolute path of a readable file of PEM CA certificates."""
+    where = f"{PREFIX}{key}: {what}" if what else f"{PREFIX}{key}:"
+    path = (directory / value).resolve()
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise SettingsError(f"{where} no readable file at {_shown(value)}")
+    try:
+        ca_file_check(str(path))
+    except (OSError, ssl.SSLError):
+        raise SettingsError(f"{where} {_shown(value)} holds no PEM CA certificate") from None
+    return str(path)
+
+
+def _postgres_tls(url: str, directory: Path) -> str:
+    """The URL with its TLS parameters checked (libpq's names, see payportal.outgoing_tls)
+    and a relative ``sslrootcert`` made absolute, so every process reads the same file."""
+    key = "DATABASE_URL"
+    query = _query(key, url)
+    for name in sorted(query):
+        if name == "ssl":
+            raise SettingsError(f"{PREFIX}{key}: use sslmode= (libpq's name), not ssl=")
+        if name.startswith("ssl") and name not in POSTGRES_TLS_PARAMS:
+            known = ", ".join(POSTGRES_TLS_PARAMS)
+            raise SettingsError(f"{PREFIX}{key}: {name} is not supported; the TLS parameters "
+                                f"are {known}")  # fmt: skip
+    root = query.get("sslrootcert")
+    if root is not None and root != SYSTEM_CAS:
+        root = _ca_file(key, root, directory, "sslrootcert:")
+        url = _query_set(url, "sslrootcert", root)
+    try:
+        postgres_ssl(query.get("sslmode"), root)
+    except ValueError as error:
+        raise SettingsError(f"{PREFIX}{key}: {error}") from None
+    return url
+
+
+def _database_url(raw: Mapping[str, str], default: str, directory: Path) -> str:
     url = _url(raw, "DATABASE_URL", tuple(DATABASE_SCHEMES_ASYNC), host_required=False)
     if url is None:
         return default
@@ -407,7 +466,8 @@ def _database_url(raw: Mapping[str, str], default: str) -> str:
         raise SettingsError(
             f"{PREFIX}DATABASE_URL: must be sqlite+aiosqlite:///<path to a file>, got {_shown(url)}"
         )
-    return f"{DATABASE_SCHEMES_ASYNC[scheme]}://{rest}"
+    url = f"{DATABASE_SCHEMES_ASYNC[scheme]}://{rest}"
+    return _postgres_tls(url, directory) if scheme.startswith("postgres") else url
 
 
 def _redis_url(raw: Mapping[str, str]) -> str | None:

@@ -73,7 +73,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payportal.persistence import tables
-from payportal.persistence._engine import READ
+from payportal.persistence._engine import READ, asyncpg_connect_args
 
 from ._mime import SmtpMessage, build_message
 from ._outbox import KIND_EMAIL, OutboxEmail, public_url
@@ -432,9 +432,9 @@ class OutboxSender:
         polling until the next try) if the database cannot be reached."""
         import asyncpg  # type: ignore[import-untyped]
 
-        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        dsn, tls = asyncpg_connect_args(self.engine.url)
         try:
-            connection = await asyncpg.connect(dsn, timeout=LISTEN_CONNECT_TIMEOUT_S)
+            connection = await asyncpg.connect(dsn, timeout=LISTEN_CONNECT_TIMEOUT_S, **tls)
         except Exception as error:
             log.warning("mail sender: cannot LISTEN for the outbox (%s); polling meanwhile", error)
             self._listen_retry_at = time.monotonic() + LISTEN_RETRY_S
