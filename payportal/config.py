@@ -224,7 +224,7 @@ def load_settings(
         database_url=_database_url(
             raw, f"sqlite+aiosqlite:///{var_dir / 'payportal.db'}", directory
         ),
-        redis_url=_redis_url(raw),
+        redis_url=_redis_url(raw, directory),
         ray_address=_ray_address(raw),
         host=_host(raw),
         port=port,
@@ -470,12 +470,31 @@ def _database_url(raw: Mapping[str, str], default: str, directory: Path) -> str:
     return _postgres_tls(url, directory) if scheme.startswith("postgres") else url
 
 
-def _redis_url(raw: Mapping[str, str]) -> str | None:
-    url = _url(raw, "REDIS_URL", ("redis", "rediss", "unix"), host_required=False)
-    if url is not None and not url.startswith("unix") and not urlsplit(url).hostname:
+# redis-py's spellings of its ``ssl_cert_reqs`` values; anything else fails at connect.
+REDIS_CERT_REQS = ("required", "optional", "none")
+
+
+def _redis_url(raw: Mapping[str, str], directory: Path) -> str | None:
+    key = "REDIS_URL"
+    url = _url(raw, key, ("redis", "rediss", "unix"), host_required=False)
+    if url is None:
+        return None
+    if not url.startswith("unix") and not urlsplit(url).hostname:
         raise SettingsError(
-            f"{PREFIX}REDIS_URL: must name a host, got {_shown(_url_masked(urlsplit(url)))}"
+            f"{PREFIX}{key}: must name a host, got {_shown(_url_masked(urlsplit(url)))}"
         )
+    # redis-py reads its TLS options (ssl_ca_certs, ssl_cert_reqs, …) from the URL itself.
+    query = _query(key, url)
+    tls_names = sorted(name for name in query if name.startswith("ssl"))
+    if tls_names and not url.startswith("rediss://"):
+        raise SettingsError(f"{PREFIX}{key}: {tls_names[0]} needs a rediss:// (TLS) URL")
+    reqs = query.get("ssl_cert_reqs")
+    if reqs is not None and reqs not in REDIS_CERT_REQS:
+        raise SettingsError(f"{PREFIX}{key}: ssl_cert_reqs must be one of "
+                            f"{', '.join(REDIS_CERT_REQS)}, got {_shown(reqs)}")  # fmt: skip
+    if "ssl_ca_certs" in query:
+        ca_file = _ca_file(key, query["ssl_ca_certs"], directory, "ssl_ca_certs:")
+        url = _query_set(url, "ssl_ca_certs", ca_file)
     return url
 
 
