@@ -136,6 +136,8 @@ class Settings:
     tls_key_file: str | None = None
     tls_ca_file: str | None = None
     http_redirect_port: int | None = None
+    # A CA the mail sender trusts, besides the system's, for PAYPORTAL_SMTP_URL's server.
+    smtp_ca_file: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -214,6 +216,7 @@ def load_settings(
             f"({batch_max_items}), got {queue_max}"
         )
     port = _int(raw, "PORT", 8080, 1, 65_535)
+    smtp_url = _smtp_url(raw)
     sandbox_port = _int(raw, "SANDBOX_PORT", 8081, 1, 65_535)
     if sandbox_port == port:
         raise SettingsError(
@@ -229,7 +232,7 @@ def load_settings(
         host=_host(raw),
         port=port,
         sandbox_port=sandbox_port,
-        smtp_url=_smtp_url(raw),
+        smtp_url=smtp_url,
         shards=_int(raw, "SHARDS", os.cpu_count() or 1, 1, SHARDS_LIMIT),
         secret_key=_secret_key(raw),
         processor=_processor(raw),
@@ -252,6 +255,7 @@ def load_settings(
         ),
         shutdown_timeout_s=_int(raw, "SHUTDOWN_TIMEOUT_S", 30, 1, SHUTDOWN_TIMEOUT_S_LIMIT),
         **_tls(raw, directory, port),
+        smtp_ca_file=_smtp_ca_file(raw, directory, smtp_url),
     )
 
 
@@ -302,6 +306,7 @@ SETTING_NAMES = frozenset(
         "SANDBOX_PORT",
         "SANDBOX_URL",
         "SMTP_URL",
+        "SMTP_CA_FILE",
         "SHARDS",
         "SECRET_KEY",
         "PROCESSOR",
@@ -498,8 +503,35 @@ def _redis_url(raw: Mapping[str, str], directory: Path) -> str | None:
     return url
 
 
+# What ``starttls=`` in an smtp:// URL may say: the one way to stop a silent plain send.
+SMTP_STARTTLS = ("required",)
+
+
 def _smtp_url(raw: Mapping[str, str]) -> str | None:
-    return _url(raw, "SMTP_URL", ("smtp", "smtps"), host_required=True)
+    key = "SMTP_URL"
+    url = _url(raw, key, ("smtp", "smtps"), host_required=True)
+    if url is None:
+        return None
+    for name, value in _query(key, url).items():
+        if name != "starttls":
+            raise SettingsError(f"{PREFIX}{key}: unknown parameter {name}; "
+                                "the one known is starttls=required")  # fmt: skip
+        if value not in SMTP_STARTTLS:
+            raise SettingsError(f"{PREFIX}{key}: starttls must be required, got {_shown(value)}")
+        if url.startswith("smtps://"):
+            raise SettingsError(f"{PREFIX}{key}: starttls is for smtp:// URLs; "
+                                "smtps:// is TLS from the first byte")  # fmt: skip
+    return url
+
+
+def _smtp_ca_file(raw: Mapping[str, str], directory: Path, smtp_url: str | None) -> str | None:
+    key = "SMTP_CA_FILE"
+    value = raw.get(PREFIX + key)
+    if value is None:
+        return None
+    if smtp_url is None:
+        raise SettingsError(f"{PREFIX}{key}: is for {PREFIX}SMTP_URL's server, which is unset")
+    return _ca_file(key, value, directory)
 
 
 def _ray_address(raw: Mapping[str, str]) -> str | None:
