@@ -21,7 +21,7 @@ weaken that, never a default:
 - The processor: HTTPS with the system's CAs (``SSL_CERT_FILE`` honoured) plus an
   optional CA file; plain HTTP is for the sandbox on this machine.
 
-Ray's traffic between machines is Ray's own business and its own settings (README).
+Ray's traffic between machines is Ray's own, with Ray's settings (docs/operations.md).
 """
 
 from __future__ import annotations
