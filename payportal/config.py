@@ -26,13 +26,16 @@ import difflib
 import ipaddress
 import os
 import secrets
+import ssl
 import stat
 import tempfile
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
+
+from payportal.outgoing_tls import POSTGRES_TLS_PARAMS, SYSTEM_CAS, ca_file_check, postgres_ssl
 
 __all__ = ["PROCESSORS", "Settings", "SettingsError", "load_settings"]
 
@@ -136,6 +139,8 @@ class Settings:
     tls_key_file: str | None = None
     tls_ca_file: str | None = None
     http_redirect_port: int | None = None
+    # A CA the mail sender trusts, besides the system's, for PAYPORTAL_SMTP_URL's server.
+    smtp_ca_file: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -238,6 +243,7 @@ def load_settings(
             f"({batch_max_items}), got {queue_max}"
         )
     port = _int(raw, "PORT", 8080, 1, 65_535)
+    smtp_url = _smtp_url(raw)
     sandbox_port = _int(raw, "SANDBOX_PORT", 8081, 1, 65_535)
     if sandbox_port == port:
         raise SettingsError(
@@ -245,13 +251,15 @@ def load_settings(
         )
 
     return Settings(
-        database_url=_database_url(raw, f"sqlite+aiosqlite:///{var_dir / 'payportal.db'}"),
-        redis_url=_redis_url(raw),
+        database_url=_database_url(
+            raw, f"sqlite+aiosqlite:///{var_dir / 'payportal.db'}", directory
+        ),
+        redis_url=_redis_url(raw, directory),
         ray_address=_ray_address(raw),
         host=_host(raw),
         port=port,
         sandbox_port=sandbox_port,
-        smtp_url=_smtp_url(raw),
+        smtp_url=smtp_url,
         shards=_int(raw, "SHARDS", os.cpu_count() or 1, 1, SHARDS_LIMIT),
         secret_key=_secret_key(raw),
         processor=_processor(raw),
@@ -275,6 +283,7 @@ def load_settings(
         shutdown_timeout_s=_int(raw, "SHUTDOWN_TIMEOUT_S", 30, 1, SHUTDOWN_TIMEOUT_S_LIMIT),
         data_keys=_data_keys(raw, directory),
         **_tls(raw, directory, port),
+        smtp_ca_file=_smtp_ca_file(raw, directory, smtp_url),
     )
 
 
@@ -325,6 +334,7 @@ SETTING_NAMES = frozenset(
         "SANDBOX_PORT",
         "SANDBOX_URL",
         "SMTP_URL",
+        "SMTP_CA_FILE",
         "SHARDS",
         "SECRET_KEY",
         "PROCESSOR",
@@ -423,7 +433,61 @@ DATABASE_SCHEMES_ASYNC = {
 }
 
 
-def _database_url(raw: Mapping[str, str], default: str) -> str:
+def _query(key: str, url: str) -> dict[str, str]:
+    """The URL's query parameters; a parameter given twice is an error (which one wins
+    differs between the libraries that read it)."""
+    values: dict[str, str] = {}
+    for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if name in values:
+            raise SettingsError(f"{PREFIX}{key}: {name} is given more than once")
+        values[name] = value
+    return values
+
+
+def _query_set(url: str, name: str, value: str) -> str:
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    pairs = [(k, value if k == name else v) for k, v in pairs]
+    return parts._replace(query=urlencode(pairs, quote_via=quote, safe="/")).geturl()
+
+
+def _ca_file(key: str, value: str, directory: Path, what: str = "") -> str:
+    """The absolute path of a readable file of PEM CA certificates."""
+    where = f"{PREFIX}{key}: {what}" if what else f"{PREFIX}{key}:"
+    path = (directory / value).resolve()
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise SettingsError(f"{where} no readable file at {_shown(value)}")
+    try:
+        ca_file_check(str(path))
+    except (OSError, ssl.SSLError):
+        raise SettingsError(f"{where} {_shown(value)} holds no PEM CA certificate") from None
+    return str(path)
+
+
+def _postgres_tls(url: str, directory: Path) -> str:
+    """The URL with its TLS parameters checked (libpq's names, see payportal.outgoing_tls)
+    and a relative ``sslrootcert`` made absolute, so every process reads the same file."""
+    key = "DATABASE_URL"
+    query = _query(key, url)
+    for name in sorted(query):
+        if name == "ssl":
+            raise SettingsError(f"{PREFIX}{key}: use sslmode= (libpq's name), not ssl=")
+        if name.startswith("ssl") and name not in POSTGRES_TLS_PARAMS:
+            known = ", ".join(POSTGRES_TLS_PARAMS)
+            raise SettingsError(f"{PREFIX}{key}: {name} is not supported; the TLS parameters "
+                                f"are {known}")  # fmt: skip
+    root = query.get("sslrootcert")
+    if root is not None and root != SYSTEM_CAS:
+        root = _ca_file(key, root, directory, "sslrootcert:")
+        url = _query_set(url, "sslrootcert", root)
+    try:
+        postgres_ssl(query.get("sslmode"), root)
+    except ValueError as error:
+        raise SettingsError(f"{PREFIX}{key}: {error}") from None
+    return url
+
+
+def _database_url(raw: Mapping[str, str], default: str, directory: Path) -> str:
     url = _url(raw, "DATABASE_URL", tuple(DATABASE_SCHEMES_ASYNC), host_required=False)
     if url is None:
         return default
@@ -436,20 +500,67 @@ def _database_url(raw: Mapping[str, str], default: str) -> str:
         raise SettingsError(
             f"{PREFIX}DATABASE_URL: must be sqlite+aiosqlite:///<path to a file>, got {_shown(url)}"
         )
-    return f"{DATABASE_SCHEMES_ASYNC[scheme]}://{rest}"
+    url = f"{DATABASE_SCHEMES_ASYNC[scheme]}://{rest}"
+    return _postgres_tls(url, directory) if scheme.startswith("postgres") else url
 
 
-def _redis_url(raw: Mapping[str, str]) -> str | None:
-    url = _url(raw, "REDIS_URL", ("redis", "rediss", "unix"), host_required=False)
-    if url is not None and not url.startswith("unix") and not urlsplit(url).hostname:
+# redis-py's spellings of its ``ssl_cert_reqs`` values; anything else fails at connect.
+REDIS_CERT_REQS = ("required", "optional", "none")
+
+
+def _redis_url(raw: Mapping[str, str], directory: Path) -> str | None:
+    key = "REDIS_URL"
+    url = _url(raw, key, ("redis", "rediss", "unix"), host_required=False)
+    if url is None:
+        return None
+    if not url.startswith("unix") and not urlsplit(url).hostname:
         raise SettingsError(
-            f"{PREFIX}REDIS_URL: must name a host, got {_shown(_url_masked(urlsplit(url)))}"
+            f"{PREFIX}{key}: must name a host, got {_shown(_url_masked(urlsplit(url)))}"
         )
+    # redis-py reads its TLS options (ssl_ca_certs, ssl_cert_reqs, …) from the URL itself.
+    query = _query(key, url)
+    tls_names = sorted(name for name in query if name.startswith("ssl"))
+    if tls_names and not url.startswith("rediss://"):
+        raise SettingsError(f"{PREFIX}{key}: {tls_names[0]} needs a rediss:// (TLS) URL")
+    reqs = query.get("ssl_cert_reqs")
+    if reqs is not None and reqs not in REDIS_CERT_REQS:
+        raise SettingsError(f"{PREFIX}{key}: ssl_cert_reqs must be one of "
+                            f"{', '.join(REDIS_CERT_REQS)}, got {_shown(reqs)}")  # fmt: skip
+    if "ssl_ca_certs" in query:
+        ca_file = _ca_file(key, query["ssl_ca_certs"], directory, "ssl_ca_certs:")
+        url = _query_set(url, "ssl_ca_certs", ca_file)
     return url
 
 
+# What ``starttls=`` in an smtp:// URL may say: the one way to stop a silent plain send.
+SMTP_STARTTLS = ("required",)
+
+
 def _smtp_url(raw: Mapping[str, str]) -> str | None:
-    return _url(raw, "SMTP_URL", ("smtp", "smtps"), host_required=True)
+    key = "SMTP_URL"
+    url = _url(raw, key, ("smtp", "smtps"), host_required=True)
+    if url is None:
+        return None
+    for name, value in _query(key, url).items():
+        if name != "starttls":
+            raise SettingsError(f"{PREFIX}{key}: unknown parameter {name}; "
+                                "the one known is starttls=required")  # fmt: skip
+        if value not in SMTP_STARTTLS:
+            raise SettingsError(f"{PREFIX}{key}: starttls must be required, got {_shown(value)}")
+        if url.startswith("smtps://"):
+            raise SettingsError(f"{PREFIX}{key}: starttls is for smtp:// URLs; "
+                                "smtps:// is TLS from the first byte")  # fmt: skip
+    return url
+
+
+def _smtp_ca_file(raw: Mapping[str, str], directory: Path, smtp_url: str | None) -> str | None:
+    key = "SMTP_CA_FILE"
+    value = raw.get(PREFIX + key)
+    if value is None:
+        return None
+    if smtp_url is None:
+        raise SettingsError(f"{PREFIX}{key}: is for {PREFIX}SMTP_URL's server, which is unset")
+    return _ca_file(key, value, directory)
 
 
 def _ray_address(raw: Mapping[str, str]) -> str | None:

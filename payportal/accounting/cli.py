@@ -93,7 +93,7 @@ def reconcile_once(settings: Any) -> None:
 
     async def main() -> Any:
         async with _shards(settings) as (router, store):
-            processor = SandboxProcessor(settings.sandbox_url)
+            processor = SandboxProcessor.from_settings(settings)
             try:
                 return await reconcile(router, store.engine, processor)
             finally:

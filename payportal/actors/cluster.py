@@ -57,6 +57,8 @@ class ShardJanitor(msgspec.Struct, frozen=True, kw_only=True):
     """Where a shard's retry janitor charges and how it finds the shards (its own too)."""
 
     processor_url: str
+    # PAYPORTAL_TLS_CA_FILE for an https processor; the path must exist where shards run.
+    processor_ca_file: str | None = None
     shards: int
     deployment: str = "default"
     interval_ms: int = 1_000
@@ -110,7 +112,9 @@ class AccountShard:
             try:
                 core = await self._ready()
                 router = ShardRouter(get_shards(janitor.shards, janitor.deployment))
-                processor = SandboxProcessor(janitor.processor_url)
+                processor = SandboxProcessor(
+                    janitor.processor_url, ca_file=janitor.processor_ca_file
+                )
                 self._janitor = RetryJanitor(
                     router, core.store, processor, clock_ms=self._now_ms,
                     shard_ids=[self._shard_id],

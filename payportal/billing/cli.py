@@ -51,7 +51,7 @@ async def _run(settings: Any, *, now_ms: int | None, dry_run: bool) -> str:
         if settings.processor == "sandbox":
             from payportal.processors.sandbox_client import SandboxProcessor
 
-            processor = SandboxProcessor(settings.sandbox_url)
+            processor = SandboxProcessor.from_settings(settings)
 
         async def token_for(method_id: str) -> str | None:
             row = await directory.payment_method(store.engine, method_id)

@@ -57,6 +57,7 @@ import email.errors
 import email.utils
 import functools
 import hashlib
+import ipaddress
 import logging
 import os
 import random
@@ -65,7 +66,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
 import msgspec
@@ -73,7 +74,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from payportal.persistence import tables
-from payportal.persistence._engine import READ
+from payportal.persistence._engine import READ, asyncpg_connect_args
 from payportal.persistence.sealing import SealedFieldError
 
 from ._mime import SmtpMessage, build_message
@@ -86,6 +87,7 @@ __all__ = [
     "SendPolicy",
     "SmtpTarget",
     "message_id_for",
+    "smtp_client",
     "smtp_target",
 ]
 
@@ -143,31 +145,63 @@ def next_delay_ms(policy: SendPolicy, attempts: int, rng: random.Random) -> int 
 
 
 class SmtpTarget(msgspec.Struct, frozen=True, kw_only=True):
-    """Where the sender delivers. Its repr never shows the password."""
+    """Where the sender delivers. Its repr never shows the password.
+
+    TLS is aiosmtplib's, with certificates always verified: ``use_tls`` is TLS from the
+    first byte; otherwise ``start_tls`` True requires STARTTLS (a server that does not
+    offer it is refused, nothing is sent in the clear) and None upgrades when offered."""
 
     hostname: str
     port: int
     use_tls: bool = False  # smtps:// — TLS from the first byte
+    start_tls: bool | None = None
+    ca_file: str | None = None  # trusted besides the system's CAs (a private relay)
     username: str | None = None
     password: str | None = msgspec.field(default=None)
 
     def __repr__(self) -> str:
-        return f"SmtpTarget({self.hostname}:{self.port}, tls={self.use_tls})"
+        tls = "tls" if self.use_tls else "starttls" if self.start_tls else "starttls if offered"
+        return f"SmtpTarget({self.hostname}:{self.port}, {tls})"
 
 
-def smtp_target(smtp_url: str | None, *, catcher_port: int = 8025) -> SmtpTarget:
-    """``PAYPORTAL_SMTP_URL`` (smtp://user:pass@host:587 upgrades with STARTTLS when the
-    server offers it; smtps://host:465 is TLS throughout), else the built-in catcher."""
+def smtp_target(smtp_url: str | None, *, catcher_port: int = 8025,
+                ca_file: str | None = None) -> SmtpTarget:  # fmt: skip
+    """``PAYPORTAL_SMTP_URL``, else the built-in catcher. smtps://host:465 is TLS
+    throughout; smtp://host:587?starttls=required must upgrade with STARTTLS; plain
+    smtp:// upgrades when the server offers it, except that a password for a server not
+    on this machine is only ever sent after STARTTLS."""
     if smtp_url is None:
         return SmtpTarget(hostname="127.0.0.1", port=catcher_port)
     parts = urlsplit(smtp_url)
     assert parts.scheme in ("smtp", "smtps"), parts.scheme
     assert parts.hostname, "settings validated the host"
     use_tls = parts.scheme == "smtps"
+    required = parse_qs(parts.query).get("starttls") == ["required"]
+    if not use_tls and parts.password and not _loopback(parts.hostname):
+        required = True
     return SmtpTarget(
         hostname=parts.hostname, port=parts.port or (465 if use_tls else 25), use_tls=use_tls,
+        start_tls=True if required else None, ca_file=ca_file,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
+    )  # fmt: skip
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def smtp_client(target: SmtpTarget, *, timeout_s: float) -> aiosmtplib.SMTP:
+    """An unconnected client for ``target``; ``connect()`` does TLS and login."""
+    return aiosmtplib.SMTP(
+        hostname=target.hostname, port=target.port, use_tls=target.use_tls,
+        start_tls=target.start_tls, validate_certs=True, cert_bundle=target.ca_file,
+        username=target.username, password=target.password, timeout=timeout_s,
     )  # fmt: skip
 
 
@@ -432,9 +466,9 @@ class OutboxSender:
         polling until the next try) if the database cannot be reached."""
         import asyncpg  # type: ignore[import-untyped]
 
-        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        dsn, tls = asyncpg_connect_args(self.engine.url)
         try:
-            connection = await asyncpg.connect(dsn, timeout=LISTEN_CONNECT_TIMEOUT_S)
+            connection = await asyncpg.connect(dsn, timeout=LISTEN_CONNECT_TIMEOUT_S, **tls)
         except Exception as error:
             log.warning("mail sender: cannot LISTEN for the outbox (%s); polling meanwhile", error)
             self._listen_retry_at = time.monotonic() + LISTEN_RETRY_S
@@ -621,12 +655,7 @@ class OutboxSender:
     # -- the kept SMTP connection -------------------------------------------------------
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        target = self.smtp
-        smtp = aiosmtplib.SMTP(
-            hostname=target.hostname, port=target.port, use_tls=target.use_tls,
-            username=target.username, password=target.password,
-            timeout=self.policy.smtp_timeout_s,
-        )  # fmt: skip
+        smtp = smtp_client(self.smtp, timeout_s=self.policy.smtp_timeout_s)
         await smtp.connect()
         return smtp
 

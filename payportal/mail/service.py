@@ -63,7 +63,8 @@ async def start_mail_processes(settings: Settings, *, mail: bool) -> tuple[list[
                      f"SMTP catcher on 127.0.0.1:{smtp_port}, pid {catcher.pid})")  # fmt: skip
     from .sender import smtp_target
 
-    target = smtp_target(settings.smtp_url, catcher_port=smtp_port)
+    target = smtp_target(settings.smtp_url, catcher_port=smtp_port,
+                         ca_file=settings.smtp_ca_file)  # fmt: skip
     sender = await start_child(
         "mail",
         [sys.executable, "-m", "payportal", "mail", "--catcher-port", str(smtp_port),
@@ -102,7 +103,8 @@ async def _send_until_stopped(
 
     public_url = public_url or settings.public_url
     configure_public_url(public_url)
-    target = smtp_target(settings.smtp_url, catcher_port=catcher_port or settings.mail_catcher_port)
+    target = smtp_target(settings.smtp_url, ca_file=settings.smtp_ca_file,
+                         catcher_port=catcher_port or settings.mail_catcher_port)  # fmt: skip
     # One connection for the rounds, one for the odd concurrent read; LISTEN has its own.
     engine = create_engine_for(settings.database_url, pool_size=2)
     keyring = await open_keyring(engine, settings.resolve_data_keys())

@@ -8,6 +8,11 @@ rather than upgraded mid-transaction, where it cannot wait and fails at once. Th
 the driver's own transaction handling turned off and BEGIN emitted on the engine's
 ``begin`` event (SQLAlchemy's documented recipe for pysqlite and aiosqlite).
 Reads pass ``sqlite_begin="DEFERRED"`` so they do not queue behind writers.
+
+PostgreSQL's TLS is libpq's ``sslmode``/``sslrootcert`` in the URL (payportal.outgoing_tls).
+They stay in the engine's URL, so every connection made from it, SQLAlchemy's or a plain
+asyncpg one (``asyncpg_connect_args``), gets the same TLS; they are swapped for asyncpg's
+``ssl`` argument at connect time.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-__all__ = ["READ", "async_url", "create_engine_for", "is_sqlite"]
+from payportal.outgoing_tls import POSTGRES_TLS_PARAMS, postgres_ssl
+
+__all__ = ["READ", "async_url", "asyncpg_connect_args", "create_engine_for", "is_sqlite"]
 
 # A writer waits this long for another process's write lock before giving up. A group
 # commit holds the lock for milliseconds; 30 s only runs out when something is stuck.
@@ -45,6 +52,27 @@ def async_url(url: str | URL) -> URL:
 
 def is_sqlite(url: str | URL) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def _postgres_tls(url: URL) -> dict[str, Any]:
+    """asyncpg's keyword arguments for the URL's TLS parameters ({} when it has none)."""
+    values = {}
+    for name in POSTGRES_TLS_PARAMS:
+        value = url.query.get(name)
+        if isinstance(value, tuple):
+            raise ValueError(f"database URL: {name} is given more than once")
+        values[name] = value
+    ssl_argument = postgres_ssl(values["sslmode"], values["sslrootcert"])
+    return {} if ssl_argument is None else {"ssl": ssl_argument}
+
+
+def asyncpg_connect_args(url: str | URL) -> tuple[str, dict[str, Any]]:
+    """A PostgreSQL URL as asyncpg's DSN and keyword arguments, TLS included, for a
+    connection of its own: ``asyncpg.connect(dsn, **kwargs)``."""
+    parsed = async_url(url)
+    tls = _postgres_tls(parsed)
+    plain = parsed.difference_update_query(POSTGRES_TLS_PARAMS).set(drivername="postgresql")
+    return plain.render_as_string(hide_password=False), tls
 
 
 def _sqlite_file(url: URL) -> Path | None:
@@ -73,7 +101,18 @@ def create_engine_for(url: str | URL, *, pool_size: int = 5, **kwargs: Any) -> A
         # No pre-ping: it would cost a round trip per commit. A dropped connection fails
         # one statement, SQLAlchemy then invalidates the whole pool, and the shard whose
         # commit failed restarts (docs/design.md decision 3).
-        return create_async_engine(parsed, **kwargs)
+        tls = _postgres_tls(parsed)  # a bad sslmode fails here, not at the first connect
+        engine = create_async_engine(parsed, **kwargs)
+        if any(name in parsed.query for name in POSTGRES_TLS_PARAMS):
+
+            @sa.event.listens_for(engine.sync_engine, "do_connect")
+            def _with_tls(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+                # The dialect passes the URL's query as keywords; asyncpg takes ``ssl``.
+                for name in POSTGRES_TLS_PARAMS:
+                    params.pop(name, None)
+                params.update(tls)
+
+        return engine
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     connect_args = kwargs.pop("connect_args", {})

@@ -53,7 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from payportal.engine import AccountState, Entry, Event, Payment, check_invariants, evolve
 
 from . import tables
-from ._engine import READ, create_engine_for, is_sqlite
+from ._engine import READ, asyncpg_connect_args, create_engine_for, is_sqlite
 from ._rows import (
     COLUMNS,
     NOTIFIED,
@@ -331,9 +331,9 @@ class Store:
             if engine.dialect.name == "postgresql":
                 import asyncpg  # type: ignore[import-untyped]
 
-                dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                dsn, tls = asyncpg_connect_args(engine.url)
                 pool = await asyncpg.create_pool(
-                    dsn, min_size=1, max_size=pool_size, reset=_session_unchanged
+                    dsn, min_size=1, max_size=pool_size, reset=_session_unchanged, **tls
                 )
         except BaseException:
             await engine.dispose()

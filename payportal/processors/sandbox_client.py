@@ -14,6 +14,11 @@ How answers map to outcomes:
 | 422 (the key was used with another body) | raises ``ProcessorRequestError``: our bug |
 | 429, 5xx | ``errored``: nothing captured, send again under the same key |
 | a timeout, a dropped or refused connection, an unreadable 200 | ``unknown`` |
+
+TLS: an https:// URL is verified against the system's CAs (``SSL_CERT_FILE`` honoured)
+plus ``ca_file`` (``PAYPORTAL_TLS_CA_FILE``, e.g. the development CA); verification is
+never turned off. A certificate that does not verify is a refused connection, so the
+outcome is ``unknown`` and the payment waits for an inquiry, never a guess.
 """
 
 from __future__ import annotations
@@ -22,16 +27,20 @@ import asyncio
 import datetime as dt
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Final, Self, TypeVar
+from typing import TYPE_CHECKING, Final, Self, TypeVar
 
 import aiohttp
 import msgspec
 
 from payportal.engine import OutcomeKind
 from payportal.engine.retry_policy import TECHNICAL_CODES
+from payportal.outgoing_tls import https_context
 
 from ._settlement import Payout, SettlementLine, SettlementReport
 from .adapter import ChargeResult, InquiryStatus, ProcessorRequestError, RefundResult
+
+if TYPE_CHECKING:
+    from payportal.config import Settings
 
 __all__ = ["SandboxProcessor"]
 
@@ -112,6 +121,7 @@ class SandboxProcessor:
         timeout_ms: int = TIMEOUT_MS_DEFAULT,
         concurrency_max: int = CONCURRENCY_MAX_DEFAULT,
         session: aiohttp.ClientSession | None = None,
+        ca_file: str | None = None,
     ) -> None:
         assert timeout_ms > 0
         assert concurrency_max > 0
@@ -121,6 +131,12 @@ class SandboxProcessor:
         self._semaphore = asyncio.Semaphore(concurrency_max)
         self._session = session
         self._owns_session = session is None
+        self._ca_file = ca_file
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SandboxProcessor:
+        """The sandbox at ``settings.sandbox_url``, trusting ``PAYPORTAL_TLS_CA_FILE``."""
+        return cls(settings.sandbox_url, ca_file=settings.tls_ca_file)
 
     async def __aenter__(self) -> Self:
         return self
@@ -141,7 +157,9 @@ class SandboxProcessor:
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop, as aiohttp requires.
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._concurrency_max)
+            https = self._base_url.startswith("https:")
+            context = https_context(self._ca_file) if https else True  # True: verify
+            connector = aiohttp.TCPConnector(limit=self._concurrency_max, ssl=context)
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
