@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import os
 import shutil
-import datetime as dt
 import uuid
 
 import pytest
