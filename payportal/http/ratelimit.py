@@ -24,7 +24,8 @@ Rules:
   that email for 30 minutes; while locked even the right password is refused. The
   answer is the same 429 whether or not the email exists, and is decided before the
   password is checked. A success clears the email's failures. An address with too many
-  failures (over any emails) is refused too. Emails are stored hashed and logged masked.
+  failures (over any emails) is refused too. Emails are stored as a keyed hash (HMAC) and
+  logged masked.
 - Over a limit → 429 ``rate_limit_error`` / ``rate_limited`` with ``Retry-After``: the
   whole seconds after which the oldest counted hit has left the window. A refused hit is not
   counted, so hammering does not extend the wait.
@@ -40,7 +41,6 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import math
 import time
@@ -56,10 +56,11 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
 from payportal.config import Settings
+from payportal.persistence.sealing import blind_index
 
 from .auth import Principal
 from .errors import ApiError
-from .typedefs import AUTHENTICATOR, RATE_LIMITS
+from .typedefs import AUTHENTICATOR, RATE_LIMITS, STORE
 
 __all__ = [
     "KEY_PREFIX",
@@ -292,7 +293,9 @@ class RateLimits:
         email = await _login_email(request)
         if email is None:  # the handler answers 400
             return await handler(request)
-        email_id = hashlib.sha256(email.encode()).hexdigest()
+        # Keyed (the database's index key): an unkeyed hash of an address in Redis is
+        # undone by hashing a list of addresses.
+        email_id = blind_index(request.app[STORE].engine, "login.email", email)
         # Decided before the password is looked at, and without knowing whether the email
         # exists: a locked email answers the same, right password or not, known or not.
         await self.refuse_if_full(LOGIN_LOCKOUT, "login-lock", email_id, message=TOO_MANY_LOGINS)
