@@ -137,6 +137,8 @@ async def wait_http(url: str, process: Managed, timeout_s: float) -> None:
 
 def clean_environment(extra: Mapping[str, str]) -> dict[str, str]:
     """This environment without settings that would point a child elsewhere, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYPORTAL_")}
+    # The run's data keys stay: the benchmark reads the databases its children write.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PAYPORTAL_") or k == "PAYPORTAL_DATA_KEYS"}  # fmt: skip
     env.update(extra)
     return env

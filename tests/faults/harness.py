@@ -320,7 +320,9 @@ class Sandbox:
 
 
 def _without_settings() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PAYPORTAL_")}
+    # The run's data keys stay: the audits open the same database from this process.
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("PAYPORTAL_") or k == "PAYPORTAL_DATA_KEYS"}  # fmt: skip
 
 
 def wait_http(port: int, path: str, process: subprocess.Popen[str] | None = None,
