@@ -289,3 +289,39 @@ def test_rate_limits_scale_defaults_to_one_and_rejects_zero(tmp_path: Path) -> N
     assert scaled.rate_limits_scale == 100
     with pytest.raises(SettingsError, match="PAYPORTAL_RATE_LIMITS_SCALE"):
         load_settings({"PAYPORTAL_RATE_LIMITS_SCALE": "0"}, cwd=tmp_path)
+
+
+def test_without_data_keys_development_keys_are_made_once_and_handed_to_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PAYPORTAL_DATA_KEYS", raising=False)
+    settings = load_settings({}, cwd=tmp_path)
+    assert settings.data_keys is None
+    assert settings.data_keys_generated
+    first = settings.resolve_data_keys()
+    path = tmp_path / "var" / "keys" / "data-keys"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert os.environ["PAYPORTAL_DATA_KEYS"] == f"file:{path}"
+    assert load_settings({}, cwd=tmp_path).resolve_data_keys() == first
+    assert len(first[1]) == 32
+
+
+def test_configured_data_keys_are_checked_at_start_and_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    monkeypatch.delenv("PAYPORTAL_DATA_KEYS", raising=False)
+    key = base64.b64encode(bytes(range(32))).decode()
+    settings = load_settings({"PAYPORTAL_DATA_KEYS": f"2:{key}"}, cwd=tmp_path)
+    assert settings.resolve_data_keys() == {2: bytes(range(32))}
+    assert not (tmp_path / "var" / "keys").exists()
+    (tmp_path / "keys.txt").write_text(f"3:{key}\n")
+    from_file = load_settings({"PAYPORTAL_DATA_KEYS": "file:keys.txt"}, cwd=tmp_path)
+    assert from_file.resolve_data_keys() == {3: bytes(range(32))}
+    for bad in ("2:" + key[:-8], "correct-horse-battery-staple", "file:missing.txt"):
+        with pytest.raises(SettingsError, match="^PAYPORTAL_DATA_KEYS") as raised:
+            load_settings({"PAYPORTAL_DATA_KEYS": bad}, cwd=tmp_path)
+        assert "\n" not in str(raised.value)
+        assert key[:-8] not in str(raised.value)
+        assert "correct-horse" not in str(raised.value)
