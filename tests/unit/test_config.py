@@ -320,7 +320,7 @@ def test_configured_data_keys_are_checked_at_start_and_never_echoed(
     from_file = load_settings({"PAYPORTAL_DATA_KEYS": "file:keys.txt"}, cwd=tmp_path)
     assert from_file.resolve_data_keys() == {3: bytes(range(32))}
     for bad in ("2:" + key[:-8], "correct-horse-battery-staple", "file:missing.txt"):
-        with pytest.raises(SettingsError, match="^PAYPORTAL_DATA_KEYS") as raised:
+        with pytest.raises(SettingsError, match=r"^PAYPORTAL_DATA_KEYS") as raised:
             load_settings({"PAYPORTAL_DATA_KEYS": bad}, cwd=tmp_path)
         assert "\n" not in str(raised.value)
         assert key[:-8] not in str(raised.value)
