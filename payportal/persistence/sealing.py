@@ -322,12 +322,22 @@ class Keyring:
 async def open_keyring(engine: AsyncEngine, keks: Mapping[int, bytes] | None = None
                        ) -> Keyring | None:  # fmt: skip
     """Load ``engine``'s data keys with ``keks`` (default: ``PAYPORTAL_DATA_KEYS``) and
-    attach them. None when no KEK is configured: the engine then refuses to read or
-    write a sealed column (``SealingError``), and everything else works."""
+    attach them. None when no KEK is configured or the database has no ``data_keys``
+    table yet: the engine then refuses to read or write a sealed column
+    (``SealingError``), and everything else works."""
     keks = keks or keks_from_environment()
     if not keks:
         return None
-    return await Keyring(keks).load(engine)
+    try:
+        return await Keyring(keks).load(engine)
+    except sa.exc.DBAPIError:
+        async with engine.connect() as connection:
+            migrated = await connection.run_sync(lambda c: sa.inspect(c).has_table("data_keys"))
+        if migrated:
+            raise
+        # A database not migrated yet (``payportal migrate`` makes the table): no keys, so
+        # sealed columns refuse with SealingError; everything else works.
+        return None
 
 
 async def keep_fresh(keyring: Keyring, engine: AsyncEngine, every_s: float = REFRESH_S) -> None:
