@@ -109,6 +109,7 @@ async def _serve(
 
         janitor = ShardJanitor(
             processor_url=settings.sandbox_url,
+            ca_file=settings.tls_ca_file,
             shards=settings.shards,
             interval_ms=JANITOR_INTERVAL_MS,
         )
@@ -153,7 +154,7 @@ async def _serve(
     if charging:
         from payportal.processors.sandbox_client import SandboxProcessor
 
-        processor = SandboxProcessor(settings.sandbox_url)
+        processor = SandboxProcessor(settings.sandbox_url, ca_file=settings.tls_ca_file)
 
     from payportal.live import StatusPublisher, open_status_streams
 
@@ -433,7 +434,7 @@ async def _worker(
     if sandbox:
         from payportal.processors.sandbox_client import SandboxProcessor
 
-        processor = SandboxProcessor(settings.sandbox_url)
+        processor = SandboxProcessor(settings.sandbox_url, ca_file=settings.tls_ca_file)
     from payportal.live import open_status_streams
 
     # On Redis every stream is shared; the in-process stand-in is fed only in worker 0.

@@ -10,6 +10,11 @@ new connections get a renewed certificate (SIGHUP) while open ones keep theirs.
 ``payportal dev-cert`` makes a local CA and a certificate it signed for localhost and
 127.0.0.1 with the ``cryptography`` package, so HTTPS can be tried in one step; the CA's
 certificate is what a client (curl ``--cacert``, the sandbox's callbacks) must trust.
+
+The embedded sandbox serves HTTPS with the front door's pair (a browser frames its card
+fields in the portal's pages), so the certificate must name the address serve calls it
+on, as it must for the sandbox's callbacks to the front door; ``client_context`` is how
+the server side trusts ``PAYPORTAL_TLS_CA_FILE`` when calling it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["DevCert", "make_dev_cert", "reload", "server_context"]
+__all__ = ["DevCert", "client_context", "make_dev_cert", "reload", "server_context"]
 
 # TLS 1.2 suites with forward secrecy and an AEAD cipher; 1.3 needs no list.
 TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -38,6 +43,14 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def client_context(ca_file: str) -> ssl.SSLContext:
+    """A verifying client context that trusts ``ca_file`` as well as the system's CAs
+    (a development CA must not cost the trust of every public one)."""
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=ca_file)
     return context
 
 

@@ -92,7 +92,7 @@ def reconcile_once(settings: Any) -> None:
 
     async def main() -> Any:
         async with _shards(settings) as (router, store):
-            processor = SandboxProcessor(settings.sandbox_url)
+            processor = SandboxProcessor(settings.sandbox_url, ca_file=settings.tls_ca_file)
             try:
                 return await reconcile(router, store.engine, processor)
             finally:

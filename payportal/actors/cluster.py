@@ -58,6 +58,8 @@ class ShardJanitor(msgspec.Struct, frozen=True, kw_only=True):
 
     processor_url: str
     shards: int
+    # Trusted besides the system's CAs when processor_url is HTTPS (a development CA).
+    ca_file: str | None = None
     deployment: str = "default"
     interval_ms: int = 1_000
 
@@ -110,7 +112,7 @@ class AccountShard:
             try:
                 core = await self._ready()
                 router = ShardRouter(get_shards(janitor.shards, janitor.deployment))
-                processor = SandboxProcessor(janitor.processor_url)
+                processor = SandboxProcessor(janitor.processor_url, ca_file=janitor.ca_file)
                 self._janitor = RetryJanitor(
                     router, core.store, processor, clock_ms=self._now_ms,
                     shard_ids=[self._shard_id],

@@ -50,7 +50,7 @@ async def _run(settings: Any, *, now_ms: int | None, dry_run: bool) -> str:
         if settings.processor == "sandbox":
             from payportal.processors.sandbox_client import SandboxProcessor
 
-            processor = SandboxProcessor(settings.sandbox_url)
+            processor = SandboxProcessor(settings.sandbox_url, ca_file=settings.tls_ca_file)
 
         async def token_for(method_id: str) -> str | None:
             row = await directory.payment_method(store.engine, method_id)

@@ -214,7 +214,7 @@ def create_app(
         from payportal.processors.sandbox_client import SandboxProcessor
 
         # Opens no connection until the first charge, inside the running loop.
-        processor = owned = SandboxProcessor(settings.sandbox_url)
+        processor = owned = SandboxProcessor(settings.sandbox_url, ca_file=settings.tls_ca_file)
     app[PROCESSOR] = processor
 
     methods = app[METHODS] = PaymentMethods(store.engine)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ssl
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Final, Self, TypeVar
@@ -112,7 +113,10 @@ class SandboxProcessor:
         timeout_ms: int = TIMEOUT_MS_DEFAULT,
         concurrency_max: int = CONCURRENCY_MAX_DEFAULT,
         session: aiohttp.ClientSession | None = None,
+        ca_file: str | None = None,
     ) -> None:
+        """``ca_file``: a CA trusted besides the system's for an HTTPS ``base_url`` (the
+        development CA of ``payportal dev-cert``)."""
         assert timeout_ms > 0
         assert concurrency_max > 0
         self._base_url = base_url.rstrip("/")
@@ -121,6 +125,7 @@ class SandboxProcessor:
         self._semaphore = asyncio.Semaphore(concurrency_max)
         self._session = session
         self._owns_session = session is None
+        self._ca_file = ca_file
 
     async def __aenter__(self) -> Self:
         return self
@@ -141,9 +146,16 @@ class SandboxProcessor:
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop, as aiohttp requires.
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._concurrency_max)
+            connector = aiohttp.TCPConnector(limit=self._concurrency_max, ssl=self._ssl())
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if self._ca_file is None:
+            return True  # aiohttp's default: verify against the system's CAs
+        from payportal.tls import client_context
+
+        return client_context(self._ca_file)
 
     async def _request(
         self, method: str, path: str, *, json: object = None, params: dict[str, str] | None = None
