@@ -133,8 +133,10 @@ class Settings:
     # None: development keys generated under var/keys/.
     data_keys: str | None = None
     # TLS at the front door (payportal.tls): both files, or neither (plain HTTP). With TLS,
-    # http_redirect_port (if set) answers plain HTTP with a redirect to HTTPS, and
-    # tls_ca_file is a CA the processes serve starts trust for its certificate.
+    # the embedded sandbox serves HTTPS with the same pair, http_redirect_port (if set)
+    # answers plain HTTP with a redirect to HTTPS, and tls_ca_file is a CA that serve,
+    # the processes it starts and the commands that call the sandbox trust besides the
+    # system's.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_ca_file: str | None = None
@@ -175,7 +177,10 @@ class Settings:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.sandbox_port}"
+        # With TLS the embedded sandbox serves HTTPS with the front door's certificate: the
+        # portal's HTTPS pages frame its card fields, and browsers block an HTTP frame in
+        # an HTTPS page (loopback excepted, so a test on 127.0.0.1 alone would not see it).
+        return f"{self.scheme}://{host}:{self.sandbox_port}"
 
     @property
     def sandbox_external(self) -> bool:

@@ -10,6 +10,12 @@ new connections get a renewed certificate (SIGHUP) while open ones keep theirs.
 ``payportal dev-cert`` makes a local CA and a certificate it signed for localhost and
 127.0.0.1 with the ``cryptography`` package, so HTTPS can be tried in one step; the CA's
 certificate is what a client (curl ``--cacert``, the sandbox's callbacks) must trust.
+
+The embedded sandbox serves HTTPS with the front door's pair (a browser frames its card
+fields in the portal's pages), so the certificate must name the address serve calls it
+on, as it must for the sandbox's callbacks to the front door;
+``payportal.outgoing_tls.https_context`` is how the server side trusts
+``PAYPORTAL_TLS_CA_FILE`` when calling it.
 """
 
 from __future__ import annotations

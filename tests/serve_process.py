@@ -40,17 +40,23 @@ class Served:
     mail_port: int
     mail_ui_port: int
     log: Path
+    # Set when serve was given a certificate: the front door answers HTTPS only.
+    tls: bool = False
     banner: str = ""
     pid: int = 0  # serve's process
     returncode: int | None = None  # set once serve has stopped
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def sandbox(self) -> str:
-        return f"http://127.0.0.1:{self.sandbox_port}"
+        return f"{self.scheme}://127.0.0.1:{self.sandbox_port}"
 
     @property
     def inbox(self) -> str:
@@ -67,7 +73,8 @@ def serving(
     """Start serve in ``workdir``, wait for its banner, stop it with Ctrl-C (SIGINT) on
     leaving. Its output goes to a file: a pipe nobody reads would fill and stall it."""
     served = Served(port=free_port(), sandbox_port=free_port(), mail_port=free_port(),
-                    mail_ui_port=free_port(), log=workdir / "serve.log")  # fmt: skip
+                    mail_ui_port=free_port(), log=workdir / "serve.log",
+                    tls="PAYPORTAL_TLS_CERT_FILE" in (env or {}))  # fmt: skip
     environment = {
         **os.environ,
         "PAYPORTAL_PORT": str(served.port),

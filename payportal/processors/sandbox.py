@@ -940,15 +940,16 @@ async def start_sandbox(host: str, port: int, **options: Any) -> web.AppRunner:
 SHUTDOWN_TIMEOUT_S: Final = 5.0
 
 
-def run_sandbox(host: str, port: int, **options: Any) -> None:
-    """Run the sandbox alone until SIGINT or SIGTERM, on uvloop as ``serve`` runs."""
+def run_sandbox(host: str, port: int, *, ssl_context: Any = None, **options: Any) -> None:
+    """Run the sandbox alone until SIGINT or SIGTERM, on uvloop as ``serve`` runs; over
+    HTTPS with ``ssl_context``."""
     with contextlib.suppress(ImportError):  # uvloop is a dependency; Windows lacks it
         import uvloop
 
         uvloop.install()
     web.run_app(
         create_sandbox_app(**options), host=host, port=port, print=None, access_log=None,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S, ssl_context=ssl_context,
     )  # fmt: skip
 
 
@@ -961,7 +962,10 @@ def run_for_settings(
 ) -> None:  # fmt: skip
     """``payportal sandbox``: the sandbox for the deployment ``settings`` describe. Its
     callbacks go to the front door on this machine, signed with the secret ``serve``
-    derives from the same secret key, so the two agree without a setting."""
+    derives from the same secret key, so the two agree without a setting. With the
+    deployment's TLS pair it serves HTTPS, as the front door does: the portal's HTTPS
+    pages frame its card fields, and browsers block an HTTP frame in an HTTPS page
+    anywhere but on a loopback address."""
     from payportal.children import die_with_parent
     from payportal.server import front_door_url, sandbox_webhook_secret
 
@@ -975,12 +979,17 @@ def run_for_settings(
     port = settings.sandbox_port if port is None else port
     if callback_url is None:
         callback_url = f"{front_door_url(settings)}/v1/processors/sandbox/callbacks"
+    ssl_context = None
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        from payportal.tls import server_context
+
+        ssl_context = server_context(settings.tls_cert_file, settings.tls_key_file)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    print(f"sandbox processor on http://{host}:{port}; callbacks to {callback_url}",
+    print(f"sandbox processor on {settings.scheme}://{host}:{port}; callbacks to {callback_url}",
           file=sys.stderr, flush=True)  # fmt: skip
     run_sandbox(
-        host, port, callback_url=callback_url, webhook_secret=sandbox_webhook_secret(settings),
-        faults=knobs, seed=seed,
+        host, port, ssl_context=ssl_context, callback_url=callback_url,
+        webhook_secret=sandbox_webhook_secret(settings), faults=knobs, seed=seed,
     )  # fmt: skip
 
 

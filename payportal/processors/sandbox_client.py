@@ -123,6 +123,8 @@ class SandboxProcessor:
         session: aiohttp.ClientSession | None = None,
         ca_file: str | None = None,
     ) -> None:
+        """``ca_file``: a CA trusted besides the system's for an HTTPS ``base_url`` (the
+        development CA of ``payportal dev-cert``)."""
         assert timeout_ms > 0
         assert concurrency_max > 0
         self._base_url = base_url.rstrip("/")

@@ -4,7 +4,12 @@ using only the keyboard on a 375 px wide screen, watches the status reach "Paid"
 the receipt's allocation, downloads the statement and checks its totals, and finds the
 confirmation email in the mail catcher; then the same with a hard decline (use another
 payment method) and a soft decline (retry scheduled), and a wallet button. Screenshots are
-kept as artefacts."""
+kept as artefacts.
+
+The first journey runs twice: over plain HTTP, and over HTTPS as ``make run-tls`` serves
+it (the sandbox's card fields too), where nothing the page loads or opens may be plain
+HTTP. Over HTTPS also: a browser that does not trust the certificate is refused, pages
+carry HSTS, and the plain HTTP port sends the browser to HTTPS."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import csv
 import io
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +121,41 @@ def _outstanding(page: Any) -> int:
     return _to_minor(page.locator("[data-outstanding]").inner_text())
 
 
+@dataclass
+class Traffic:
+    """What a page asked for: every URL, the event streams' answers, and what Chromium
+    blocked as mixed content (which never shows up as a request)."""
+
+    urls: list[str] = field(default_factory=list)
+    streams: list[tuple[str, int]] = field(default_factory=list)
+    mixed_content: list[str] = field(default_factory=list)
+
+    def plain(self) -> list[str]:
+        return [url for url in self.urls if url.startswith(("http:", "ws:"))]
+
+
+def watch(page: Any) -> Traffic:
+    traffic = Traffic()
+    page.on("request", lambda request: traffic.urls.append(request.url))
+
+    def answered(response: Any) -> None:
+        if "/events?" in response.url:
+            traffic.streams.append((response.url, response.status))
+
+    def said(message: Any) -> None:
+        if "Mixed Content" in message.text:
+            traffic.mixed_content.append(message.text)
+
+    page.on("response", answered)
+    page.on("console", said)
+    return traffic
+
+
+@pytest.mark.parametrize("stack", ["http", "https"], indirect=True)
 def test_keyboard_only_partial_payment_with_a_new_card_receipt_statement_and_email(
     page: Any, stack: Stack, shoot: Any
 ) -> None:
+    traffic = watch(page)
     sign_in(page, stack)
     _fits_the_screen(page)
     shoot("1-dashboard")
@@ -174,6 +212,13 @@ def test_keyboard_only_partial_payment_with_a_new_card_receipt_statement_and_ema
                                      if r["kind"] == "payment")  # fmt: skip
     assert totals["invoiced"] == sum(_to_minor(r["amount"]) for r in lines
                                      if r["kind"] == "invoice")  # fmt: skip
+
+    # The dashboard's live status stream was opened on the portal's own scheme and origin.
+    assert any(url.startswith(stack.base + "/accounts/") and status == 200
+               for url, status in traffic.streams), traffic.streams  # fmt: skip
+    if stack.tls:
+        assert traffic.mixed_content == []
+        assert traffic.plain() == []
 
     # The confirmation email, in the catcher's inbox (a page of its own, on its own port).
     deadline = time.monotonic() + MAIL_WAIT_S
@@ -246,3 +291,34 @@ def test_a_wallet_button_pays_through_the_processors_wallet_token(
     page.locator("[data-status-badge]").filter(has_text="Paid").wait_for()
     shoot("wallet-receipt")
     assert "Google Pay (Visa ending in 4242)" in page.locator("[data-receipt]").inner_text()
+
+
+def test_over_https_a_browser_must_trust_the_certificate_and_plain_http_is_sent_there(
+    tls_stack: Stack, tls_browser: Any, browser: Any
+) -> None:
+    from playwright.sync_api import Error as PlaywrightError
+
+    trusting = tls_browser.new_context(viewport=VIEWPORT)
+    try:
+        page = trusting.new_page()
+        response = page.goto(tls_stack.base + "/signin")
+        assert response is not None
+        assert response.status == 200
+        assert page.url == tls_stack.base + "/signin"
+        assert page.url.startswith("https://")
+        assert response.headers["strict-transport-security"] == "max-age=31536000"
+
+        assert tls_stack.http_redirect is not None
+        page.goto(tls_stack.http_redirect + "/signin?next=/statements")
+        assert page.url == tls_stack.base + "/signin?next=/statements"
+        page.locator("#email").wait_for()
+    finally:
+        trusting.close()
+
+    # The same page in a browser that was not told about the certificate.
+    untrusting = browser.new_context(viewport=VIEWPORT)
+    try:
+        with pytest.raises(PlaywrightError, match="ERR_CERT_AUTHORITY_INVALID"):
+            untrusting.new_page().goto(tls_stack.base + "/signin")
+    finally:
+        untrusting.close()

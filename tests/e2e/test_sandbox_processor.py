@@ -20,6 +20,7 @@ from payportal.engine import DeclineClass, OutcomeKind, classify
 from payportal.processors import InquiryStatus
 from payportal.processors.sandbox import SANDBOX, Faults, create_sandbox_app, fee_minor
 from payportal.processors.sandbox_client import SandboxProcessor
+from payportal.tls import make_dev_cert, server_context
 
 SECRET = "whsec_" + base64.b64encode(b"sandbox-test-secret-32-bytes-long!").decode()
 NEXT_YEAR = dt.date.today().year + 1
@@ -140,6 +141,26 @@ async def test_each_test_card_has_its_documented_outcome(
         # A processing error captures nothing and leaves the key free for the resend.
         assert state.charges == {}
         assert (await processor.inquire("att_1")).inquiry is InquiryStatus.not_found
+
+
+async def test_over_https_the_client_trusts_the_ca_it_is_given_besides_the_systems(
+    aiohttp_server: ServerFactory, tmp_path: Any
+) -> None:
+    made = make_dev_cert(tmp_path)
+    app = create_sandbox_app(webhook_secret=SECRET, callback_url=None)
+    context = server_context(str(made.cert_file), str(made.key_file))
+    url = str((await aiohttp_server(app, ssl=context)).make_url(""))
+    assert url.startswith("https://")
+    async with SandboxProcessor(url, ca_file=str(made.ca_file)) as trusting:
+        token = await trusting.tokenize_test_card("4242424242424242")
+        result = await trusting.charge(token, 1_000, "USD", "tls_1")
+    assert result.outcome is OutcomeKind.succeeded
+    # Without the CA the handshake fails before any request: to the caller, an unknown
+    # outcome (as for a dropped connection), and the sandbox saw no second charge.
+    async with SandboxProcessor(url) as stranger:
+        result = await stranger.charge(token, 1_000, "USD", "tls_2")
+    assert result.outcome is OutcomeKind.unknown
+    assert len(app[SANDBOX].charges) == 1
 
 
 def test_fee_is_2_9_percent_plus_30_rounded_half_up() -> None:

@@ -1,7 +1,8 @@
 """``payportal serve`` terminating TLS with a certificate from ``payportal dev-cert``: the
 API over HTTPS with HSTS, a client that does not trust the CA refused, a forward-secret
-suite for TLS 1.2, plain HTTP on the redirect port sent to HTTPS (method kept), and a
-payment whose processor callback reached the front door over HTTPS."""
+suite for TLS 1.2, plain HTTP on the redirect port sent to HTTPS (method kept), the
+embedded sandbox over HTTPS with the same certificate, and a payment whose processor
+callback reached the front door over HTTPS."""
 
 from __future__ import annotations
 
@@ -102,7 +103,10 @@ def test_serve_over_https_with_a_development_certificate(tmp_path: Path) -> None
         assert payer is not None, served.banner
         _, _, session = _https(port, trusting, "POST", "/v1/payer/sessions",
                                {"email": payer.group(1), "password": payer.group(2)})  # fmt: skip
-        card = json.loads(_sandbox_token(served.sandbox_port))
+        # The sandbox the portal's pages frame is HTTPS too, with the same certificate.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _sandbox_token(served.sandbox_port, ssl.create_default_context())
+        card = json.loads(_sandbox_token(served.sandbox_port, trusting))
         status, _, payment = _https(
             port, trusting, "POST", "/v1/payments",
             {"account": "acct_demo_acme", "amount": 500, "currency": "USD",
@@ -121,8 +125,9 @@ def test_serve_over_https_with_a_development_certificate(tmp_path: Path) -> None
     assert "not delivered" not in served.output()
 
 
-def _sandbox_token(sandbox_port: int) -> str:
-    connection = http.client.HTTPConnection("127.0.0.1", sandbox_port, timeout=30)
+def _sandbox_token(sandbox_port: int, context: ssl.SSLContext) -> str:
+    connection = http.client.HTTPSConnection("127.0.0.1", sandbox_port, context=context,
+                                             timeout=30)  # fmt: skip
     try:
         connection.request("POST", "/v1/tokens", body=json.dumps({
             "type": "card", "number": "4242424242424242", "exp_month": 12, "exp_year": 2035,

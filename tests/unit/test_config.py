@@ -152,6 +152,21 @@ def test_malformed_trusted_proxy_names_the_setting_and_the_bad_entry(tmp_path: P
     )
 
 
+def test_with_tls_the_embedded_sandbox_is_https_too_and_an_external_one_is_kept(
+    tmp_path: Path,
+) -> None:
+    for name in ("cert.pem", "key.pem"):
+        (tmp_path / name).write_text("read when serve starts, not here")
+    tls = {"PAYPORTAL_TLS_CERT_FILE": "cert.pem", "PAYPORTAL_TLS_KEY_FILE": "key.pem"}
+
+    settings = _load(tmp_path, **tls)
+    assert settings.local_url == "https://127.0.0.1:8080"
+    assert settings.sandbox_url == "https://127.0.0.1:8081"
+    assert _load(tmp_path).sandbox_url == "http://127.0.0.1:8081"
+    external = _load(tmp_path, **tls, PAYPORTAL_SANDBOX_URL="http://sandbox.internal:9000/")
+    assert external.sandbox_url == "http://sandbox.internal:9000"
+
+
 def test_malformed_port_message_says_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as raised:
         _load(tmp_path, PAYPORTAL_PORT="abc")
