@@ -110,9 +110,14 @@ def _config(settings: Settings | None, processor_origin: str | None) -> WebConfi
         # The embedded sandbox, reached by the browser on the public host.
         parts = urlsplit(public_url)
         processor_origin = f"{parts.scheme}://{parts.hostname}:{sandbox_port}"
+    configured = getattr(settings, "public_url_configured", None)
+    public_origin = None
+    if configured:
+        parts = urlsplit(configured)
+        public_origin = f"{parts.scheme}://{parts.netloc}"
     return WebConfig(
         secret_key=key, processor_origin=processor_origin.rstrip("/"),
-        public_url=public_url.rstrip("/"),
+        public_url=public_url.rstrip("/"), public_origin=public_origin,
     )  # fmt: skip
 
 

@@ -311,10 +311,10 @@ async def _pay_page(
         ids_ = [m.id for m in methods]
         form.method = default if default in ids_ else (ids_[0] if ids_ else "card")
     config = request.config_dict
-    from .security import WEB_CONFIG
+    from .security import WEB_CONFIG, page_origin
 
     processor = config[WEB_CONFIG].processor_origin
-    origin = f"{request.scheme}://{request.host}"
+    origin = page_origin(request)
     return _render(request, "pay.html", {
         "account": account, "accounts": choices, "balance": balance, "invoices": invoices,
         "today": dt.date.today(), "methods": methods, "default_method": default,
@@ -655,10 +655,10 @@ async def methods_page(request: web.Request, *, error: str | None = None, status
     account, choices = await _chosen(request, session)
     engine = request.app[STORE].engine
     methods = (await queries.list_payment_methods(engine, account.account_id, limit=50)).data
-    from .security import WEB_CONFIG
+    from .security import WEB_CONFIG, page_origin
 
     processor = request.config_dict[WEB_CONFIG].processor_origin
-    origin = f"{request.scheme}://{request.host}"
+    origin = page_origin(request)
     notice = {"added": "Card saved.", "removed": "Payment method removed.",
               "default": "Default payment method changed.", "autopay_on": "Autopay is on.",
               "autopay_off": "Autopay is off."}.get(request.query.get("done", ""))  # fmt: skip

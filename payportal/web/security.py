@@ -95,6 +95,15 @@ class WebConfig(msgspec.Struct, frozen=True, kw_only=True):
     # browser reaches it (``http://127.0.0.1:8081`` for the embedded sandbox).
     processor_origin: str
     public_url: str
+    # PAYPORTAL_PUBLIC_URL's origin when configured: what the browser's address bar shows
+    # behind a TLS-terminating proxy, where the request itself arrives as plain http.
+    public_origin: str | None = None
+
+
+def page_origin(request: web.Request) -> str:
+    """The origin the payer's browser is on: where the card fields post their token."""
+    configured = request.config_dict[WEB_CONFIG].public_origin
+    return configured or f"{request.scheme}://{request.host}"
 
 
 WEB_CONFIG: web.AppKey[WebConfig] = web.AppKey("web_config")
