@@ -42,7 +42,7 @@ __all__ = ["PROCESSORS", "Settings", "SettingsError", "load_settings"]
 PREFIX = "PAYPORTAL_"
 
 # Processor adapters that exist. Real adapters add their name here when they land.
-PROCESSORS = frozenset({"sandbox"})
+PROCESSORS = frozenset({"sandbox", "stripe"})
 
 # 32 characters of a URL-safe token is 192 bits; shorter keys are guessable enough to
 # forge session cookies offline.
@@ -143,6 +143,14 @@ class Settings:
     http_redirect_port: int | None = None
     # A CA the mail sender trusts, besides the system's, for PAYPORTAL_SMTP_URL's server.
     smtp_ca_file: str | None = None
+    # Stripe (PAYPORTAL_PROCESSOR=stripe; docs/processors.md): the API's secret key, the
+    # publishable key Stripe.js gets, and the webhook signing secrets, newest first (two
+    # during a rotation). Required with stripe, ignored otherwise. Never in the repr.
+    stripe_secret_key: str | None = dataclasses.field(default=None, repr=False)
+    stripe_publishable_key: str | None = None
+    stripe_webhook_secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    # Where the SDK sends its requests: Stripe's API, or a Stripe-shaped test server.
+    stripe_api_base: str = "https://api.stripe.com"
 
     @property
     def tls(self) -> bool:
@@ -248,6 +256,7 @@ def load_settings(
             f"({batch_max_items}), got {queue_max}"
         )
     port = _int(raw, "PORT", 8080, 1, 65_535)
+    processor = _processor(raw)
     smtp_url = _smtp_url(raw)
     sandbox_port = _int(raw, "SANDBOX_PORT", 8081, 1, 65_535)
     if sandbox_port == port:
@@ -267,7 +276,7 @@ def load_settings(
         smtp_url=smtp_url,
         shards=_int(raw, "SHARDS", os.cpu_count() or 1, 1, SHARDS_LIMIT),
         secret_key=_secret_key(raw),
-        processor=_processor(raw),
+        processor=processor,
         batch_max_items=batch_max_items,
         batch_max_wait_ms=_int(raw, "BATCH_MAX_WAIT_MS", 2, 0, BATCH_MAX_WAIT_MS_LIMIT),
         queue_max=queue_max,
@@ -289,6 +298,7 @@ def load_settings(
         data_keys=_data_keys(raw, directory),
         **_tls(raw, directory, port),
         smtp_ca_file=_smtp_ca_file(raw, directory, smtp_url),
+        **_stripe(raw, processor),
     )
 
 
@@ -362,6 +372,10 @@ SETTING_NAMES = frozenset(
         "TLS_CA_FILE",
         "HTTP_REDIRECT_PORT",
         "DATA_KEYS",
+        "STRIPE_SECRET_KEY",
+        "STRIPE_PUBLISHABLE_KEY",
+        "STRIPE_WEBHOOK_SECRETS",
+        "STRIPE_API_BASE",
     )
 )
 
@@ -656,6 +670,41 @@ def _processor(raw: Mapping[str, str]) -> str:
             f"got {_shown(value)}"
         )
     return value
+
+
+# What each Stripe credential starts with: a secret or restricted key, a publishable key,
+# a webhook signing secret. A value in the wrong setting is caught at start-up.
+_STRIPE_PREFIXES = {
+    "STRIPE_SECRET_KEY": ("sk_", "rk_"),
+    "STRIPE_PUBLISHABLE_KEY": ("pk_",),
+    "STRIPE_WEBHOOK_SECRETS": ("whsec_",),
+}
+
+
+def _stripe(raw: Mapping[str, str], processor: str) -> dict[str, Any]:
+    """The Stripe settings; with PAYPORTAL_PROCESSOR=stripe each one is required. Errors
+    name the setting and what it should start with, never the value (a secret)."""
+    if processor != "stripe":
+        return {}
+    values: dict[str, Any] = {}
+    for key, prefixes in _STRIPE_PREFIXES.items():
+        value = raw.get(PREFIX + key)
+        if value is None:
+            raise SettingsError(f"{PREFIX}{key}: needed with {PREFIX}PROCESSOR=stripe")
+        items = [item.strip() for item in value.split(",")] if key.endswith("S") else [value]
+        for item in items:
+            if not item.startswith(prefixes) or len(item) <= len(prefixes[0]) or any(
+                c.isspace() for c in item
+            ):
+                raise SettingsError(
+                    f"{PREFIX}{key}: must start with {' or '.join(prefixes)} "
+                    f"(the value is not shown)"
+                )
+        values[key.lower()] = tuple(items) if key.endswith("S") else value
+    url = _url(raw, "STRIPE_API_BASE", ("http", "https"), host_required=True)
+    if url is not None:
+        values["stripe_api_base"] = url.rstrip("/")
+    return values
 
 
 def _billing_timezone(raw: Mapping[str, str]) -> str:

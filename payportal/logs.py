@@ -63,8 +63,9 @@ _SEPARATORS: Final = re.compile(r"[ -]")
 _EPOCH_S_MIN: Final = 946_684_800
 _EPOCH_S_MAX: Final = 2_208_988_800
 # Our credentials and the processor's: API keys, payer/portal/console sessions, reset
-# and invitation links, card tokens, webhook secrets.
-_PREFIXED: Final = re.compile(r"\b(sk|pt|ps|rs|iv|cs|tok)_[A-Za-z0-9_-]{6,}")
+# and invitation links, card tokens, webhook secrets; Stripe's restricted keys and its
+# Customer ids (sensitive: docs/processors.md "What is sealed").
+_PREFIXED: Final = re.compile(r"\b(sk|pt|ps|rs|iv|cs|tok|rk|cus)_[A-Za-z0-9_-]{6,}")
 _WEBHOOK_SECRET: Final = re.compile(r"whsec_[A-Za-z0-9+/=_-]+")
 _BEARER: Final = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 # "password": "…", 'token': '…', password=…, cvc: 123 in any text (a JSON, repr or

@@ -108,8 +108,13 @@ async def _serve(
 
         advertised = advertise_local_ray(settings.var_dir)
     janitor = None
+    stripe = settings.processor == "stripe"
+    if stripe:
+        # Stripe charges from the front door; no sandbox is started. The shards' retry
+        # janitor speaks only to the sandbox today (docs/processors.md "Not yet").
+        sandbox = False
     # An external sandbox (PAYPORTAL_SANDBOX_URL) is used as the embedded one would be.
-    charging = sandbox or settings.sandbox_external
+    charging = (sandbox or settings.sandbox_external) and not stripe
     if charging:
         from payportal.actors.cluster import ShardJanitor
 
@@ -161,6 +166,11 @@ async def _serve(
         from payportal.processors.sandbox_client import SandboxProcessor
 
         processor = SandboxProcessor.from_settings(settings)
+    elif stripe:
+        from payportal.processors.stripe import StripeProcessor
+
+        processor = StripeProcessor.from_settings(settings)
+        started.append(f"processor    stripe ({settings.stripe_api_base})")
 
     from payportal.live import StatusPublisher, open_status_streams
 
@@ -286,6 +296,12 @@ async def _front_door(
     install_web(app, settings=settings)
     # Each process's own counters are told apart by this label (payportal.metrics).
     app[METRICS].worker = str(worker)
+    if settings.processor == "stripe":
+        from payportal.http.stripe_callbacks import add_stripe_callback_routes
+
+        # Before the sandbox's route, whose {processor} segment would match "stripe".
+        add_stripe_callback_routes(app, store=store, router=router, client=processor.client,
+                                   secrets=settings.stripe_webhook_secrets)  # fmt: skip
     add_callback_routes(
         app, store=store, router=router, secrets={"sandbox": [sandbox_webhook_secret(settings)]}
     )
@@ -436,8 +452,12 @@ async def _worker(
     )
     router.follow_balances()
     store = await Store.connect(settings.database_url)
-    processor = None
-    if sandbox:
+    processor: Any = None
+    if settings.processor == "stripe":
+        from payportal.processors.stripe import StripeProcessor
+
+        processor = StripeProcessor.from_settings(settings)
+    elif sandbox:
         from payportal.processors.sandbox_client import SandboxProcessor
 
         processor = SandboxProcessor.from_settings(settings)

@@ -28,7 +28,9 @@ resolved exception stays resolved. ``open_exceptions`` lists the queue for the c
 The grace time covers the moment between the processor capturing a charge and our books
 recording it (and back): nothing younger is called missing or unknown yet. A report says
 from when it covers charges (``covers_from``; the sandbox keeps charges in memory and
-covers only its own lifetime); captures of ours before that are not expected in it.
+covers only its own lifetime); captures of ours before that are not expected in it. It may
+also say until when (``covers_until``; Stripe pays a charge out days after capturing it):
+captures of ours after that are not called missing yet.
 """
 
 from __future__ import annotations
@@ -313,8 +315,11 @@ async def reconcile(
     matched, found = _check_lines(lines, payouts, payments, processor=processor,
                                   young_after_s=(now_ms - grace_ms) // 1000)  # fmt: skip
     reported = {line.charge for line in lines}
+    captured_before_ms = now_ms - grace_ms
+    if report.covers_until is not None:
+        captured_before_ms = min(captured_before_ms, report.covers_until * 1000)
     unsettled = await _unsettled_captures(
-        engine, processor, report.covers_from * 1000, now_ms - grace_ms
+        engine, processor, report.covers_from * 1000, captured_before_ms
     )
     for charge_id, payment in unsettled:
         if charge_id not in reported:

@@ -215,6 +215,10 @@ def create_app(
 
         # Opens no connection until the first charge, inside the running loop.
         processor = owned = SandboxProcessor.from_settings(settings)
+    elif processor is None and settings is not None and settings.processor == "stripe":
+        from payportal.processors.stripe import StripeProcessor
+
+        processor = owned = StripeProcessor.from_settings(settings)
     app[PROCESSOR] = processor
 
     methods = app[METHODS] = PaymentMethods(store.engine)

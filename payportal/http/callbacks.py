@@ -261,6 +261,12 @@ class _Receiver:
 
     # -- the effect ---------------------------------------------------------------------
 
+    async def apply(self, processor: str, event_id: str, body: CallbackBody) -> bool:
+        """Apply a verified event in the sandbox's vocabulary (other processors' receivers
+        translate theirs into it: ``stripe_callbacks``); True when a duplicate. Raises
+        ``_Refused`` (503) when it cannot be applied now."""
+        return await self._apply(processor, event_id, body)
+
     async def _apply(self, processor: str, event_id: str, body: CallbackBody) -> bool:
         """Apply the event; True when the engine had it already (a duplicate)."""
         data = body.data

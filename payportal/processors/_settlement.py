@@ -95,6 +95,9 @@ class SettlementReport(msgspec.Struct, frozen=True, kw_only=True):
     payouts: list[Payout]
     # Unix seconds: charges captured before this are not in the report, whatever they were.
     covers_from: int = 0
+    # Unix seconds: charges captured after this are not expected in the report yet (a
+    # processor that pays out days after capture); None: every capture is.
+    covers_until: int | None = None
 
 
 class Payout(msgspec.Struct, frozen=True, kw_only=True):

@@ -14,10 +14,14 @@ import logging
 from typing import Final
 
 from payportal.engine import OutcomeKind, Payment
+from payportal.engine.retry_policy import Initiator
 
 from .adapter import ChargeResult, ProcessorAdapter, ProcessorRequestError
 
-__all__ = ["DECLINE_CODE_METHOD_UNAVAILABLE", "METADATA_PAYMENT", "charge_attempt"]
+__all__ = [
+    "DECLINE_CODE_METHOD_UNAVAILABLE", "INITIATOR_MERCHANT", "METADATA_INITIATOR",
+    "METADATA_PAYMENT", "charge_attempt", "initiator_of",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,12 @@ log = logging.getLogger(__name__)
 DECLINE_CODE_METHOD_UNAVAILABLE: Final = "payment_method_unavailable"
 # The charge's metadata key that names our payment; callbacks carry it back.
 METADATA_PAYMENT: Final = "payment"
+# Who starts this attempt: ``merchant`` (autopay, and every retry the portal makes on its
+# own) or ``customer`` (the payer's own first attempt). A processor that knows the
+# difference (Stripe's ``off_session``) reads it here; it is a function of the attempt
+# alone, so a re-send under the same idempotency key sends the same request.
+METADATA_INITIATOR: Final = "initiator"
+INITIATOR_MERCHANT: Final = "merchant"
 
 
 async def charge_attempt(
@@ -45,10 +55,20 @@ async def charge_attempt(
         async with asyncio.timeout(timeout_s):
             return await processor.charge(
                 token, payment.amount_minor, payment.currency, idempotency_key=attempt_id,
-                metadata={METADATA_PAYMENT: payment.payment_id},
+                metadata={METADATA_PAYMENT: payment.payment_id,
+                          METADATA_INITIATOR: initiator_of(payment, attempt_id)},
             )  # fmt: skip
     except TimeoutError:
         return ChargeResult(outcome=OutcomeKind.unknown)
     except ProcessorRequestError:
         log.exception("processor refused the charge for attempt %s", attempt_id)
         return ChargeResult(outcome=OutcomeKind.unknown)
+
+
+def initiator_of(payment: Payment, attempt_id: str) -> str:
+    """``merchant`` for a merchant-initiated payment and for every attempt after the
+    first (the janitor's retries: the payer is not there); else ``customer``."""
+    first = payment.attempts[0].attempt_id if payment.attempts else attempt_id
+    if payment.initiator is Initiator.merchant or attempt_id != first:
+        return Initiator.merchant.value
+    return Initiator.customer.value

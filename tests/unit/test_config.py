@@ -104,7 +104,7 @@ MALFORMED = [
     ("PAYPORTAL_SHARDS", "0"),
     ("PAYPORTAL_SHARDS", "many"),
     ("PAYPORTAL_SECRET_KEY", "short"),
-    ("PAYPORTAL_PROCESSOR", "stripe"),
+    ("PAYPORTAL_PROCESSOR", "adyen"),
     ("PAYPORTAL_BATCH_MAX_ITEMS", "0"),
     ("PAYPORTAL_BATCH_MAX_WAIT_MS", "2.5"),
     ("PAYPORTAL_BATCH_MAX_WAIT_MS", "-1"),
