@@ -152,6 +152,19 @@ class Settings:
     # Where the SDK sends its requests: Stripe's API, or a Stripe-shaped test server.
     stripe_api_base: str = "https://api.stripe.com"
 
+    def export_stripe_settings(self) -> None:
+        """Put the Stripe settings into this process's environment, for the processes it
+        starts (local Ray's shard workers run the retry janitor, which charges too)."""
+        values = {
+            "PROCESSOR": self.processor, "STRIPE_SECRET_KEY": self.stripe_secret_key,
+            "STRIPE_PUBLISHABLE_KEY": self.stripe_publishable_key,
+            "STRIPE_WEBHOOK_SECRETS": ",".join(self.stripe_webhook_secrets) or None,
+            "STRIPE_API_BASE": self.stripe_api_base,
+        }  # fmt: skip
+        for key, value in values.items():
+            if value is not None:
+                os.environ[PREFIX + key] = value
+
     @property
     def tls(self) -> bool:
         return self.tls_cert_file is not None

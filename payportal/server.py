@@ -101,6 +101,10 @@ async def _serve(
         started.append("data keys    development keys in var/keys/data-keys "
                        "(set PAYPORTAL_DATA_KEYS in production)")
 
+    if settings.processor == "stripe":
+        # The shards' retry janitors read the keys from their own settings: local Ray
+        # workers inherit this environment (a .env file's values included).
+        settings.export_stripe_settings()
     connect_ray(settings.ray_address)
     advertised = None
     if settings.ray_address is None:
@@ -110,12 +114,10 @@ async def _serve(
     janitor = None
     stripe = settings.processor == "stripe"
     if stripe:
-        # Stripe charges from the front door; no sandbox is started. The shards' retry
-        # janitor speaks only to the sandbox today (docs/processors.md "Not yet").
-        sandbox = False
+        sandbox = False  # Stripe charges; no sandbox is started
     # An external sandbox (PAYPORTAL_SANDBOX_URL) is used as the embedded one would be.
     charging = (sandbox or settings.sandbox_external) and not stripe
-    if charging:
+    if charging or stripe:
         from payportal.actors.cluster import ShardJanitor
 
         janitor = ShardJanitor(
@@ -123,6 +125,7 @@ async def _serve(
             processor_ca_file=settings.tls_ca_file,
             shards=settings.shards,
             interval_ms=JANITOR_INTERVAL_MS,
+            processor=settings.processor,
         )
     handles = ensure_shards(
         settings.shards,

@@ -60,6 +60,10 @@ class ShardJanitor(msgspec.Struct, frozen=True, kw_only=True):
     # PAYPORTAL_TLS_CA_FILE for an https processor; the path must exist where shards run.
     processor_ca_file: str | None = None
     shards: int
+    # PAYPORTAL_PROCESSOR. For "stripe" the shard process reads its keys from its own
+    # settings (serve exports them to the environment local Ray workers inherit; on a
+    # cluster every node sets them): a secret never travels in an actor's arguments.
+    processor: str = "sandbox"
     deployment: str = "default"
     interval_ms: int = 1_000
 
@@ -67,6 +71,17 @@ class ShardJanitor(msgspec.Struct, frozen=True, kw_only=True):
 # A janitor that fails waits this long before it starts again, so a database outage is
 # not turned into a busy loop.
 JANITOR_RESTART_MS = 5_000
+
+
+def _janitor_processor(janitor: ShardJanitor) -> Any:
+    if janitor.processor == "stripe":
+        from payportal.config import load_settings
+        from payportal.processors.stripe import StripeProcessor
+
+        return StripeProcessor.from_settings(load_settings())
+    from payportal.processors.sandbox_client import SandboxProcessor
+
+    return SandboxProcessor(janitor.processor_url, ca_file=janitor.processor_ca_file)
 
 
 @ray.remote
@@ -102,8 +117,6 @@ class AccountShard:
             )
 
     async def _run_janitor(self, janitor: ShardJanitor) -> None:
-        from payportal.processors.sandbox_client import SandboxProcessor
-
         from .janitor import RetryJanitor
         from .router import ShardRouter
 
@@ -112,9 +125,7 @@ class AccountShard:
             try:
                 core = await self._ready()
                 router = ShardRouter(get_shards(janitor.shards, janitor.deployment))
-                processor = SandboxProcessor(
-                    janitor.processor_url, ca_file=janitor.processor_ca_file
-                )
+                processor = _janitor_processor(janitor)
                 self._janitor = RetryJanitor(
                     router, core.store, processor, clock_ms=self._now_ms,
                     shard_ids=[self._shard_id],
