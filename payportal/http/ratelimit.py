@@ -66,6 +66,7 @@ __all__ = [
     "KEY_PREFIX",
     "RateLimits",
     "client_address",
+    "email_key",
     "install_rate_limits",
     "rate_limit_middleware",
 ]
@@ -293,9 +294,7 @@ class RateLimits:
         email = await _login_email(request)
         if email is None:  # the handler answers 400
             return await handler(request)
-        # Keyed (the database's index key): an unkeyed hash of an address in Redis is
-        # undone by hashing a list of addresses.
-        email_id = blind_index(request.app[STORE].engine, "login.email", email)
+        email_id = email_key(request, email)
         # Decided before the password is looked at, and without knowing whether the email
         # exists: a locked email answers the same, right password or not, known or not.
         await self.refuse_if_full(LOGIN_LOCKOUT, "login-lock", email_id, message=TOO_MANY_LOGINS)
@@ -468,6 +467,13 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if login:
         return await limits.guard_login(request, handler, address)
     return await handler(request)
+
+
+def email_key(request: web.Request, email: str) -> str:
+    """What the limits count an address under, in Redis: keyed (the database's index
+    key), since an unkeyed hash of an address is undone by hashing a list of addresses.
+    The API and the portal's sign-in share it, so one lock holds for both."""
+    return blind_index(request.app[STORE].engine, "login.email", email)
 
 
 def install_rate_limits(

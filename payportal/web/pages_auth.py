@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from typing import Final
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
@@ -39,6 +38,7 @@ from payportal.http.ratelimit import (
     TOO_MANY_LOGINS,
     RateLimits,
     client_address,
+    email_key,
     mask_email,
 )
 from payportal.http.typedefs import RATE_LIMITS, STORE, TASKS
@@ -123,10 +123,6 @@ def _see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
-def _email_id(email: str) -> str:
-    return hashlib.sha256(email.encode()).hexdigest()
-
-
 def _limits(request: web.Request) -> RateLimits | None:
     return request.app.get(RATE_LIMITS)
 
@@ -171,7 +167,7 @@ async def _guarded_check(request: web.Request, email: str, password: str) -> str
     """The payer id if the password is right; raises the lockout's ApiError (429)."""
     engine = request.app[STORE].engine
     limits = _limits(request)
-    email_id = _email_id(email)
+    email_id = email_key(request, email)
     address = "" if limits is None else client_address(request, limits.trusted_proxies)
     if limits is not None:
         # Decided before the password is looked at, known email or not (as the API does).
@@ -284,7 +280,7 @@ async def reset_request(request: web.Request) -> web.Response:
     allowed = True
     if limits is not None:
         try:
-            await limits.hit(RESET_MAILS_PER_HOUR, "reset-email", _email_id(email))
+            await limits.hit(RESET_MAILS_PER_HOUR, "reset-email", email_key(request, email))
         except ApiError:
             allowed = False  # same answer: the limit must not reveal the email either
     engine = request.app[STORE].engine
