@@ -113,6 +113,9 @@ def _config(settings: Settings | None, processor_origin: str | None) -> WebConfi
     return WebConfig(
         secret_key=key, processor_origin=processor_origin.rstrip("/"),
         public_url=public_url.rstrip("/"),
+        # Read with getattr: the Stripe settings arrive with the Stripe adapter.
+        processor=getattr(settings, "processor", "sandbox"),
+        stripe_publishable_key=getattr(settings, "stripe_publishable_key", None),
     )  # fmt: skip
 
 
