@@ -118,6 +118,8 @@ def _config(settings: Settings | None, processor_origin: str | None) -> WebConfi
     return WebConfig(
         secret_key=key, processor_origin=processor_origin.rstrip("/"),
         public_url=public_url.rstrip("/"), public_origin=public_origin,
+        processor=getattr(settings, "processor", "sandbox"),
+        stripe_publishable_key=getattr(settings, "stripe_publishable_key", None),
     )  # fmt: skip
 
 

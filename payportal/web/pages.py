@@ -296,6 +296,20 @@ class PayForm(msgspec.Struct, kw_only=True):
     errors: dict[str, str] = {}
 
 
+def card_entry(request: web.Request, currency: str) -> dict[str, Any]:
+    """What the card-entry macro needs: Stripe's publishable key when the portal runs on
+    Stripe (its Payment Element), else the sandbox's hosted fields' URL."""
+    from .security import WEB_CONFIG, page_origin
+
+    config = request.config_dict[WEB_CONFIG]
+    origin = page_origin(request)
+    return {
+        "stripe_key": config.stripe_publishable_key if config.uses_stripe_js else None,
+        "fields_url": f"{config.processor_origin}/v1/hosted/card-fields?origin={origin}",
+        "currency": currency, "decimals": CURRENCY_EXPONENTS.get(currency, 2),
+    }
+
+
 async def _pay_page(
     request: web.Request, session: sessions.BrowserSession, account: AccountChoice,
     choices: list[AccountChoice], form: PayForm | None = None, *, status: int = 200,
@@ -310,16 +324,14 @@ async def _pay_page(
     if not form.method:
         ids_ = [m.id for m in methods]
         form.method = default if default in ids_ else (ids_[0] if ids_ else "card")
-    config = request.config_dict
-    from .security import WEB_CONFIG, page_origin
+    from .security import WEB_CONFIG
 
-    processor = config[WEB_CONFIG].processor_origin
-    origin = page_origin(request)
+    processor = request.config_dict[WEB_CONFIG].processor_origin
     return _render(request, "pay.html", {
         "account": account, "accounts": choices, "balance": balance, "invoices": invoices,
         "today": dt.date.today(), "methods": methods, "default_method": default,
         "form": form, "idempotency_key": secrets.token_urlsafe(18),
-        "card_fields_url": f"{processor}/v1/hosted/card-fields?origin={origin}",
+        "card": card_entry(request, account.currency),
         "processor_origin": processor, "method_label": method_label,
         "amount_input": amount_input,
     }, status=status)  # fmt: skip
@@ -369,9 +381,15 @@ def _digits(text: str) -> bool:
 
 
 # What the processor's hosted fields put in the form: a token, a brand name, digits.
-_TOKEN: Final = re.compile(r"tok_[A-Za-z0-9_]{1,200}")
+# The sandbox's card tokens, or the PaymentMethod id Stripe's Payment Element creates.
+_TOKEN: Final = re.compile(r"(tok|pm)_[A-Za-z0-9_]{1,200}")
 _BRAND: Final = re.compile(r"[a-z0-9 _-]{1,32}")
 _CARD_FACT: Final = re.compile(r"[0-9]{0,4}")
+# Only a page without JavaScript (or a forged form) posts a new card without its token.
+NEW_CARD_MISSING: Final = (
+    "Type your card into the secure card form and choose Pay again. The form needs "
+    "JavaScript; without it, pay with a saved payment method."
+)
 _SAVED_METHOD: Final = re.compile(r"pm_[A-Za-z0-9_]{1,60}")
 
 
@@ -381,7 +399,7 @@ async def _new_method(
     """Record a token from the hosted fields or a wallet; (payment method id, error)."""
     token = _form_str(form, "token")
     if _TOKEN.fullmatch(token) is None:
-        return None, "Enter your card details and choose “Use this card” first."
+        return None, NEW_CARD_MISSING
     wallet = _form_str(form, "wallet") or None
     if wallet is not None and wallet not in WALLET_NAMES:
         return None, "That wallet is not supported."
@@ -394,7 +412,7 @@ async def _new_method(
     if (_BRAND.fullmatch(brand) is None or _CARD_FACT.fullmatch(last4) is None
             or _CARD_FACT.fullmatch(exp_month) is None
             or _CARD_FACT.fullmatch(exp_year) is None):  # fmt: skip
-        return None, "Enter your card details and choose “Use this card” first."
+        return None, NEW_CARD_MISSING
     method_id = ids.derived_id("pm", account_id, token)
     # A double submit inserts the same row twice at once; the loser finds it there.
     with contextlib.suppress(sa.exc.IntegrityError):
@@ -655,10 +673,6 @@ async def methods_page(request: web.Request, *, error: str | None = None, status
     account, choices = await _chosen(request, session)
     engine = request.app[STORE].engine
     methods = (await queries.list_payment_methods(engine, account.account_id, limit=50)).data
-    from .security import WEB_CONFIG, page_origin
-
-    processor = request.config_dict[WEB_CONFIG].processor_origin
-    origin = page_origin(request)
     notice = {"added": "Card saved.", "removed": "Payment method removed.",
               "default": "Default payment method changed.", "autopay_on": "Autopay is on.",
               "autopay_off": "Autopay is off."}.get(request.query.get("done", ""))  # fmt: skip
@@ -666,7 +680,7 @@ async def methods_page(request: web.Request, *, error: str | None = None, status
         "account": account, "accounts": choices, "methods": methods,
         "default_method": await sessions.default_method(engine, account.account_id),
         "method_label": method_label, "error": error, "notice": notice,
-        "card_fields_url": f"{processor}/v1/hosted/card-fields?origin={origin}",
+        "card": card_entry(request, account.currency),
         "autopay": await _autopay_state(request, account.account_id),
     }, status=status)  # fmt: skip
 

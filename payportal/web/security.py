@@ -95,9 +95,17 @@ class WebConfig(msgspec.Struct, frozen=True, kw_only=True):
     # browser reaches it (``http://127.0.0.1:8081`` for the embedded sandbox).
     processor_origin: str
     public_url: str
+    # PAYPORTAL_PROCESSOR; with "stripe" and a publishable key, new cards are typed into
+    # Stripe's Payment Element and the CSP allows what Stripe.js needs.
+    processor: str = "sandbox"
+    stripe_publishable_key: str | None = None
     # PAYPORTAL_PUBLIC_URL's origin when configured: what the browser's address bar shows
     # behind a TLS-terminating proxy, where the request itself arrives as plain http.
     public_origin: str | None = None
+
+    @property
+    def uses_stripe_js(self) -> bool:
+        return self.processor == "stripe" and bool(self.stripe_publishable_key)
 
 
 def page_origin(request: web.Request) -> str:
@@ -229,11 +237,25 @@ def clear_session_cookie(request: web.Request, response: web.StreamResponse) -> 
     delete_cookie(response, SESSION_COOKIE)
 
 
+# What Stripe.js and its Payment Element need, from Stripe's security guide: its script
+# (and the scripts it loads from its subdomains), its frames (hooks.stripe.com for the
+# pages of payment methods that redirect, 3-D Secure's included), and its API. Nothing
+# for the Address Element's autocomplete (maps.googleapis.com): the portal does not use it.
+STRIPE_SCRIPT_SRC: Final = "https://js.stripe.com https://*.js.stripe.com"
+STRIPE_FRAME_SRC: Final = "https://js.stripe.com https://*.js.stripe.com https://hooks.stripe.com"
+STRIPE_CONNECT_SRC: Final = "https://api.stripe.com"
+
+
 def content_security_policy(request: web.Request) -> str:
-    processor = request.config_dict[WEB_CONFIG].processor_origin
+    config = request.config_dict[WEB_CONFIG]
+    scripts, frames, connect = "", config.processor_origin, f"'self' {config.processor_origin}"
+    if config.uses_stripe_js:
+        scripts = f" {STRIPE_SCRIPT_SRC}"
+        frames = STRIPE_FRAME_SRC
+        connect = f"'self' {STRIPE_CONNECT_SRC}"
     return (
-        f"default-src 'self'; script-src 'nonce-{csp_nonce(request)}'; style-src 'self'; "
-        f"img-src 'self' data:; connect-src 'self' {processor}; frame-src {processor}; "
+        f"default-src 'self'; script-src 'nonce-{csp_nonce(request)}'{scripts}; "
+        f"style-src 'self'; img-src 'self' data:; connect-src {connect}; frame-src {frames}; "
         "form-action 'self'; base-uri 'none'; object-src 'none'; frame-ancestors 'none'"
     )
 

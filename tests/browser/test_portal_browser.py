@@ -110,9 +110,8 @@ def pay_with_new_card(page: Any, stack: Stack, amount: str, card_number: str) ->
     page.keyboard.press("Tab")
     assert frame.evaluate("document.activeElement.autocomplete") == "cc-csc"
     page.keyboard.type("123")
-    page.keyboard.press("Enter")  # "Use this card": the processor returns a token
-    page.locator("[data-card-ready]").filter(has_text=f"ending in {card_number[-4:]}").wait_for()
-    assert _focused(page, "#pay-button")
+    # One action: Pay has the processor tokenize the card, then submits the form.
+    tab_to(page, "#pay-button")
     page.keyboard.press("Enter")
     page.wait_for_url("**/payments/pay_**")
 
@@ -322,3 +321,54 @@ def test_over_https_a_browser_must_trust_the_certificate_and_plain_http_is_sent_
             untrusting.new_page().goto(tls_stack.base + "/signin")
     finally:
         untrusting.close()
+
+
+def test_a_card_field_error_shows_beside_the_field_and_a_double_click_pays_once(
+    page: Any, stack: Stack, shoot: Any
+) -> None:
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    sign_in(page, stack)
+    page.goto("/pay")
+    page.fill("#amount", "7.00")
+    page.check("#method-card")
+    fields = page.frame_locator("iframe[data-card-frame]")
+    fields.locator("#cc-number").fill("4242 4242 4242 4241")  # fails Luhn's check
+    fields.locator("#cc-exp").fill("12 / 35")
+    fields.locator("#cc-csc").fill("123")
+    page.click("#pay-button")
+    number = fields.locator("#cc-number[aria-invalid=true]")
+    number.wait_for()
+    frame = next(f for f in page.frames if "/v1/hosted/card-fields" in f.url)
+    assert frame.evaluate("document.activeElement.id") == "cc-number"
+    assert _focused(page, "iframe[data-card-frame]")  # the keyboard is in the field
+    described = frame.evaluate(
+        "document.getElementById(document.activeElement.getAttribute('aria-describedby'))"
+        ".textContent"
+    )
+    assert "card number is incorrect" in described
+    assert page.url.endswith("/pay")
+    shoot("card-field-error")
+
+    # Typing on from the field: its error goes once Pay is pressed again.
+    page.keyboard.press("Control+A")
+    page.keyboard.type("4242 4242 4242 4242")
+    posts.clear()
+    page.dblclick("#pay-button")
+    page.wait_for_url("**/payments/pay_**")
+    page.locator("[data-status-badge]").filter(has_text="Paid").wait_for()
+    assert sum(url.endswith("/v1/tokens") for url in posts) == 1, posts
+    assert sum(url.endswith("/pay") for url in posts) == 1, posts
+
+
+def test_enter_in_a_card_field_pays(page: Any, stack: Stack) -> None:
+    sign_in(page, stack)
+    page.goto("/pay")
+    page.fill("#amount", "6.00")
+    page.check("#method-card")
+    fields = page.frame_locator("iframe[data-card-frame]")
+    fields.locator("#cc-number").fill("4242 4242 4242 4242")
+    fields.locator("#cc-exp").fill("12 / 35")
+    fields.locator("#cc-csc").fill("123")
+    fields.locator("#cc-csc").press("Enter")
+    page.wait_for_url("**/payments/pay_**")

@@ -11,7 +11,7 @@ on a browser-like client (a cookie jar of its own), so pages and API share one s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,6 +30,7 @@ from payportal.persistence.keys import create_api_key_async
 from payportal.processors.sandbox import SANDBOX, Faults, create_sandbox_app
 from payportal.processors.sandbox_client import SandboxProcessor
 from payportal.web import install_web
+from payportal.web.security import WEB_CONFIG, WebConfig
 from tests import artifacts
 
 from .api_harness import SECRET, Api, DirectHandle
@@ -69,10 +70,13 @@ class FrontDoor:
 
 
 @asynccontextmanager
-async def serving_front_door(database_url: str, aiohttp_server: Any, *,
-                             rate_limits_scale: int = 1) -> AsyncIterator[FrontDoor]:  # fmt: skip
+async def serving_front_door(
+    database_url: str, aiohttp_server: Any, *, rate_limits_scale: int = 1,
+    web_config: Callable[[WebConfig], WebConfig] | None = None,
+) -> AsyncIterator[FrontDoor]:  # fmt: skip
     """The front door on ``database_url``; ``rate_limits_scale`` multiplies every
-    request-rate limit (never the login lockout), as PAYPORTAL_RATE_LIMITS_SCALE does."""
+    request-rate limit (never the login lockout), as PAYPORTAL_RATE_LIMITS_SCALE does;
+    ``web_config`` changes what the pages are told of the deployment (the processor)."""
     store = await Store.connect(database_url)
     sandbox_app = create_sandbox_app(callback_url=None, webhook_secret=SECRET, faults=Faults())
     sandbox_server: TestServer = await aiohttp_server(sandbox_app, host="127.0.0.1")
@@ -87,6 +91,8 @@ async def serving_front_door(database_url: str, aiohttp_server: Any, *,
     app[STATUS_STREAMS] = streams
     app[LIVE_WAIT_S] = LIVE_WAIT_S_TESTS
     install_web(app, settings=None, processor_origin=sandbox_url)
+    if web_config is not None:
+        app[WEB_CONFIG] = web_config(app[WEB_CONFIG])
     add_callback_routes(app, store=store, router=router, secrets={"sandbox": [SECRET]})
     artifacts.keep_documents(app)
     server = TestServer(app, host="127.0.0.1", access_log=None)

@@ -1,5 +1,5 @@
 // Payment portal: small progressive enhancements; every page works without them except
-// typing a new card, which lives in the processor's iframe.
+// typing a new card, which lives in the processor's frame (or Stripe's Payment Element).
 (function () {
   "use strict";
 
@@ -25,7 +25,10 @@
   }
   function decimalsOf(text) { var p = String(text).split("."); return p.length > 1 ? p[1].length : 0; }
 
-  // -- card fields (pay page and methods page) ---------------------------------------------
+  // -- card forms (pay page and methods page) ----------------------------------------------
+  // Pay (or Save) is one action, as with Stripe's Payment Element: the button asks the
+  // processor's own fields for a token, then submits the form with it. Card data stays in
+  // the processor's frame; this page only ever holds the token and what may be printed.
   function setToken(form, data, walletName) {
     $("[data-token]", form).value = data.token;
     $("[data-brand]", form).value = data.brand || "";
@@ -36,23 +39,110 @@
     if (wallet) { wallet.value = walletName || ""; }
   }
 
-  function cardFields(form) {
+  // Long enough for a slow processor, short enough that a lost frame is noticed.
+  var TOKENIZE_TIMEOUT_MS = 20000;
+
+  // The sandbox's hosted fields in an iframe, driven by postMessage
+  // (processors/_hosted_fields.py). Returns tokenize() → Promise of the token's fields.
+  function hostedFields(form, onSubmitRequest) {
     var frame = $("[data-card-frame]", form);
-    if (!frame) { return; }
+    if (!frame) { return null; }
     var processor = new URL(frame.src).origin;
-    var ready = $("[data-card-ready]", form);
+    var pending = null;
     window.addEventListener("message", function (event) {
       if (event.origin !== processor || !event.data || event.source !== frame.contentWindow) { return; }
-      if (event.data.type === "payportal.card_token") {
-        setToken(form, event.data, "");
-        var brand = (event.data.brand || "card").replace(/^./, function (c) { return c.toUpperCase(); });
-        ready.textContent = brand + " ending in " + event.data.last4 + " is ready.";
-        if (form.hasAttribute("data-auto-submit-token")) { form.submit(); return; }
-        var pay = $("#pay-button", form);
-        if (pay) { pay.focus(); }
-      } else if (event.data.type === "payportal.card_error") {
-        ready.textContent = "";
+      var data = event.data;
+      if (data.type === "payportal.card_submit") { onSubmitRequest(); return; }
+      // Only the answer to a tokenize request settles it.
+      if (!pending || (data.type !== "payportal.card_token" && data.type !== "payportal.card_error")) { return; }
+      var settle = pending;
+      pending = null;
+      clearTimeout(settle.timer);
+      if (data.type === "payportal.card_token") { settle.resolve(data); }
+      else if (data.type === "payportal.card_error") {
+        // The frame shows the message beside its field; the keyboard (and a screen
+        // reader) goes there: first into the frame, then, inside it, to the field.
+        frame.focus();
+        frame.contentWindow.postMessage({type: "payportal.card_focus"}, processor);
+        settle.reject(new Error(data.message || "Check the card details."));
       }
+    });
+    return function tokenize() {
+      return new Promise(function (resolve, reject) {
+        pending = {resolve: resolve, reject: reject, timer: setTimeout(function () {
+          pending = null;
+          reject(new Error("The secure card form did not answer. Try again."));
+        }, TOKENIZE_TIMEOUT_MS)};
+        frame.contentWindow.postMessage({type: "payportal.card_tokenize"}, processor);
+      });
+    };
+  }
+
+  // Stripe's Payment Element (when the portal runs on Stripe). Errors are shown by the
+  // Element beside its own fields; the payment method it creates is the token.
+  function paymentElement(form, amountMinor) {
+    var mount = $("[data-stripe-element]", form);
+    if (!mount || !window.Stripe) { return null; }
+    var stripe = window.Stripe(mount.getAttribute("data-stripe-key"));
+    var options = {mode: mount.getAttribute("data-mode") || "payment",
+                   currency: mount.getAttribute("data-currency"),
+                   paymentMethodCreation: "manual"};
+    if (options.mode === "payment") { options.amount = amountMinor() || 1; }
+    var elements = stripe.elements(options);
+    elements.create("payment").mount(mount);
+    form.addEventListener("input", function () {
+      if (options.mode === "payment" && amountMinor()) { elements.update({amount: amountMinor()}); }
+    });
+    return function tokenize() {
+      return elements.submit().then(function (checked) {
+        if (checked.error) { throw new Error(checked.error.message); }
+        return stripe.createPaymentMethod({elements: elements});
+      }).then(function (created) {
+        if (created.error) { throw new Error(created.error.message); }
+        var card = created.paymentMethod.card || {};
+        return {token: created.paymentMethod.id, brand: card.brand, last4: card.last4,
+                exp_month: card.exp_month, exp_year: card.exp_year};
+      });
+    };
+  }
+
+  // needsCard(): whether this submission pays with a card still to be typed.
+  function cardForm(form, needsCard, amountMinor) {
+    var button = $("[data-card-submit]", form);
+    var status = $("[data-card-status]", form);
+    if (!button) { return; }
+    var label = button.textContent;
+    var sending = false;
+    var tokenize = paymentElement(form, amountMinor) || hostedFields(form, function () {
+      if (needsCard()) { button.click(); }
+    });
+    function busy(text) { button.disabled = true; button.textContent = text; }
+    form.addEventListener("submit", function (event) {
+      // A second click, or Enter pressed again, while the first is on its way.
+      if (sending) { event.preventDefault(); return; }
+      if (!needsCard()) {
+        sending = true;
+        setTimeout(function () { busy(button.getAttribute("data-busy-label") || label); }, 0);
+        return;
+      }
+      event.preventDefault();
+      if (!tokenize) {
+        status.textContent = "The secure card form did not load. Reload the page and try again.";
+        return;
+      }
+      sending = true;
+      status.textContent = "";
+      busy("Checking the card…");
+      tokenize().then(function (data) {
+        setToken(form, data, "");
+        busy(button.getAttribute("data-busy-label") || label);
+        form.submit();
+      }, function (error) {
+        sending = false;
+        button.disabled = false;
+        button.textContent = label;
+        status.textContent = error.message;
+      });
     });
   }
 
@@ -140,17 +230,8 @@
         }).catch(function () { button.disabled = false; });
       });
     });
-    form.addEventListener("submit", function (event) {
-      var method = chosenMethod();
-      if (method === "card" && !$("[data-token]", form).value) {
-        event.preventDefault();
-        var ready = $("[data-card-ready]", form);
-        ready.textContent = "Enter your card in the secure form and choose “Use this card” first.";
-        return;
-      }
-      var button = $("#pay-button", form);
-      // One submission per page: the idempotency key makes a second harmless anyway.
-      setTimeout(function () { button.disabled = true; button.textContent = "Paying…"; }, 0);
+    cardForm(form, function () { return chosenMethod() === "card"; }, function () {
+      return toMinor(amount.value, parseInt(amount.getAttribute("data-decimals") || "2", 10));
     });
     showMethod();
     preview();
@@ -195,9 +276,9 @@
     var account = $("[data-live-account]");
     if (account) { liveAccount(account); }
     var pay = $("#pay-form");
-    if (pay) { cardFields(pay); payPage(pay); }
+    if (pay) { payPage(pay); }
     var add = $("#add-method-form");
-    if (add) { cardFields(add); }
+    if (add) { cardForm(add, function () { return true; }, function () { return 0; }); }
     var live = $("[data-live]");
     if (live) { liveStatus(live); }
     window.payportalCsrf = csrf;
