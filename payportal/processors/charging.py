@@ -28,6 +28,10 @@ DECLINE_CODE_METHOD_UNAVAILABLE: Final = "payment_method_unavailable"
 METADATA_PAYMENT: Final = "payment"
 
 
+def _off_session(payment: Payment, attempt_id: str) -> bool:
+    return any(a.off_session for a in payment.attempts if a.attempt_id == attempt_id)
+
+
 async def charge_attempt(
     processor: ProcessorAdapter,
     token: str | None,
@@ -35,8 +39,12 @@ async def charge_attempt(
     attempt_id: str,
     *,
     timeout_s: float,
+    return_url: str | None = None,
 ) -> ChargeResult:
-    """Charge ``payment``'s amount for ``attempt_id`` (the processor idempotency key)."""
+    """Charge ``payment``'s amount for ``attempt_id`` (the processor idempotency key).
+    An attempt made without the payer (``Attempt.off_session``) is sent off session, so
+    a card that needs authentication is declined rather than left waiting for a
+    challenge nobody will see."""
     if token is None:
         return ChargeResult(
             outcome=OutcomeKind.declined, decline_code=DECLINE_CODE_METHOD_UNAVAILABLE
@@ -46,6 +54,7 @@ async def charge_attempt(
             return await processor.charge(
                 token, payment.amount_minor, payment.currency, idempotency_key=attempt_id,
                 metadata={METADATA_PAYMENT: payment.payment_id},
+                off_session=_off_session(payment, attempt_id), return_url=return_url,
             )  # fmt: skip
     except TimeoutError:
         return ChargeResult(outcome=OutcomeKind.unknown)
