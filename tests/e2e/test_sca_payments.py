@@ -129,12 +129,14 @@ async def test_a_challenge_completed_captures_once(sca: Api) -> None:
     assert _charges_for(sca, done["attempts"][0]["id"]) == 1
     # Answering again changes nothing; the other answer is refused in the error shape.
     assert (await _answer_challenge(url, "complete", open_=False))["status"] == "succeeded"
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, json={"result": "fail"}) as refused:
-            assert refused.status == 400
-            error = (await refused.json())["error"]
-            assert error["code"] == "challenge_already_answered"
-            assert error["param"] == "result"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json={"result": "fail"}) as refused,
+    ):
+        assert refused.status == 400
+        error = (await refused.json())["error"]
+        assert error["code"] == "challenge_already_answered"
+        assert error["param"] == "result"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -189,3 +189,24 @@ def test_state_after_requires_action_survives_a_checkpoint_round_trip() -> None:
     restored = msgspec.msgpack.decode(raw, type=AccountState)
     assert restored == book.account
     assert restored.payments[payment_id].status is PaymentStatus.requires_action
+
+
+def test_off_session_authentication_asks_the_payer_by_email_on_session_does_not() -> None:
+    from payportal.mail.payments import decode_notice
+    from payportal.persistence._rows import Row, project_outbox
+
+    for initiator, emailed in ((Initiator.merchant, True), (Initiator.customer, False)):
+        book = _Recorder()
+        payment_id = _payment(book, initiator=initiator)
+        decision = book.outcome(payment_id, OutcomeKind.declined,
+                                decline_code="authentication_required")  # fmt: skip
+        outbox: list[Row] = []
+        for event in decision.events:
+            project_outbox(outbox, book.account, book.account.version, event)  # type: ignore[arg-type]
+        assert bool(outbox) is emailed, initiator
+        if emailed:
+            kind, _, payload, _ = outbox[0]
+            assert kind == "payment_declined"
+            notice = decode_notice(payload)
+            assert notice.status == "requires_action"
+            assert notice.decline_class == "authentication"
