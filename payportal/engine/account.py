@@ -48,10 +48,12 @@ from .messages import (
     AttemptDeclined,
     AttemptErrored,
     AttemptOutcomeUnknown,
+    AttemptRequiresAction,
     AttemptSucceeded,
     CancelPayment,
     ChargeSettled,
     Command,
+    ConfirmPayment,
     CreatePayment,
     CreditApplied,
     DisputePayment,
@@ -63,6 +65,7 @@ from .messages import (
     Outcome,
     OutcomeKind,
     PaymentCanceled,
+    PaymentConfirmed,
     PaymentCreated,
     PaymentDisputed,
     PaymentMethodRef,
@@ -196,6 +199,10 @@ class Attempt(msgspec.Struct, kw_only=True):
     charge_id: str | None = None
     # Times this attempt was sent under its one processor idempotency key.
     sends: int = 1
+    # Made without the payer present (a retry, a merchant-initiated or autopay charge):
+    # if it needs authentication, the payer is asked to come back (docs/api.md "3-D
+    # Secure"). Derived from the events that create attempts, so replay agrees.
+    off_session: bool = False
 
 
 class Payment(msgspec.Struct, kw_only=True):
@@ -366,6 +373,8 @@ def decide(
                           now_ms)  # fmt: skip
     if isinstance(command, StartRetry):
         return _decide_start_retry(state, command, now_ms)
+    if isinstance(command, ConfirmPayment):
+        return _decide_confirm_payment(state, command, now_ms)
     if isinstance(command, ReplacePaymentMethod):
         return _decide_replace_payment_method(state, command, now_ms)
     if isinstance(command, CancelPayment):
@@ -597,11 +606,14 @@ def _decide_create_payment(state: AccountState, command: CreatePayment, now_ms: 
 # echo. They are answered ``exists`` so they never move anything backwards.
 _NO_NEWS: Final[dict[AttemptStatus, frozenset[OutcomeKind]]] = {
     AttemptStatus.succeeded: frozenset({OutcomeKind.succeeded, OutcomeKind.errored,
-                                        OutcomeKind.unknown}),
+                                        OutcomeKind.unknown, OutcomeKind.requires_action}),
     AttemptStatus.declined: frozenset({OutcomeKind.declined, OutcomeKind.errored,
-                                       OutcomeKind.unknown}),
+                                       OutcomeKind.unknown, OutcomeKind.requires_action}),
     AttemptStatus.errored: frozenset({OutcomeKind.errored, OutcomeKind.unknown}),
     AttemptStatus.unknown: frozenset({OutcomeKind.unknown}),
+    # The challenge is pending: the processor neither failed nor went silent on it.
+    AttemptStatus.requires_action: frozenset({OutcomeKind.requires_action,
+                                              OutcomeKind.errored, OutcomeKind.unknown}),
     AttemptStatus.processing: frozenset(),
 }  # fmt: skip
 
@@ -610,6 +622,7 @@ _ATTEMPT_EVENT_FOR: Final[dict[OutcomeKind, AttemptEvent]] = {
     OutcomeKind.declined: AttemptEvent.declined,
     OutcomeKind.errored: AttemptEvent.errored,
     OutcomeKind.unknown: AttemptEvent.unknown,
+    OutcomeKind.requires_action: AttemptEvent.requires_action,
 }
 
 
@@ -656,6 +669,12 @@ def _decide_record_outcome(
             at_ms=now_ms, payment_id=payment.payment_id, attempt_id=attempt.attempt_id
         )
         return _transition(payment, PaymentEvent.attempt_outcome_unknown, event, ids)
+    if command.outcome is OutcomeKind.requires_action:
+        event = AttemptRequiresAction(
+            at_ms=now_ms, payment_id=payment.payment_id, attempt_id=attempt.attempt_id,
+            charge_id=command.charge_id,
+        )  # fmt: skip
+        return _transition(payment, PaymentEvent.attempt_requires_action, event, ids)
     if command.outcome is OutcomeKind.succeeded:
         split = _allocate_payment(state, payment)
         event = AttemptSucceeded(
@@ -691,6 +710,9 @@ def _decide_record_outcome(
         next_retry_at_ms = _schedule_soft_retry(state, payment, command.advice_code, now_ms, rng)
     if decline_class is DeclineClass.hard:
         status = PaymentStatus.requires_payment_method
+    elif decline_class is DeclineClass.authentication:
+        # Never retried without the payer: the same issuer would decline the same way.
+        status = PaymentStatus.requires_action
     elif next_retry_at_ms is None:
         status = PaymentStatus.failed
     else:
@@ -782,6 +804,28 @@ def _decide_start_retry(state: AccountState, command: StartRetry, now_ms: int) -
     return _transition(payment, PaymentEvent.retry_started, event, ids)
 
 
+def _decide_confirm_payment(state: AccountState, command: ConfirmPayment, now_ms: int) -> Decision:
+    ids = {"payment_id": command.payment_id}
+    payment = state.payments.get(command.payment_id)
+    if payment is None:
+        return _rejected(Rejection.payment_not_found, **ids)
+    # A late copy of this confirmation (or of anything that used the id) starts nothing.
+    seen = _find_attempt(payment, command.attempt_id)
+    if seen is not None:
+        if seen.payment_method_id != payment.payment_method.id or seen.off_session:
+            return _rejected(Rejection.exists_with_different_outcome, **ids)
+        return _exists(**ids)
+    if payment_next(payment.status, PaymentEvent.payment_confirmed) is None:
+        return _rejected(Rejection.payment_status_must_allow_transition, **ids)
+    # A pending challenge may still capture: the payer completes it, never a second one.
+    if payment.current_attempt.status is not AttemptStatus.declined:
+        return _rejected(Rejection.attempt_outcome_must_be_known, **ids)
+    event = PaymentConfirmed(
+        at_ms=now_ms, payment_id=payment.payment_id, attempt_id=command.attempt_id
+    )
+    return _ok((event,), **ids)
+
+
 def _decide_replace_payment_method(
     state: AccountState, command: ReplacePaymentMethod, now_ms: int
 ) -> Decision:
@@ -798,6 +842,11 @@ def _decide_replace_payment_method(
         return _exists(**ids)
     if command.payment_method.id in state.removed_methods:
         return _rejected(Rejection.payment_method_not_found, **ids)
+    if payment_next(payment.status, PaymentEvent.payment_method_replaced) is None:
+        return _rejected(Rejection.payment_status_must_allow_transition, **ids)
+    # A pending 3-D Secure challenge may still capture: no second attempt beside it.
+    if payment.current_attempt.status is AttemptStatus.requires_action:
+        return _rejected(Rejection.attempt_outcome_must_be_known, **ids)
     event = PaymentMethodReplaced(
         at_ms=now_ms, payment_id=payment.payment_id, attempt_id=command.attempt_id,
         payment_method=command.payment_method,
@@ -1025,7 +1074,8 @@ def _evolve(state: AccountState, event: Event) -> Entry | None:
             initiator=event.initiator, schedule=event.schedule, created_at_ms=event.at_ms,
             attempts=[Attempt(attempt_id=event.attempt_id,
                               payment_method_id=event.payment_method.id,
-                              created_at_ms=event.at_ms)],
+                              created_at_ms=event.at_ms,
+                              off_session=event.initiator is Initiator.merchant)],
             series_started_at_ms=event.at_ms, request_hash=event.request_hash,
             description=event.description,
         )  # fmt: skip
@@ -1083,6 +1133,26 @@ def _evolve(state: AccountState, event: Event) -> Entry | None:
         _set_payment_status(payment, payment_event, event.at_ms)
         payment.next_retry_at_ms = event.next_retry_at_ms
         return None
+    if isinstance(event, AttemptRequiresAction):
+        payment = state.payments[event.payment_id]
+        attempt = payment.current_attempt
+        assert attempt.attempt_id == event.attempt_id
+        _set_attempt_status(attempt, AttemptEvent.requires_action)
+        attempt.charge_id = event.charge_id
+        _set_payment_status(payment, PaymentEvent.attempt_requires_action, event.at_ms)
+        return None
+    if isinstance(event, PaymentConfirmed):
+        payment = state.payments[event.payment_id]
+        assert payment.current_attempt.status is AttemptStatus.declined, payment
+        _set_payment_status(payment, PaymentEvent.payment_confirmed, event.at_ms)
+        payment.attempts.append(Attempt(attempt_id=event.attempt_id,
+                                        payment_method_id=payment.payment_method.id,
+                                        created_at_ms=event.at_ms))  # fmt: skip
+        # The payer is present: a new series, as after a new method, and a new wait.
+        payment.series_started_at_ms = event.at_ms
+        payment.series_attempts = 1
+        payment.finished_at_ms = None
+        return None
     if isinstance(event, AttemptOutcomeUnknown):
         payment = state.payments[event.payment_id]
         attempt = payment.current_attempt
@@ -1101,7 +1171,7 @@ def _evolve(state: AccountState, event: Event) -> Entry | None:
             return None
         payment.attempts.append(Attempt(attempt_id=event.attempt_id,
                                         payment_method_id=payment.payment_method.id,
-                                        created_at_ms=event.at_ms))  # fmt: skip
+                                        created_at_ms=event.at_ms, off_session=True))  # fmt: skip
         payment.series_attempts += 1
         history = state.reattempts.setdefault(payment.payment_method.id, [])
         history.append(Reattempt(event.at_ms, payment.initiator))
@@ -1186,6 +1256,8 @@ def _declined_payment_event(status: PaymentStatus) -> PaymentEvent:
         return PaymentEvent.attempt_declined_hard
     if status is PaymentStatus.retry_scheduled:
         return PaymentEvent.attempt_declined_retryable
+    if status is PaymentStatus.requires_action:
+        return PaymentEvent.attempt_declined_authentication
     assert status is PaymentStatus.failed, status
     return PaymentEvent.attempt_failed_final
 
@@ -1269,6 +1341,18 @@ def check_invariants(state: AccountState) -> None:
         assert (payment.status is PaymentStatus.retry_scheduled) == (
             payment.next_retry_at_ms is not None
         ), payment
+        # Only the current attempt can wait for a challenge, and only while the payment
+        # does; a payment waiting for the payer has a challenge or an authentication decline.
+        pending = [a for a in payment.attempts if a.status is AttemptStatus.requires_action]
+        assert all(a is payment.current_attempt for a in pending), payment
+        if pending:
+            assert payment.status is PaymentStatus.requires_action, payment
+        if payment.status is PaymentStatus.requires_action:
+            current = payment.current_attempt
+            assert current.status is AttemptStatus.requires_action or (
+                current.status is AttemptStatus.declined
+                and current.decline_class is DeclineClass.authentication
+            ), payment
     clearing_minor = captured_minor - settled_minor
     assert state.ledger.get(LedgerAccount.processor_clearing, 0) == clearing_minor, state.ledger
     assert state.ledger.get(LedgerAccount.fees, 0) == fees_minor, state.ledger

@@ -27,10 +27,12 @@ __all__ = [
     "AttemptDeclined",
     "AttemptErrored",
     "AttemptOutcomeUnknown",
+    "AttemptRequiresAction",
     "AttemptSucceeded",
     "CancelPayment",
     "ChargeSettled",
     "Command",
+    "ConfirmPayment",
     "CreatePayment",
     "CreditApplied",
     "DisputePayment",
@@ -42,6 +44,7 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "PaymentCanceled",
+    "PaymentConfirmed",
     "PaymentCreated",
     "PaymentDisputed",
     "PaymentMethodRef",
@@ -146,6 +149,11 @@ class OutcomeKind(StrEnum):
     declined = "declined"
     errored = "errored"
     unknown = "unknown"
+    # The processor holds a 3-D Secure challenge for the payer: nothing is captured yet,
+    # and the challenge's outcome follows as ``succeeded`` or ``declined`` for the same
+    # attempt. What the payer must do (a URL, secret-bearing) stays with the processor and
+    # the adapter's ``ChargeResult.next_action``; the engine keeps only the fact.
+    requires_action = "requires_action"
 
 
 class RecordOutcome(_Message, tag="record_outcome", frozen=True, kw_only=True):
@@ -189,6 +197,16 @@ class RemovePaymentMethod(_Message, tag="remove_payment_method", frozen=True, kw
 
     account_id: str
     payment_method_id: str
+
+
+class ConfirmPayment(_Message, tag="confirm_payment", frozen=True, kw_only=True):
+    """The payer, present now, confirms a payment that waits for them after an attempt
+    made without them was declined for authentication: ``attempt_id`` names the new,
+    on-session attempt with the same payment method (the processor will challenge it)."""
+
+    account_id: str
+    payment_id: str
+    attempt_id: str
 
 
 class AnswerRequest(_Message, tag="answer_request", frozen=True, kw_only=True):
@@ -251,7 +269,7 @@ class SettleCharge(_Message, tag="settle_charge", frozen=True, kw_only=True):
 Command = (
     OpenAccount | IssueInvoice | VoidInvoice | CreatePayment | RecordOutcome | StartRetry
     | ReplacePaymentMethod | CancelPayment | RefundPayment | DisputePayment | ReadAccount
-    | RecognizeRevenue | SettleCharge | AnswerRequest | RemovePaymentMethod
+    | RecognizeRevenue | SettleCharge | AnswerRequest | RemovePaymentMethod | ConfirmPayment
 )  # fmt: skip
 
 # -- events (journaled; replayed by ``evolve``) -------------------------------------------
@@ -328,7 +346,8 @@ class AttemptSucceeded(_Event, tag="attempt_succeeded", frozen=True, kw_only=Tru
 
 class AttemptDeclined(_Event, tag="attempt_declined", frozen=True, kw_only=True):
     """A decline. ``status`` is where it leaves the payment: retry_scheduled (with
-    ``next_retry_at_ms``), requires_payment_method (hard) or failed (retries spent)."""
+    ``next_retry_at_ms``), requires_payment_method (hard), requires_action (the issuer
+    wants the payer to authenticate) or failed (retries spent)."""
 
     payment_id: str
     attempt_id: str
@@ -349,6 +368,22 @@ class AttemptErrored(_Event, tag="attempt_errored", frozen=True, kw_only=True):
 
 
 class AttemptOutcomeUnknown(_Event, tag="attempt_outcome_unknown", frozen=True, kw_only=True):
+    payment_id: str
+    attempt_id: str
+
+
+class AttemptRequiresAction(_Event, tag="attempt_requires_action", frozen=True, kw_only=True):
+    """The processor holds a challenge for the payer. No URL: it may carry a secret, and
+    the processor answers it again whenever asked (docs/api.md "3-D Secure")."""
+
+    payment_id: str
+    attempt_id: str
+    charge_id: str | None = None
+
+
+class PaymentConfirmed(_Event, tag="payment_confirmed", frozen=True, kw_only=True):
+    """A new, on-session attempt with the same method (``ConfirmPayment``)."""
+
     payment_id: str
     attempt_id: str
 
@@ -414,7 +449,7 @@ Event = (
     | AttemptSucceeded | AttemptDeclined | AttemptErrored | AttemptOutcomeUnknown
     | RetryStarted | RetryDeferred | RetriesExhausted | PaymentMethodReplaced | PaymentCanceled
     | PaymentRefunded | PaymentDisputed | RevenueRecognized | ChargeSettled | RequestAnswered
-    | PaymentMethodRemoved
+    | PaymentMethodRemoved | AttemptRequiresAction | PaymentConfirmed
 )  # fmt: skip
 
 # -- outcomes -------------------------------------------------------------------------------

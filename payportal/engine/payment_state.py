@@ -28,6 +28,8 @@ __all__ = [
 
 class PaymentStatus(StrEnum):
     processing = "processing"
+    # The payer must authenticate (3-D Secure) before anything more happens.
+    requires_action = "requires_action"
     retry_scheduled = "retry_scheduled"
     requires_payment_method = "requires_payment_method"
     succeeded = "succeeded"
@@ -47,6 +49,12 @@ class PaymentEvent(StrEnum):
     attempt_errored_retryable = "attempt_errored_retryable"
     attempt_failed_final = "attempt_failed_final"
     attempt_outcome_unknown = "attempt_outcome_unknown"
+    # The processor holds a challenge for the payer (the attempt stays open).
+    attempt_requires_action = "attempt_requires_action"
+    # Declined because the issuer wants the payer present (the attempt is over).
+    attempt_declined_authentication = "attempt_declined_authentication"
+    # The payer, present now, asks for the payment to be tried again with the same method.
+    payment_confirmed = "payment_confirmed"
     retries_exhausted = "retries_exhausted"
     retry_started = "retry_started"
     retry_deferred = "retry_deferred"
@@ -69,6 +77,23 @@ PAYMENT_TRANSITIONS: Final[dict[PaymentStatus, dict[PaymentEvent, PaymentStatus]
         E.attempt_failed_final: S.failed,
         # The attempt is unknown; the payment keeps processing until an inquiry answers.
         E.attempt_outcome_unknown: S.processing,
+        E.attempt_requires_action: S.requires_action,
+        E.attempt_declined_authentication: S.requires_action,
+    },
+    S.requires_action: {
+        # The challenge's own outcome: authenticated and captured, or authenticated and
+        # then declined (retried as any decline), or failed (the payer is asked for a
+        # method, as after a hard decline).
+        E.attempt_succeeded: S.succeeded,
+        E.attempt_declined_hard: S.requires_payment_method,
+        E.attempt_declined_retryable: S.retry_scheduled,
+        E.attempt_declined_authentication: S.requires_action,
+        E.attempt_failed_final: S.failed,
+        # Only once the current attempt is over (the engine checks): never beside a
+        # challenge that could still capture.
+        E.payment_confirmed: S.processing,
+        E.payment_method_replaced: S.processing,
+        E.canceled: S.canceled,
     },
     S.retry_scheduled: {
         # A technical error is retried with the same attempt, so its late success counts.
@@ -76,6 +101,9 @@ PAYMENT_TRANSITIONS: Final[dict[PaymentStatus, dict[PaymentEvent, PaymentStatus]
         E.attempt_declined_hard: S.requires_payment_method,
         E.attempt_declined_retryable: S.retry_scheduled,
         E.attempt_failed_final: S.failed,
+        # A late answer for an errored attempt sent again under its key.
+        E.attempt_requires_action: S.requires_action,
+        E.attempt_declined_authentication: S.requires_action,
         E.retries_exhausted: S.failed,
         E.retry_started: S.processing,
         E.retry_deferred: S.retry_scheduled,
@@ -107,7 +135,7 @@ PAYMENT_TRANSITIONS: Final[dict[PaymentStatus, dict[PaymentEvent, PaymentStatus]
 # Statuses at which processing is over and the payer or merchant has an answer; a
 # payment's processing time is measured from creation to the first of these.
 PAYMENT_TERMINAL: Final[frozenset[PaymentStatus]] = frozenset(
-    {S.succeeded, S.failed, S.canceled, S.requires_payment_method,
+    {S.succeeded, S.failed, S.canceled, S.requires_payment_method, S.requires_action,
      S.partially_refunded, S.refunded, S.disputed}
 )  # fmt: skip
 
@@ -120,6 +148,9 @@ class AttemptStatus(StrEnum):
     errored = "errored"
     # No answer (timeout, dropped connection): resolved by status inquiry, never recharged.
     unknown = "unknown"
+    # The processor waits for the payer's authentication; its outcome follows (a callback,
+    # or an inquiry), never a new charge.
+    requires_action = "requires_action"
 
 
 class AttemptEvent(StrEnum):
@@ -128,6 +159,7 @@ class AttemptEvent(StrEnum):
     errored = "errored"
     unknown = "unknown"
     resent = "resent"
+    requires_action = "requires_action"
 
 
 A = AttemptStatus
@@ -135,9 +167,13 @@ AE = AttemptEvent
 
 ATTEMPT_TRANSITIONS: Final[dict[AttemptStatus, dict[AttemptEvent, AttemptStatus]]] = {
     A.processing: {AE.succeeded: A.succeeded, AE.declined: A.declined,
-                   AE.errored: A.errored, AE.unknown: A.unknown},
-    A.unknown: {AE.succeeded: A.succeeded, AE.declined: A.declined, AE.errored: A.errored},
-    A.errored: {AE.succeeded: A.succeeded, AE.declined: A.declined, AE.resent: A.processing},
+                   AE.errored: A.errored, AE.unknown: A.unknown,
+                   AE.requires_action: A.requires_action},
+    A.unknown: {AE.succeeded: A.succeeded, AE.declined: A.declined, AE.errored: A.errored,
+                AE.requires_action: A.requires_action},
+    A.errored: {AE.succeeded: A.succeeded, AE.declined: A.declined, AE.resent: A.processing,
+                AE.requires_action: A.requires_action},
+    A.requires_action: {AE.succeeded: A.succeeded, AE.declined: A.declined},
     A.succeeded: {},
     A.declined: {},
 }  # fmt: skip

@@ -2,7 +2,9 @@
 
 The model (Temporal's retry policy as data, Kill Bill's payment/plugin failure split):
 a decline is classified once, from its code, its Visa category and its Mastercard
-advice code, as ``hard`` (never retried), ``soft`` (retried on the policy's backoff,
+advice code, as ``hard`` (never retried), ``authentication`` (the issuer wants the payer
+present, Strong Customer Authentication: never retried without them, the payer is asked
+to confirm on session), ``soft`` (retried on the policy's backoff,
 within the card networks' reattempt caps), ``technical`` (the processor failed, not the
 card: sent again quickly with the same processor idempotency key) or ``unknown`` (no
 answer: resolved by status inquiry, never by a new charge). Everything here is a pure
@@ -19,6 +21,7 @@ from typing import Final
 import msgspec
 
 __all__ = [
+    "AUTHENTICATION_CODES",
     "INQUIRY_DELAYS_MS",
     "NETWORK_CAPS",
     "ONE_OFF",
@@ -48,6 +51,8 @@ DAY_MS: Final = 24 * HOUR_MS
 
 class DeclineClass(StrEnum):
     hard = "hard"
+    # The issuer wants the cardholder to authenticate: only the payer can fix it.
+    authentication = "authentication"
     soft = "soft"
     technical = "technical"
     unknown = "unknown"
@@ -79,6 +84,9 @@ HARD_CODES: Final[frozenset[str]] = frozenset({
     "restricted_card", "revocation_of_authorization", "stop_payment_order",
     "transaction_not_allowed", "no_such_issuer", "account_closed", "fraudulent",
     "invalid_cvc", "incorrect_cvc",
+    # The payer failed or abandoned a 3-D Secure challenge (Stripe's name): the method
+    # did not work for them; they may choose it, or another, again.
+    "payment_intent_authentication_failure",
     "04", "07", "12", "14", "15", "41", "43", "46", "54", "57", "R0", "R1", "R3",
 })  # fmt: skip
 
@@ -86,9 +94,14 @@ HARD_CODES: Final[frozenset[str]] = frozenset({
 SOFT_CODES: Final[frozenset[str]] = frozenset({
     "insufficient_funds", "issuer_unavailable", "try_again_later",
     "withdrawal_count_limit_exceeded", "card_velocity_exceeded", "reenter_transaction",
-    "approve_with_id", "authentication_required",
+    "approve_with_id",
     "19", "51", "59", "61", "65", "75", "86", "91", "96", "N3", "N4",
 })  # fmt: skip
+
+# Strong Customer Authentication: the issuer approves only with the payer present, so a
+# retry made without them would be declined again. Stripe's code and the networks' response
+# code 1A ("additional customer authentication required"); docs/api.md "3-D Secure".
+AUTHENTICATION_CODES: Final[frozenset[str]] = frozenset({"authentication_required", "1A"})
 
 # The processor failed, not the card: the request is sent again as it was.
 TECHNICAL_CODES: Final[frozenset[str]] = frozenset({
@@ -122,6 +135,8 @@ def classify(
         return DeclineClass.technical
     if decline_code in HARD_CODES:
         return DeclineClass.hard
+    if decline_code in AUTHENTICATION_CODES:
+        return DeclineClass.authentication
     if decline_code in SOFT_CODES or visa_category in (2, 3):
         return DeclineClass.soft
     # A code we do not know is treated as hard: a wrong guess of "soft" costs the

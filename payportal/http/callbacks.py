@@ -276,7 +276,7 @@ class _Receiver:
             log.info("callback_refund_noted", processor=processor, event_id=event_id,
                      attempt_id=data.attempt, charge_id=data.charge)  # fmt: skip
             return False
-        if body.type not in ("charge.succeeded", "charge.failed", "charge.disputed"):
+        if body.type not in _APPLIED:
             log.warning("callback_type_ignored", processor=processor, event_id=event_id,
                         type=body.type)  # fmt: skip
             return False
@@ -362,13 +362,21 @@ class _Receiver:
         raise _unavailable("The attempt is not known yet; send the callback again.", 5)
 
 
+_APPLIED: Final = frozenset({
+    "charge.succeeded", "charge.failed", "charge.requires_action", "charge.disputed",
+})
 # A dispute for a payment in these statuses arrived before its capture was recorded.
-_NOT_YET_CAPTURED: Final = frozenset({PaymentStatus.processing, PaymentStatus.retry_scheduled})
+_NOT_YET_CAPTURED: Final = frozenset({
+    PaymentStatus.processing, PaymentStatus.retry_scheduled, PaymentStatus.requires_action,
+})
 
 
 def _outcome_of(type_: str, decline_code: str | None) -> OutcomeKind:
     if type_ == "charge.succeeded":
         return OutcomeKind.succeeded
+    if type_ == "charge.requires_action":
+        # The challenge itself (its URL) is not in the event: clients ask for it.
+        return OutcomeKind.requires_action
     # A processor failure before any decision is retried under the same key, as when
     # the charge's own reply says so.
     return OutcomeKind.errored if decline_code in TECHNICAL_CODES else OutcomeKind.declined

@@ -25,6 +25,7 @@ import structlog
 from payportal.actors import Reply, ShardRouter
 from payportal.engine import Attempt, AttemptStatus, OutcomeKind, Payment, RecordOutcome, Result
 from payportal.processors import ChargeResult, ProcessorAdapter
+from payportal.processors.adapter import NextAction
 from payportal.processors.charging import charge_attempt
 
 __all__ = ["CHARGE_TIMEOUT_MS_DEFAULT", "Gateway", "RecentOutcomes", "TokenLookup"]
@@ -93,6 +94,28 @@ class RecentOutcomes:
 _REMEMBERED: Final = frozenset({OutcomeKind.succeeded, OutcomeKind.declined})
 
 
+class RecentActions:
+    """The ``next_action`` of attempts this process charged lately, in memory only (the
+    URL may carry a secret: never journaled, never stored), so the answer to the payer's
+    own request needs no second trip to the processor. A miss asks the processor."""
+
+    ENTRIES_MAX: Final = 10_000
+
+    def __init__(self) -> None:
+        self._actions: OrderedDict[str, NextAction] = OrderedDict()
+
+    def add(self, attempt_id: str, action: NextAction) -> None:
+        self._actions[attempt_id] = action
+        if len(self._actions) > self.ENTRIES_MAX:
+            self._actions.popitem(last=False)
+
+    def get(self, attempt_id: str) -> NextAction | None:
+        return self._actions.get(attempt_id)
+
+    def forget(self, attempt_id: str) -> None:
+        self._actions.pop(attempt_id, None)
+
+
 class Gateway:
     def __init__(
         self,
@@ -109,6 +132,7 @@ class Gateway:
         self._token_for = token_for
         self._timeout_s = charge_timeout_ms / 1000
         self.recent = recent or RecentOutcomes()
+        self.actions = RecentActions()
 
     @staticmethod
     def needs_charge(payment: Payment) -> bool:
@@ -136,6 +160,8 @@ class Gateway:
         self, payment: Payment, attempt: Attempt, account_id: str, answers_request: bool
     ) -> Reply:
         result = await self._charge(payment, attempt.attempt_id)
+        if result.next_action is not None:
+            self.actions.add(attempt.attempt_id, result.next_action)
         command = RecordOutcome(
             account_id=account_id, payment_id=payment.payment_id,
             attempt_id=attempt.attempt_id, outcome=result.outcome, charge_id=result.charge_id,
@@ -163,6 +189,27 @@ class Gateway:
         return await charge_attempt(
             self._processor, token, payment, attempt_id, timeout_s=self._timeout_s
         )
+
+    async def next_action(self, payment: Payment) -> NextAction | None:
+        """What the payer's client must do for ``payment`` now: the processor's challenge
+        while its current attempt waits for one; None otherwise, or when the processor
+        cannot say (the client asks again; the status stays ``requires_action``)."""
+        attempt = payment.current_attempt
+        if attempt.status is not AttemptStatus.requires_action or self._processor is None:
+            return None
+        action = self.actions.get(attempt.attempt_id)
+        if action is not None:
+            return action
+        try:
+            result = await self._processor.inquire(attempt.attempt_id)
+        except Exception:
+            log.warning("next_action_unavailable", payment_id=payment.payment_id,
+                        attempt_id=attempt.attempt_id)  # fmt: skip
+            return None
+        if result.outcome is OutcomeKind.requires_action and result.next_action is not None:
+            self.actions.add(attempt.attempt_id, result.next_action)
+            return result.next_action
+        return None
 
     async def inquire_attempt(self, account_id: str, payment_id: str, attempt_id: str) -> Reply:
         """Ask the processor what became of an attempt and record it (the janitor's seam)."""

@@ -9,6 +9,7 @@ How ``POST /v1/payments`` answers (the engine's status decides):
 | ``requires_payment_method`` / ``failed`` after a decline | 402 ``card_error`` / ``card_declined`` with ``decline_code`` and ``error.payment`` |
 | ``retry_scheduled`` (soft decline or technical error) | 200, the payment (``next_retry_at`` set) |
 | ``processing`` (the outcome is unknown: timeout) | 200, the payment; never charged again |
+| ``requires_action`` (3-D Secure) | 200, the payment with ``next_action`` while the processor holds a challenge |
 """  # noqa: E501
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from payportal.engine import (
     AnswerRequest,
     AttemptStatus,
     CancelPayment,
+    ConfirmPayment,
     CreatePayment,
     OutcomeKind,
     Payment,
@@ -35,6 +37,7 @@ from payportal.engine import (
     allocate,
 )
 from payportal.persistence import directory, queries
+from payportal.processors.adapter import NextAction
 
 from . import ids
 from .auth import Principal, authenticate, authorize_account
@@ -65,6 +68,7 @@ from .views import payment_row_view, payment_view
 
 __all__ = [
     "cancel_payment",
+    "confirm_payment",
     "create_and_charge",
     "create_payment",
     "create_refund",
@@ -76,8 +80,10 @@ __all__ = [
 _DECLINED_FINAL = frozenset({PaymentStatus.requires_payment_method, PaymentStatus.failed})
 
 
-def _answer(account_id: str, payment: Payment) -> tuple[int, bytes, dict[str, str]]:
-    view = payment_view(account_id, payment)
+def _answer(
+    account_id: str, payment: Payment, next_action: NextAction | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    view = payment_view(account_id, payment, next_action)
     attempt = payment.current_attempt
     if payment.status in _DECLINED_FINAL and attempt.status in (
         AttemptStatus.declined, AttemptStatus.errored
@@ -175,7 +181,10 @@ async def create_and_charge(
     assert payment is not None
     if reply.outcome.result is Result.exists:
         if payment.answer is not None:
-            status, answer, headers = _answer(account_id, payment.answer)
+            # While the challenge is still open the replay carries it as the first answer
+            # did; once it is answered, the payment's own status tells the rest.
+            action = await request.app[GATEWAY].next_action(payment.answer)
+            status, answer, headers = _answer(account_id, payment.answer, action)
             return status, answer, {**headers, REPLAYED_HEADER: "true"}
         # The payment this request just created, answered ``exists`` because its command
         # was delivered twice (Ray sends a call again to a shard restarted after its
@@ -195,7 +204,7 @@ async def create_and_charge(
         payment = await asyncio.shield(task)
     finally:
         in_flight.discard((account_id, scoped))
-    return _answer(account_id, payment)
+    return _answer(account_id, payment, await request.app[GATEWAY].next_action(payment))
 
 
 def _abandoned(request: web.Request, payment: Payment) -> bool:
@@ -234,7 +243,35 @@ async def get_payment(request: web.Request) -> web.Response:
     reply = await read_payment(request.app[ROUTER], account_id, payment_id)
     if reply.payment is None:
         raise not_found("id", "payment")
-    return respond(payment_view(account_id, reply.payment))
+    action = await request.app[GATEWAY].next_action(reply.payment)
+    return respond(payment_view(account_id, reply.payment, action))
+
+
+async def confirm_payment(request: web.Request) -> web.Response:
+    """The payer, present, confirms a payment that waits for their authentication after
+    an attempt made without them: a new attempt on session with the same method, whose
+    challenge (``next_action``) is in the answer."""
+    principal = await authenticate(request)
+    payment_id = request.match_info["id"]
+    account_id = _payment_account(payment_id)
+    await authorize_account(request, principal, account_id)
+    reply = await request.app[ROUTER].submit(
+        ConfirmPayment(account_id=account_id, payment_id=payment_id,
+                       attempt_id=ids.child_id("att", account_id))
+    )  # fmt: skip
+    if reply.outcome.result is Result.rejected:
+        assert reply.outcome.rejection is not None
+        raise from_rejection(reply.outcome.rejection, not_found_param="id")
+    payment = reply.payment
+    assert payment is not None
+    gateway = request.app[GATEWAY]
+    if payment.status is PaymentStatus.processing and gateway.needs_charge(payment):
+        reply = await gateway.charge_attempt(reply, account_id)
+        payment = reply.payment
+        assert payment is not None
+    status, body, headers = _answer(account_id, payment, await gateway.next_action(payment))
+    return web.Response(status=status, body=body, content_type="application/json",
+                        headers=headers)  # fmt: skip
 
 
 async def list_payments(request: web.Request) -> web.Response:

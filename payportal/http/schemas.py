@@ -14,6 +14,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from payportal.engine import DESCRIPTION_CHARS_MAX
+from payportal.processors.adapter import NextAction
 
 __all__ = [
     "Account",
@@ -305,6 +306,9 @@ class Payment(_Out, frozen=True, kw_only=True):
     next_retry_at: UnixSeconds | None
     created: UnixSeconds
     description: str | None
+    # With ``requires_action`` while the processor holds a challenge: what the client
+    # opens (Stripe's ``PaymentIntent.next_action``). Asked of the processor, never stored.
+    next_action: NextAction | None = None
 
 
 class PaymentList(_Out, frozen=True, kw_only=True):

@@ -37,6 +37,7 @@ import structlog
 from aiohttp import web
 
 from payportal.actors import ShardRouter
+from payportal.engine import OutcomeKind
 from payportal.persistence import tables
 from payportal.persistence._engine import READ
 from payportal.processors.charging import METADATA_PAYMENT
@@ -72,6 +73,7 @@ EVENT_ID_LENGTH_MAX: Final = 128
 _DISPUTE_OPENED: Final = frozenset({"charge.dispute.created", "charge.dispute.funds_withdrawn"})
 _INTENT_OUTCOMES: Final = frozenset({
     "payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.canceled",
+    "payment_intent.requires_action",
 })  # fmt: skip
 _RECEIVED: Final = msgspec.json.encode({"received": True})
 _DUPLICATE: Final = msgspec.json.encode({"received": True, "duplicate": True})
@@ -181,13 +183,6 @@ class _StripeReceiver:
                 log.info("stripe_event_not_ours", event_id=event_id, type=type_)
                 return False
             return await self._applier.apply(PROCESSOR, event_id, body)
-        if type_ == "payment_intent.requires_action":
-            # The payer's 3-D Secure step: the engine has no outcome for it yet, so the
-            # attempt stays processing (its charge answered unknown) and the succeeded or
-            # payment_failed event that follows the challenge decides it.
-            log.info("stripe_requires_action", event_id=event_id,
-                     attempt_id=(obj.get("metadata") or {}).get(METADATA_ATTEMPT))  # fmt: skip
-            return False
         if type_ == "charge.refunded":
             metadata = obj.get("metadata") or {}
             body = CallbackBody(type="charge.refunded", data=CallbackData(
@@ -241,9 +236,13 @@ def _intent_body(intent: dict[str, Any]) -> CallbackBody | None:
     if not attempt_id or METADATA_PAYMENT not in metadata:
         return None
     result = intent_result(intent)
-    type_ = "charge.succeeded" if result.outcome.value == "succeeded" else "charge.failed"
-    if result.outcome.value == "unknown":
+    if result.outcome is OutcomeKind.unknown:
         return None
+    # The payer's 3-D Secure step is an outcome of its own (docs/api.md, requires_action):
+    # its callback carries no URL; the payment's next_action is asked of Stripe.
+    type_ = {OutcomeKind.succeeded: "charge.succeeded",
+             OutcomeKind.requires_action: "charge.requires_action"}.get(
+        result.outcome, "charge.failed")  # fmt: skip
     return CallbackBody(type=type_, data=CallbackData(
         charge=result.charge_id or str(intent.get("id", "")), attempt=attempt_id,
         amount=int(intent.get("amount") or 0), currency=str(intent.get("currency", "")),

@@ -10,6 +10,7 @@ from payportal.engine import Invoice as EngineInvoice
 from payportal.engine import Payment as EnginePayment
 from payportal.persistence.directory import AccountProfile, PaymentMethodRow
 from payportal.persistence.queries import AccountRow, InvoiceRow, PaymentMethodListRow, PaymentRow
+from payportal.processors.adapter import NextAction
 
 from .schemas import (
     Account,
@@ -90,7 +91,9 @@ def invoice_row_view(row: InvoiceRow, currency: str) -> Invoice:
     )  # fmt: skip
 
 
-def payment_view(account_id: str, payment: EnginePayment) -> Payment:
+def payment_view(
+    account_id: str, payment: EnginePayment, next_action: NextAction | None = None
+) -> Payment:
     return Payment(
         id=payment.payment_id, account=account_id, amount=payment.amount_minor,
         currency=payment.currency, status=payment.status.value,
@@ -109,6 +112,7 @@ def payment_view(account_id: str, payment: EnginePayment) -> Payment:
         next_retry_at=None if payment.next_retry_at_ms is None
         else seconds(payment.next_retry_at_ms),
         created=seconds(payment.created_at_ms), description=payment.description,
+        next_action=next_action,
     )  # fmt: skip
 
 

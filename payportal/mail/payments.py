@@ -274,7 +274,8 @@ def render_payment_notice(
         template = "payment_succeeded"
     else:
         hard, reason, advice = decline_wording(notice)
-        context.update(hard=hard, reason=reason, advice=advice)
+        context.update(hard=hard, reason=reason, advice=advice,
+                       action_required=notice.status == "requires_action")  # fmt: skip
         template = "payment_declined"
     rendered = render_email(template, context, public_url=public_url)
     return OutboxEmail(

@@ -27,6 +27,8 @@ from payportal.engine import (
     AccountState,
     AttemptDeclined,
     AttemptErrored,
+    AttemptRequiresAction,
+    AttemptStatus,
     AttemptSucceeded,
     ChargeSettled,
     CreditApplied,
@@ -354,7 +356,9 @@ def _add_payment(projection: Projection, state: AccountState, payment_id: str) -
 # The payload holds the facts as of the state given (after the change's events, or after
 # the event itself when a catch-up replays the journal).
 
-NOTIFIED: Final = (AttemptSucceeded, AttemptDeclined, AttemptErrored, RetriesExhausted)
+NOTIFIED: Final = (
+    AttemptSucceeded, AttemptDeclined, AttemptErrored, RetriesExhausted, AttemptRequiresAction,
+)  # fmt: skip
 _DECLINE_TERMINAL: Final = frozenset({PaymentStatus.failed, PaymentStatus.requires_payment_method})
 
 
@@ -386,7 +390,17 @@ def project_outbox(outbox: list[Row], state: AccountState, version: int, event: 
             notice += [None, False, None, None, None, payment.description]
     else:
         status = getattr(event, "status", PaymentStatus.failed)
-        if status not in _DECLINE_TERMINAL:
+        if isinstance(event, AttemptRequiresAction):
+            status = PaymentStatus.requires_action
+        if status is PaymentStatus.requires_action:
+            # 3-D Secure: a payer who is on the page sees the challenge there; one who is
+            # not (a retry, autopay) is asked by email to come back and confirm.
+            asking = next((a for a in payment.attempts if a.attempt_id == event.attempt_id),
+                          None)  # fmt: skip
+            if asking is None or not asking.off_session:
+                return
+            assert asking.status in (AttemptStatus.requires_action, AttemptStatus.declined)
+        elif status not in _DECLINE_TERMINAL:
             return
         kind = "payment_declined"
         # A payment may be declined for good more than once (a new method, declined again).

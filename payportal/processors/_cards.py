@@ -39,6 +39,14 @@ class Behaviour(StrEnum):
     capture_then_timeout = "capture_then_timeout"
     # The first charge on a token succeeds (the card is "attached"), later ones decline.
     succeed_first_then_decline = "succeed_first_then_decline"
+    # 3-D Secure (Stripe's test cards, same numbers): every charge needs the payer's
+    # authentication; off session that is the decline ``authentication_required``.
+    authenticate_always = "authenticate_always"
+    # On session it needs authentication; off session only until the payer authenticated
+    # once on this token (the card was "set up for later use").
+    authenticate_unless_set_up = "authenticate_unless_set_up"
+    # Authentication succeeds, then the issuer declines (the decline code below).
+    authenticate_then_decline = "authenticate_then_decline"
 
 
 class CardBehaviour(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,6 +94,13 @@ TEST_CARDS: Final[dict[str, CardBehaviour]] = {
         behaviour=Behaviour.decline, decline_code="do_not_honor", advice_code="03"
     ),
     "5200828282828210": CardBehaviour(behaviour=Behaviour.succeed, funding="debit"),
+    # 3-D Secure, with Stripe's numbers (docs/api.md "3-D Secure").
+    "4000002760003184": CardBehaviour(behaviour=Behaviour.authenticate_always),
+    "4000002500003155": CardBehaviour(behaviour=Behaviour.authenticate_unless_set_up),
+    "4000008260003178": CardBehaviour(
+        behaviour=Behaviour.authenticate_then_decline, decline_code="insufficient_funds",
+        visa_category=2,
+    ),
     "378282246310005": _SUCCEED,  # American Express
 }  # fmt: skip
 

@@ -10,6 +10,16 @@ sent again under the same key. A decline is ``declined`` with the processor's ra
 and, where the network gives them, the Visa category and Mastercard advice code, which
 ``payportal.engine.classify`` turns into hard / soft / technical.
 
+Strong Customer Authentication (3-D Secure): a charge the issuer wants the payer to
+authenticate is ``requires_action`` with ``ChargeResult.next_action`` saying what the
+client must do, shaped as Stripe's ``PaymentIntent.next_action`` (``{"type":
+"redirect_to_url", "redirect_to_url": {"url", "return_url"}}``), so a Stripe adapter maps
+it field for field. The challenge's outcome follows for the same idempotency key
+(callback or inquiry). ``next_action`` is never journaled or stored: its URL may carry a
+secret, so it is asked of the processor again (``inquire``) when a client needs it. A
+charge made without the payer (``off_session``) that needs authentication is the
+decline ``authentication_required`` (Stripe answers the same), never ``requires_action``.
+
 Tokenization is not part of the interface: card data goes from the payer's browser
 straight to the processor (docs/design.md 9), and the portal only ever holds the token.
 """
@@ -18,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -27,8 +37,10 @@ from payportal.engine import OutcomeKind
 __all__ = [
     "ChargeResult",
     "InquiryStatus",
+    "NextAction",
     "ProcessorAdapter",
     "ProcessorRequestError",
+    "RedirectToUrl",
     "RefundResult",
 ]
 
@@ -40,9 +52,26 @@ class InquiryStatus(StrEnum):
     declined = "declined"
     # The processor has the request but no decision yet: ask again later.
     processing = "processing"
+    # The processor waits for the payer's authentication (``next_action`` says how).
+    requires_action = "requires_action"
     # The processor never received the request: sending it again under the same key is
     # safe, which is exactly what the engine does for ``errored``.
     not_found = "not_found"
+
+
+class RedirectToUrl(msgspec.Struct, frozen=True, kw_only=True):
+    """Open ``url`` (the issuer's challenge) in a browser, a frame or a web view; the
+    processor sends the browser to ``return_url`` when it is done, if one was given."""
+
+    url: str
+    return_url: str | None = None
+
+
+class NextAction(msgspec.Struct, frozen=True, kw_only=True):
+    """What the payer's client must do next: Stripe's ``PaymentIntent.next_action``."""
+
+    type: Literal["redirect_to_url"] = "redirect_to_url"
+    redirect_to_url: RedirectToUrl
 
 
 class ChargeResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +84,8 @@ class ChargeResult(msgspec.Struct, frozen=True, kw_only=True):
     advice_code: str | None = None
     amount_minor: int | None = None
     currency: str | None = None
+    # With ``requires_action`` only: never journaled (the URL may carry a secret).
+    next_action: NextAction | None = None
     # Set by ``inquire`` only: the processor's own answer behind ``outcome``
     # (processing → unknown, not_found → errored).
     inquiry: InquiryStatus | None = None
@@ -86,12 +117,14 @@ class ProcessorAdapter(Protocol):
 
     async def charge(
         self, token: str, amount_minor: int, currency: str, idempotency_key: str,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None, *, off_session: bool = False,
+        return_url: str | None = None,
     ) -> ChargeResult:  # fmt: skip
         """Capture ``amount_minor`` on the tokenized card. ``idempotency_key`` is the
         attempt id: the same key never captures twice. ``metadata`` is kept with the
         charge and sent back in its callbacks (our payment id: a callback then finds its
-        payment without a lookup)."""
+        payment without a lookup). ``off_session``: the payer is not there (a retry,
+        autopay). ``return_url``: where a 3-D Secure challenge sends the browser after."""
         ...
 
     async def refund(

@@ -14,13 +14,11 @@ import logging
 from typing import Final
 
 from payportal.engine import OutcomeKind, Payment
-from payportal.engine.retry_policy import Initiator
 
 from .adapter import ChargeResult, ProcessorAdapter, ProcessorRequestError
 
 __all__ = [
-    "DECLINE_CODE_METHOD_UNAVAILABLE", "INITIATOR_MERCHANT", "METADATA_INITIATOR",
-    "METADATA_PAYMENT", "charge_attempt", "initiator_of",
+    "DECLINE_CODE_METHOD_UNAVAILABLE", "METADATA_PAYMENT", "charge_attempt",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -30,12 +28,10 @@ log = logging.getLogger(__name__)
 DECLINE_CODE_METHOD_UNAVAILABLE: Final = "payment_method_unavailable"
 # The charge's metadata key that names our payment; callbacks carry it back.
 METADATA_PAYMENT: Final = "payment"
-# Who starts this attempt: ``merchant`` (autopay, and every retry the portal makes on its
-# own) or ``customer`` (the payer's own first attempt). A processor that knows the
-# difference (Stripe's ``off_session``) reads it here; it is a function of the attempt
-# alone, so a re-send under the same idempotency key sends the same request.
-METADATA_INITIATOR: Final = "initiator"
-INITIATOR_MERCHANT: Final = "merchant"
+
+
+def _off_session(payment: Payment, attempt_id: str) -> bool:
+    return any(a.off_session for a in payment.attempts if a.attempt_id == attempt_id)
 
 
 async def charge_attempt(
@@ -45,8 +41,12 @@ async def charge_attempt(
     attempt_id: str,
     *,
     timeout_s: float,
+    return_url: str | None = None,
 ) -> ChargeResult:
-    """Charge ``payment``'s amount for ``attempt_id`` (the processor idempotency key)."""
+    """Charge ``payment``'s amount for ``attempt_id`` (the processor idempotency key).
+    An attempt made without the payer (``Attempt.off_session``) is sent off session, so
+    a card that needs authentication is declined rather than left waiting for a
+    challenge nobody will see."""
     if token is None:
         return ChargeResult(
             outcome=OutcomeKind.declined, decline_code=DECLINE_CODE_METHOD_UNAVAILABLE
@@ -55,20 +55,11 @@ async def charge_attempt(
         async with asyncio.timeout(timeout_s):
             return await processor.charge(
                 token, payment.amount_minor, payment.currency, idempotency_key=attempt_id,
-                metadata={METADATA_PAYMENT: payment.payment_id,
-                          METADATA_INITIATOR: initiator_of(payment, attempt_id)},
+                metadata={METADATA_PAYMENT: payment.payment_id},
+                off_session=_off_session(payment, attempt_id), return_url=return_url,
             )  # fmt: skip
     except TimeoutError:
         return ChargeResult(outcome=OutcomeKind.unknown)
     except ProcessorRequestError:
         log.exception("processor refused the charge for attempt %s", attempt_id)
         return ChargeResult(outcome=OutcomeKind.unknown)
-
-
-def initiator_of(payment: Payment, attempt_id: str) -> str:
-    """``merchant`` for a merchant-initiated payment and for every attempt after the
-    first (the janitor's retries: the payer is not there); else ``customer``."""
-    first = payment.attempts[0].attempt_id if payment.attempts else attempt_id
-    if payment.initiator is Initiator.merchant or attempt_id != first:
-        return Initiator.merchant.value
-    return Initiator.customer.value

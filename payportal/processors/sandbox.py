@@ -25,6 +25,15 @@ Endpoints (JSON, integer minor units, Stripe's error shape
   settled charge: amount, fee, net, payout) and ``GET /v1/payouts`` (per payout: date,
   currency, total), ``{data, has_more}``, or CSV with ``?format=csv``.
 - ``GET /v1/hosted/card-fields``: the card form the portal embeds in an iframe.
+- 3-D Secure (Stripe's test cards …3184, …3155, …3178; ``_cards``): a charge that needs
+  the payer's authentication answers ``200`` with ``status: requires_action`` and
+  ``next_action: {type: redirect_to_url, redirect_to_url: {url, return_url}}`` (sent
+  ``off_session: true`` it is the decline ``authentication_required`` instead).
+  ``GET /v1/challenges/{id}`` is the issuer's challenge page (framable by the portal, like
+  the card fields); ``POST /v1/challenges/{id}`` ``{result: complete|fail}`` (a form or
+  JSON) decides it: the charge then succeeds or fails (``payment_intent_authentication_
+  failure``; …3178 ``insufficient_funds`` after authenticating) and its callback follows.
+  The challenge id is the secret: whoever holds the URL can answer it.
 - Sandbox controls: ``GET``/``POST /v1/_faults`` (below), ``POST
   /v1/_charges/{id}/dispute`` (sends ``charge.disputed``), ``POST``/``DELETE
   /v1/_settlements/discrepancies`` (seed a wrong settlement report, or clear them all;
@@ -34,7 +43,8 @@ Charges keep amount, currency, status (``processing`` → ``succeeded`` | ``fail
 ``fee`` (2.9 % + 30 minor units, rounded half up, in integers) and ``net``.
 
 Callbacks: every decided charge, refund and dispute is sent to ``callback_url`` as
-``{type: charge.succeeded|charge.failed|charge.refunded|charge.disputed, data: {charge,
+``{type: charge.succeeded|charge.failed|charge.requires_action|charge.refunded|
+charge.disputed, data: {charge,
 attempt, amount, currency, decline_code?, visa_category?, advice_code?}}`` (``attempt``
 is the charge's idempotency key; a decline's network signals as its reply has them),
 signed per Standard Webhooks v1 and retried on non-2xx (``_callbacks.py``).
@@ -81,6 +91,7 @@ from payportal.engine import CURRENCY_EXPONENTS
 
 from . import _cards
 from ._callbacks import STANDARD_RETRY_DELAYS_MS, CallbackSender
+from ._challenge import render_challenge, render_challenge_done
 from ._faults import Faults, FaultsPatch, apply_patch
 from ._hosted_fields import render_card_fields
 from ._settlement import (
@@ -91,6 +102,7 @@ from ._settlement import (
     payouts_csv,
     settlements_csv,
 )
+from .adapter import NextAction, RedirectToUrl
 
 __all__ = [
     "SANDBOX",
@@ -123,6 +135,7 @@ IdempotencyKey = Annotated[
     str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[ -~]+$(?!\n)")
 ]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+ReturnUrl = Annotated[str, msgspec.Meta(max_length=2048, pattern=r"^https?://[!-~]+$(?!\n)")]
 
 
 def fee_minor(amount_minor: int) -> int:
@@ -163,6 +176,14 @@ class ChargeRequest(_Inbound, frozen=True, kw_only=True):
     idempotency_key: IdempotencyKey
     # Kept with the charge and sent back in its callbacks, as Stripe does.
     metadata: Metadata = msgspec.field(default_factory=dict)
+    # The payer is not there (a retry, autopay): no challenge can be answered.
+    off_session: bool = False
+    # Where the challenge sends the browser when it is done.
+    return_url: ReturnUrl | None = None
+
+
+class ChallengeAnswer(_Inbound, frozen=True, kw_only=True):
+    result: Literal["complete", "fail"]
 
 
 class RefundRequest(_Inbound, frozen=True, kw_only=True):
@@ -190,7 +211,7 @@ class Charge(msgspec.Struct, kw_only=True):
     object: str = "charge"
     amount: int
     currency: str
-    status: str  # processing | succeeded | failed
+    status: str  # processing | requires_action | succeeded | failed
     idempotency_key: str
     payment_method: str  # the token
     brand: str
@@ -208,6 +229,7 @@ class Charge(msgspec.Struct, kw_only=True):
     advice_code: str | None = None
     created: int
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    next_action: NextAction | None = None
 
 
 class Refund(msgspec.Struct, frozen=True, kw_only=True):
@@ -231,6 +253,9 @@ class _Card(msgspec.Struct, kw_only=True):
     exp_year: int
     wallet: str | None
     charges_started: int = 0
+    # The payer authenticated a charge on this token once: off-session charges on a card
+    # that asks only until then (…3155) go through.
+    set_up: bool = False
 
 
 class _KeyEntry(msgspec.Struct, kw_only=True):
@@ -324,6 +349,8 @@ class SandboxState:
         self.charges: dict[str, Charge] = {}
         self.charge_keys: dict[str, _KeyEntry] = {}
         self.refunds: dict[str, Refund] = {}
+        # Open 3-D Secure challenges: challenge id → charge id.
+        self.challenges: dict[str, str] = {}
         self.refund_keys: dict[str, _KeyEntry] = {}
         self.settlement = SettlementKnobs(covers_from=int(clock()))
         self.callbacks = CallbackSender(
@@ -551,7 +578,10 @@ async def _post_charge(request: web.Request) -> web.Response:
     state.charge_keys[body.idempotency_key] = _KeyEntry(
         fingerprint=fingerprint, charge_id=charge.id
     )
-    decided = state.spawn(_decide_charge(state, charge, card, behaviour, first_on_token))
+    challenge = _challenge_for(state, request, body, card, behaviour)
+    decided = state.spawn(
+        _decide_charge(state, charge, card, behaviour, first_on_token, challenge)
+    )
     status, payload = await asyncio.shield(decided)
     if behaviour.behaviour is _cards.Behaviour.capture_then_timeout or (
         state.faults.timeout_after_capture
@@ -568,17 +598,83 @@ def _advice_code(card: _Card, behaviour: _cards.CardBehaviour) -> str | None:
     return behaviour.advice_code if card.brand == "mastercard" else None
 
 
+_AUTHENTICATING: Final = frozenset({
+    _cards.Behaviour.authenticate_always, _cards.Behaviour.authenticate_unless_set_up,
+    _cards.Behaviour.authenticate_then_decline,
+})  # fmt: skip
+# Stripe's decline for a charge made without the payer that needs their authentication.
+AUTHENTICATION_REQUIRED: Final = _cards.CardBehaviour(
+    behaviour=_cards.Behaviour.decline, error_code="authentication_required",
+    decline_code="authentication_required",
+)  # fmt: skip
+# Stripe's code for a challenge the payer failed or abandoned.
+AUTHENTICATION_FAILED: Final = _cards.CardBehaviour(
+    behaviour=_cards.Behaviour.decline, error_code="payment_intent_authentication_failure",
+    decline_code="payment_intent_authentication_failure",
+)  # fmt: skip
+
+
+class _Challenge(msgspec.Struct, frozen=True, kw_only=True):
+    """What a charge that needs authentication does instead of deciding: ``declined``
+    off session, else ``next_action`` for the payer."""
+
+    declined: bool
+    next_action: NextAction | None = None
+
+
+def _challenge_for(
+    state: SandboxState, request: web.Request, body: ChargeRequest, card: _Card,
+    behaviour: _cards.CardBehaviour,
+) -> _Challenge | None:  # fmt: skip
+    kind = behaviour.behaviour
+    if kind not in _AUTHENTICATING:
+        return None
+    if kind is _cards.Behaviour.authenticate_unless_set_up and body.off_session and card.set_up:
+        return None
+    if body.off_session:
+        return _Challenge(declined=True)
+    challenge_id = f"chl_{secrets.token_urlsafe(24)}"
+    url = f"{request.scheme}://{request.host}/v1/challenges/{challenge_id}"
+    action = NextAction(redirect_to_url=RedirectToUrl(url=url, return_url=body.return_url))
+    state.challenges[challenge_id] = ""  # the charge id is set once the charge exists
+    return _Challenge(declined=False, next_action=action)
+
+
 async def _decide_charge(
     state: SandboxState,
     charge: Charge,
     card: _Card,
     behaviour: _cards.CardBehaviour,
     first_on_token: bool,
+    challenge: _Challenge | None = None,
 ) -> tuple[int, bytes]:
     await state.sleep_ms(state.faults.latency_ms)
+    if challenge is not None and challenge.next_action is not None:
+        challenge_id = challenge.next_action.redirect_to_url.url.rsplit("/", 1)[1]
+        state.challenges[challenge_id] = charge.id
+        charge.status = "requires_action"
+        charge.next_action = challenge.next_action
+        answer = (200, _ENCODER.encode(charge))
+        state.charge_keys[charge.idempotency_key].response = answer
+        # No URL in the callback: it reaches logs and queues; the client asks for it.
+        state.callbacks.emit("charge.requires_action", _event_data(charge, charge.amount))
+        return answer
+    if challenge is not None:
+        behaviour = AUTHENTICATION_REQUIRED
+    return _finish_charge(state, charge, card, behaviour, first_on_token)
+
+
+def _finish_charge(
+    state: SandboxState,
+    charge: Charge,
+    card: _Card,
+    behaviour: _cards.CardBehaviour,
+    first_on_token: bool,
+) -> tuple[int, bytes]:
     declines = behaviour.behaviour is _cards.Behaviour.decline or (
         behaviour.behaviour is _cards.Behaviour.succeed_first_then_decline and not first_on_token
-    )
+    ) or behaviour.behaviour is _cards.Behaviour.authenticate_then_decline
+    charge.next_action = None
     if declines:
         charge.status = "failed"
         charge.failure_code = behaviour.error_code
@@ -603,7 +699,9 @@ async def _decide_charge(
         charge.net = charge.amount - charge.fee
         answer = (200, _ENCODER.encode(charge))
         event_type = "charge.succeeded"
-    state.charge_keys[charge.idempotency_key].response = answer
+    entry = state.charge_keys[charge.idempotency_key]
+    if entry.response is None:  # a challenge's outcome leaves the first answer as it was
+        entry.response = answer
     # Debug, not info: a processor answering thousands of charges a second in a load
     # test should not spend its time writing about each.
     log.debug(
@@ -844,6 +942,84 @@ async def _get_card_fields(request: web.Request) -> web.Response:
     )
 
 
+def _challenge_headers(state: SandboxState, nonce: str) -> dict[str, str]:
+    csp = (
+        f"default-src 'none'; style-src 'nonce-{nonce}'; form-action 'self'; "
+        f"base-uri 'none'; frame-ancestors {state.frame_ancestors}"
+    )
+    return {
+        "Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+    }  # fmt: skip
+
+
+def _open_challenge(state: SandboxState, challenge_id: str) -> Charge:
+    charge_id = state.challenges.get(challenge_id)
+    charge = state.charges.get(charge_id or "")
+    if charge is None:
+        raise ApiError(404, "invalid_request_error", "resource_missing", "No such challenge.",
+                       param="id")  # fmt: skip
+    return charge
+
+
+def _answered_as(charge: Charge) -> str:
+    """How a decided challenge was answered: the same answer again changes nothing."""
+    return "fail" if charge.decline_code == AUTHENTICATION_FAILED.decline_code else "complete"
+
+
+async def _get_challenge(request: web.Request) -> web.Response:
+    state = request.app[SANDBOX]
+    charge = _open_challenge(state, request.match_info["challenge_id"])
+    nonce = secrets.token_urlsafe(16)
+    page = (
+        render_challenge(nonce, amount_minor=charge.amount, currency=charge.currency,
+                         brand=charge.brand, last4=charge.last4)
+        if charge.status == "requires_action"
+        else render_challenge_done(nonce, completed=_answered_as(charge) == "complete")
+    )  # fmt: skip
+    return web.Response(text=page, content_type="text/html",
+                        headers=_challenge_headers(state, nonce))  # fmt: skip
+
+
+async def _post_challenge(request: web.Request) -> web.StreamResponse:
+    """The payer's answer to the challenge (the page's form, or JSON from a test)."""
+    state = request.app[SANDBOX]
+    charge = _open_challenge(state, request.match_info["challenge_id"])
+    as_json = request.content_type == "application/json"
+    if as_json:
+        answer = _decode(await request.read(), ChallengeAnswer)
+    else:
+        form = await request.post()
+        answer = _decode(_ENCODER.encode({k: str(v) for k, v in form.items()}), ChallengeAnswer)
+    if charge.status == "requires_action":
+        card = state.cards.get(charge.payment_method)
+        assert card is not None, charge.id
+        if answer.result == "complete":
+            card.set_up = True
+            behaviour = _cards.behaviour_of(card.number)
+            if behaviour.behaviour is not _cards.Behaviour.authenticate_then_decline:
+                behaviour = _cards.CardBehaviour(behaviour=_cards.Behaviour.succeed)
+        else:
+            behaviour = AUTHENTICATION_FAILED
+        log.info("challenge for charge %s: %s", charge.id, answer.result)
+        return_url = charge.next_action.redirect_to_url.return_url if charge.next_action else None
+        _finish_charge(state, charge, card, behaviour, first_on_token=False)
+    elif answer.result != _answered_as(charge):
+        raise ApiError(400, "invalid_request_error", "challenge_already_answered",
+                       "This challenge was answered otherwise.", param="result")  # fmt: skip
+    else:
+        return_url = None
+    if as_json:
+        return _json(200, charge)
+    if return_url:
+        raise web.HTTPSeeOther(return_url)
+    nonce = secrets.token_urlsafe(16)
+    return web.Response(
+        text=render_challenge_done(nonce, completed=_answered_as(charge) == "complete"),
+        content_type="text/html", headers=_challenge_headers(state, nonce),
+    )  # fmt: skip
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return _json(200, {"status": "ok"})
 
@@ -916,6 +1092,8 @@ def create_sandbox_app(
     app.router.add_get("/v1/charges/{charge_id}", _get_charge)
     app.router.add_post("/v1/refunds", _post_refund)
     app.router.add_get("/v1/hosted/card-fields", _get_card_fields)
+    app.router.add_get("/v1/challenges/{challenge_id}", _get_challenge)
+    app.router.add_post("/v1/challenges/{challenge_id}", _post_challenge)
     app.router.add_get("/v1/_faults", _get_faults)
     app.router.add_post("/v1/_faults", _post_faults)
     app.router.add_post("/v1/_charges/{charge_id}/dispute", _post_dispute)

@@ -7,7 +7,7 @@ How answers map to outcomes:
 
 | the sandbox answered | outcome |
 |---|---|
-| 200 | ``succeeded`` |
+| 200 | ``succeeded``; ``requires_action`` (with ``next_action``) for a 3-D Secure challenge |
 | 402 card error | ``declined`` with its codes; ``errored`` if technical (``processing_error``) |
 | 400 / 404 (e.g. an unknown token) | ``declined``: sending it again cannot help |
 | 409 (the key is still being decided) | ``unknown``: ask again by inquiry |
@@ -37,7 +37,7 @@ from payportal.engine.retry_policy import TECHNICAL_CODES
 from payportal.outgoing_tls import https_context
 
 from ._settlement import Payout, SettlementLine, SettlementReport
-from .adapter import ChargeResult, InquiryStatus, ProcessorRequestError, RefundResult
+from .adapter import ChargeResult, InquiryStatus, NextAction, ProcessorRequestError, RefundResult
 
 if TYPE_CHECKING:
     from payportal.config import Settings
@@ -60,6 +60,7 @@ class _ChargeWire(msgspec.Struct, kw_only=True):
     decline_code: str | None = None
     visa_category: int | None = None
     advice_code: str | None = None
+    next_action: NextAction | None = None
 
 
 class _ChargeList(msgspec.Struct, kw_only=True):
@@ -183,7 +184,8 @@ class SandboxProcessor:
 
     async def charge(
         self, token: str, amount_minor: int, currency: str, idempotency_key: str,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None, *, off_session: bool = False,
+        return_url: str | None = None,
     ) -> ChargeResult:  # fmt: skip
         body: dict[str, object] = {
             "token": token,
@@ -193,6 +195,10 @@ class SandboxProcessor:
         }
         if metadata:
             body["metadata"] = dict(metadata)
+        if off_session:
+            body["off_session"] = True
+        if return_url:
+            body["return_url"] = return_url
         try:
             status, raw = await self._request("POST", "/v1/charges", json=body)
         except _Timeout:
@@ -259,6 +265,7 @@ class SandboxProcessor:
         inquiry = {
             OutcomeKind.succeeded: InquiryStatus.succeeded,
             OutcomeKind.declined: InquiryStatus.declined,
+            OutcomeKind.requires_action: InquiryStatus.requires_action,
         }.get(result.outcome, InquiryStatus.processing)
         return msgspec.structs.replace(result, inquiry=inquiry)
 
@@ -312,6 +319,7 @@ def _charge_result(charge: _ChargeWire) -> ChargeResult:
     outcome = {
         "succeeded": OutcomeKind.succeeded,
         "failed": OutcomeKind.declined,
+        "requires_action": OutcomeKind.requires_action,
     }.get(charge.status, OutcomeKind.unknown)
     return ChargeResult(
         outcome=outcome,
@@ -321,6 +329,7 @@ def _charge_result(charge: _ChargeWire) -> ChargeResult:
         advice_code=charge.advice_code,
         amount_minor=charge.amount,
         currency=charge.currency,
+        next_action=charge.next_action if charge.status == "requires_action" else None,
     )
 
 

@@ -47,8 +47,15 @@ from payportal.engine import OutcomeKind
 from payportal.engine.retry_policy import TECHNICAL_CODES
 
 from ._settlement import Payout, SettlementLine, SettlementReport
-from .adapter import ChargeResult, InquiryStatus, ProcessorRequestError, RefundResult
-from .charging import INITIATOR_MERCHANT, METADATA_INITIATOR
+from .adapter import (
+    ChargeResult,
+    InquiryStatus,
+    NextAction,
+    ProcessorRequestError,
+    RedirectToUrl,
+    RefundResult,
+)
+from .charging import METADATA_PAYMENT
 
 if TYPE_CHECKING:
     from payportal.config import Settings
@@ -157,9 +164,19 @@ def intent_result(intent: Any) -> ChargeResult:
             outcome=OutcomeKind.errored if technical else OutcomeKind.declined,
             decline_code=code, visa_category=category, advice_code=advice, **common,
         )  # fmt: skip
-    # processing, requires_action, requires_confirmation, requires_capture: no decision
-    # yet. requires_action is the payer's 3-D Secure step; until the engine has an
-    # outcome of its own for it, the attempt waits as unknown and is asked about again.
+    if status == "requires_action":
+        # The payer's 3-D Secure step. Charges are confirmed with a return_url, so Stripe
+        # answers with a page to send the payer to (docs/processors.md "3-D Secure").
+        action = _field(intent, "next_action")
+        redirect = _field(action, "redirect_to_url")
+        url = _field(redirect, "url")
+        next_action = None
+        if isinstance(url, str) and url:
+            next_action = NextAction(redirect_to_url=RedirectToUrl(
+                url=url, return_url=_field(redirect, "return_url")))  # fmt: skip
+        return ChargeResult(outcome=OutcomeKind.requires_action, next_action=next_action,
+                            **common)  # fmt: skip
+    # processing, requires_confirmation, requires_capture: no decision yet; asked again.
     return ChargeResult(outcome=OutcomeKind.unknown, **common)
 
 
@@ -174,7 +191,10 @@ class StripeProcessor:
         timeout_ms: int = TIMEOUT_MS_DEFAULT,
         concurrency_max: int = CONCURRENCY_MAX_DEFAULT,
         report_days: int = REPORT_DAYS_DEFAULT,
+        public_url: str | None = None,
     ) -> None:
+        """``public_url``: the portal as payers reach it; a 3-D Secure step returns the
+        payer to their payment's page there."""
         assert timeout_ms > 0
         assert concurrency_max > 0
         assert report_days > 0
@@ -186,11 +206,18 @@ class StripeProcessor:
         )  # fmt: skip
         self._semaphore = asyncio.Semaphore(concurrency_max)
         self._report_days = report_days
+        self._public_url = public_url.rstrip("/") if public_url else None
+
+    def _return_url(self, payment_id: str | None) -> str | None:
+        if self._public_url is None or not payment_id:
+            return None
+        return f"{self._public_url}/payments/{payment_id}"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StripeProcessor:
         assert settings.stripe_secret_key is not None, "PAYPORTAL_PROCESSOR=stripe checks it"
-        return cls(settings.stripe_secret_key, api_base=settings.stripe_api_base)
+        return cls(settings.stripe_secret_key, api_base=settings.stripe_api_base,
+                   public_url=settings.public_url)  # fmt: skip
 
     @property
     def client(self) -> stripe.StripeClient:
@@ -213,6 +240,7 @@ class StripeProcessor:
     async def charge(
         self, token: str, amount_minor: int, currency: str, idempotency_key: str,
         metadata: Mapping[str, str] | None = None, *, off_session: bool = False,
+        return_url: str | None = None,
     ) -> ChargeResult:  # fmt: skip
         customer, method = split_token(token)
         params: dict[str, Any] = {
@@ -227,11 +255,17 @@ class StripeProcessor:
         }
         if customer is not None:
             params["customer"] = customer
-        if off_session or (metadata or {}).get(METADATA_INITIATOR) == INITIATOR_MERCHANT:
+        if off_session:
             # Merchant-initiated (a retry, autopay): the issuer is told the payer is not
             # there to authenticate, and Stripe answers authentication_required instead
             # of waiting for a 3-D Secure step no one will take.
             params["off_session"] = True
+        else:
+            # With the payer there, a 3-D Secure step is a page to send them to, and back
+            # from: the payment's own page in the portal (docs/processors.md "3-D Secure").
+            back = return_url or self._return_url((metadata or {}).get(METADATA_PAYMENT))
+            if back is not None:
+                params["return_url"] = back
         try:
             async with self._semaphore:
                 intent = await self._client.v1.payment_intents.create_async(

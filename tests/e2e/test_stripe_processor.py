@@ -76,12 +76,16 @@ class StripeApi:
         return response.status, await response.json()
 
 
+PUBLIC_URL = "https://pay.example.com"
+
+
 @pytest.fixture
 async def stripe_api(database_url: str, aiohttp_server: Any,
                      aiohttp_client: Any) -> AsyncIterator[StripeApi]:  # fmt: skip
     fake = FakeStripe()
     server = await aiohttp_server(create_stripe_app(fake), host="127.0.0.1")
-    processor = StripeProcessor(SECRET_KEY, api_base=str(server.make_url("")), timeout_ms=2_000)
+    processor = StripeProcessor(SECRET_KEY, api_base=str(server.make_url("")), timeout_ms=2_000,
+                                public_url=PUBLIC_URL)  # fmt: skip
     store = await Store.connect(database_url)
     router = ShardRouter([DirectHandle(AccountShardCore(i, store)) for i in range(2)],
                          batch_max_wait_ms=1)  # fmt: skip
@@ -143,21 +147,33 @@ async def test_paid_once_though_the_webhook_repeats_it(stripe_api: StripeApi) ->
     assert kinds.count("attempt_succeeded") == 1, kinds
 
 
-async def test_a_webhook_decides_an_attempt_the_charge_left_unknown(stripe_api: StripeApi) -> None:
+async def test_a_3d_secure_step_is_requires_action_with_stripes_page_then_a_webhook_decides(
+    stripe_api: StripeApi,
+) -> None:
     api = stripe_api
     account_id, method_id = await api.account_with_method("pm_card_authenticationRequired")
     payment = await api.pay(account_id, method_id, 1_000)
-    # 3-D Secure pending: no outcome yet (docs/processors.md "3-D Secure").
-    assert payment["status"] == "processing", payment
+    # The payer's step (docs/processors.md "3-D Secure"): Stripe's page, and back to the
+    # payment's own page in the portal.
+    assert payment["status"] == "requires_action", payment
+    redirect = payment["next_action"]["redirect_to_url"]
+    assert redirect["url"].startswith("https://hooks.stripe.com/3d_secure_2/")
+    assert redirect["return_url"] == f"{PUBLIC_URL}/payments/{payment['id']}"
+    sent = [r for r in api.fake.requests if r.path == "/v1/payment_intents"][-1]
+    assert sent.form["return_url"] == redirect["return_url"]
+    assert "off_session" not in sent.form
     intent = next(iter(api.fake.intents.values()))
     status, _ = await api.webhook(api.fake.event("payment_intent.requires_action", intent))
     assert status == 200
     # The payer completes the challenge; Stripe captures and says so.
-    intent.update(status="succeeded", latest_charge="ch_fakeAfterChallenge")
+    intent.update(status="succeeded", latest_charge="ch_fakeAfterChallenge", next_action=None)
     assert (await api.webhook(api.fake.event("payment_intent.succeeded", intent)))[0] == 200
     await api.router.drain()
     body = await api.ok("GET", f"/v1/payments/{payment['id']}")
     assert body["status"] == "succeeded"
+    assert body["next_action"] is None
+    kinds = await _journal_outcomes(api, payment["id"])
+    assert kinds.count("attempt_succeeded") == 1, kinds
 
 
 async def test_a_decline_takes_its_retry_class(stripe_api: StripeApi) -> None:

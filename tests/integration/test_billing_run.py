@@ -59,7 +59,8 @@ class Processor:
         self.captures: list[tuple[str, int]] = []
 
     async def charge(self, token: str, amount_minor: int, currency: str,
-                     idempotency_key: str, metadata: Any = None) -> ChargeResult:  # fmt: skip
+                     idempotency_key: str, metadata: Any = None,
+                     **options: Any) -> ChargeResult:  # fmt: skip
         if idempotency_key not in self.results:
             if token == "tok_hard":
                 result = ChargeResult(outcome=OutcomeKind.declined, decline_code="do_not_honor")

@@ -57,7 +57,7 @@ async def test_a_charge_is_a_confirmed_intent_under_the_attempt_id(stripe_fake: 
 async def test_a_merchant_initiated_attempt_is_off_session(stripe_fake: Any) -> None:
     fake, processor = stripe_fake
     await processor.charge("pm_card_visa", 500, "EUR", "att_2",
-                           metadata={"payment": "pay_2", "initiator": "merchant"})  # fmt: skip
+                           metadata={"payment": "pay_2"}, off_session=True)  # fmt: skip
     (sent,) = fake.posts("/v1/payment_intents")
     assert sent.form["off_session"] == "true"
     assert "customer" not in sent.form
@@ -103,13 +103,17 @@ async def test_declines_carry_stripes_codes_onto_our_classes(
 
 async def test_authentication_required(stripe_fake: Any) -> None:
     _, processor = stripe_fake
-    # On session: 3-D Secure is pending, the outcome is not decided yet.
+    # On session: the payer's 3-D Secure step, on the page Stripe names; back to the
+    # return_url given.
     waiting = await processor.charge("pm_card_authenticationRequired", 900, "USD", "att_4",
-                                     {"payment": "p4"})  # fmt: skip
-    assert waiting.outcome is OutcomeKind.unknown
+                                     {"payment": "p4"}, return_url="https://pay.example/p4")
+    assert waiting.outcome is OutcomeKind.requires_action
+    assert waiting.next_action is not None
+    assert waiting.next_action.redirect_to_url.return_url == "https://pay.example/p4"
+    assert waiting.next_action.redirect_to_url.url.startswith("https://hooks.stripe.com/")
     # Off session: the issuer asks for the payer, who is not there.
     declined = await processor.charge("pm_card_authenticationRequired", 900, "USD", "att_5",
-                                      {"payment": "p5", "initiator": "merchant"})  # fmt: skip
+                                      {"payment": "p5"}, off_session=True)  # fmt: skip
     assert (declined.outcome, declined.decline_code) == (
         OutcomeKind.declined, "authentication_required",
     )  # fmt: skip

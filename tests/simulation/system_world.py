@@ -668,7 +668,7 @@ class SimProcessor:
 
     async def charge(
         self, token: str, amount_minor: int, currency: str, idempotency_key: str,
-        metadata: Any = None,
+        metadata: Any = None, **options: Any,
     ) -> ChargeResult:  # fmt: skip
         world = self._world
         await asyncio.sleep(world.latency())

@@ -98,7 +98,8 @@ class CardNetwork:
         self.captures: dict[str, tuple[str, int]] = {}  # charge id -> (key, amount)
 
     async def charge(self, token: str, amount_minor: int, currency: str,
-                     idempotency_key: str, metadata: Any = None) -> ChargeResult:  # fmt: skip
+                     idempotency_key: str, metadata: Any = None,
+                     **options: Any) -> ChargeResult:  # fmt: skip
         self.calls += 1
         if idempotency_key in self.results:
             return self.results[idempotency_key]

@@ -183,8 +183,16 @@ def create_stripe_app(fake: FakeStripe) -> web.Application:
         )  # fmt: skip
         off_session = form.get("off_session") == "true"
         if method == AUTHENTICATION_REQUIRED and not off_session:
+            # As Stripe answers: a page to send the payer to when the confirm named where
+            # they come back to, else a step for Stripe.js.
+            back = form.get("return_url")
+            action: dict[str, Any] = {"type": "use_stripe_sdk", "use_stripe_sdk": {}}
+            if back:
+                action = {"type": "redirect_to_url", "redirect_to_url": {
+                    "url": f"https://hooks.stripe.com/3d_secure_2/hosted?intent={intent_id}",
+                    "return_url": back}}  # fmt: skip
             intent.update(status="requires_action", latest_charge=None, amount_received=0,
-                          next_action={"type": "use_stripe_sdk", "use_stripe_sdk": {}})
+                          next_action=action)
         decline = DECLINES.get(method)
         if method == AUTHENTICATION_REQUIRED and off_session:
             decline = ("authentication_required", None)

@@ -20,6 +20,7 @@ from payportal.engine import (
     PAYMENT_TRANSITIONS,
     AttemptStatus,
     CancelPayment,
+    ConfirmPayment,
     DisputePayment,
     OutcomeKind,
     PaymentEvent,
@@ -41,6 +42,8 @@ from payportal.engine.payment_state import (
 
 from .engine_builders import MASTERCARD, Ledgerbook
 
+AUTHENTICATION_REQUIRED = "authentication_required"
+
 S = PaymentStatus
 E = PaymentEvent
 A = AttemptStatus
@@ -55,6 +58,18 @@ PAYMENT_ROWS: list[tuple[PaymentStatus, PaymentEvent, PaymentStatus]] = [
     (S.processing, E.attempt_errored_retryable, S.retry_scheduled),
     (S.processing, E.attempt_failed_final, S.failed),
     (S.processing, E.attempt_outcome_unknown, S.processing),
+    (S.processing, E.attempt_requires_action, S.requires_action),
+    (S.processing, E.attempt_declined_authentication, S.requires_action),
+    (S.requires_action, E.attempt_succeeded, S.succeeded),
+    (S.requires_action, E.attempt_declined_hard, S.requires_payment_method),
+    (S.requires_action, E.attempt_declined_retryable, S.retry_scheduled),
+    (S.requires_action, E.attempt_declined_authentication, S.requires_action),
+    (S.requires_action, E.attempt_failed_final, S.failed),
+    (S.requires_action, E.payment_confirmed, S.processing),
+    (S.requires_action, E.payment_method_replaced, S.processing),
+    (S.requires_action, E.canceled, S.canceled),
+    (S.retry_scheduled, E.attempt_requires_action, S.requires_action),
+    (S.retry_scheduled, E.attempt_declined_authentication, S.requires_action),
     (S.retry_scheduled, E.attempt_succeeded, S.succeeded),
     (S.retry_scheduled, E.attempt_declined_hard, S.requires_payment_method),
     (S.retry_scheduled, E.attempt_declined_retryable, S.retry_scheduled),
@@ -81,6 +96,11 @@ ATTEMPT_ROWS: list[tuple[AttemptStatus, AttemptEvent, AttemptStatus]] = [
     (A.processing, AE.declined, A.declined),
     (A.processing, AE.errored, A.errored),
     (A.processing, AE.unknown, A.unknown),
+    (A.processing, AE.requires_action, A.requires_action),
+    (A.unknown, AE.requires_action, A.requires_action),
+    (A.errored, AE.requires_action, A.requires_action),
+    (A.requires_action, AE.succeeded, A.succeeded),
+    (A.requires_action, AE.declined, A.declined),
     (A.unknown, AE.succeeded, A.succeeded),
     (A.unknown, AE.declined, A.declined),
     (A.unknown, AE.errored, A.errored),
@@ -214,6 +234,18 @@ def _to_requires_payment_method(book: Ledgerbook) -> str:
     return payment_id
 
 
+def _to_requires_action_challenge(book: Ledgerbook) -> str:
+    payment_id = _created(book)
+    _record(book, payment_id, OutcomeKind.requires_action, None)
+    return payment_id
+
+
+def _to_requires_action_declined(book: Ledgerbook) -> str:
+    payment_id = _created(book)
+    _record(book, payment_id, OutcomeKind.declined, AUTHENTICATION_REQUIRED)
+    return payment_id
+
+
 def _to_succeeded(book: Ledgerbook) -> str:
     payment_id = _created(book)
     _record(book, payment_id, OutcomeKind.succeeded, None)
@@ -275,6 +307,8 @@ DRIVERS: dict[str, tuple[Callable[[Ledgerbook], str], PaymentStatus]] = {
     "retry_scheduled_declined": (_to_retry_scheduled_after_decline, S.retry_scheduled),
     "retry_scheduled_errored": (_to_retry_scheduled_after_error, S.retry_scheduled),
     "requires_payment_method": (_to_requires_payment_method, S.requires_payment_method),
+    "requires_action_challenge": (_to_requires_action_challenge, S.requires_action),
+    "requires_action_declined": (_to_requires_action_declined, S.requires_action),
     "succeeded": (_to_succeeded, S.succeeded),
     "failed_declined": (_to_failed_after_declines, S.failed),
     "failed_errored": (_to_failed_after_errors, S.failed),
@@ -327,6 +361,11 @@ def _refund_rest(book: Ledgerbook, payment_id: str) -> Command:
                          amount_minor=refundable_minor or payment.amount_minor)  # fmt: skip
 
 
+def _confirm(book: Ledgerbook, payment_id: str) -> Command:
+    return ConfirmPayment(account_id=book.account_id, payment_id=payment_id,
+                          attempt_id="att_next")  # fmt: skip
+
+
 def _dispute(book: Ledgerbook, payment_id: str) -> Command:
     return DisputePayment(account_id=book.account_id, payment_id=payment_id)
 
@@ -337,6 +376,9 @@ COMMANDS: dict[str, Callable[[Ledgerbook, str], Command]] = {
     "decline_soft": _outcome(OutcomeKind.declined, "insufficient_funds"),
     "error": _outcome(OutcomeKind.errored, "processing_error"),
     "unknown": _outcome(OutcomeKind.unknown, None),
+    "requires_action": _outcome(OutcomeKind.requires_action, None),
+    "decline_auth": _outcome(OutcomeKind.declined, AUTHENTICATION_REQUIRED),
+    "confirm": _confirm,
     "start_retry": _start_retry_when_due,
     "replace_method": _replace_method,
     "cancel": _cancel,
@@ -359,18 +401,21 @@ ANSWERS: dict[str, dict[str, Expected]] = {
         "decline_soft": S.retry_scheduled, "error": S.retry_scheduled, "unknown": S.processing,
         "start_retry": NO, "replace_method": NO, "cancel": NO,
         "refund_part": NO, "refund_rest": NO, "dispute": NO,
+        "requires_action": S.requires_action, "decline_auth": S.requires_action, "confirm": NO,
     },
     "processing_unknown": {
         "succeed": S.succeeded, "decline_hard": S.requires_payment_method,
         "decline_soft": S.retry_scheduled, "error": S.retry_scheduled, "unknown": EXISTS,
         "start_retry": NO, "replace_method": NO, "cancel": NO,
         "refund_part": NO, "refund_rest": NO, "dispute": NO,
+        "requires_action": S.requires_action, "decline_auth": S.requires_action, "confirm": NO,
     },
     "retry_scheduled_declined": {
         "succeed": OTHER_OUTCOME, "decline_hard": OTHER_OUTCOME,
         "decline_soft": EXISTS, "error": EXISTS, "unknown": EXISTS,
         "start_retry": S.processing, "replace_method": NO, "cancel": S.canceled,
         "refund_part": NO, "refund_rest": NO, "dispute": NO,
+        "requires_action": EXISTS, "decline_auth": OTHER_OUTCOME, "confirm": NO,
     },
     "retry_scheduled_errored": {
         # The errored attempt is sent again under its key, so its late answer still counts.
@@ -379,24 +424,48 @@ ANSWERS: dict[str, dict[str, Expected]] = {
         "start_retry": S.processing, "replace_method": NO,
         "cancel": Rejection.attempt_outcome_must_be_known,
         "refund_part": NO, "refund_rest": NO, "dispute": NO,
+        "requires_action": S.requires_action, "decline_auth": S.requires_action, "confirm": NO,
     },
     "requires_payment_method": {
         "succeed": OTHER_OUTCOME, "decline_hard": EXISTS,
         "decline_soft": OTHER_OUTCOME, "error": EXISTS, "unknown": EXISTS,
         "start_retry": NO, "replace_method": S.processing, "cancel": S.canceled,
         "refund_part": NO, "refund_rest": NO, "dispute": NO,
+        "requires_action": EXISTS, "decline_auth": OTHER_OUTCOME, "confirm": NO,
+    },
+    # The processor holds a challenge: only its outcome moves the payment, and nothing
+    # starts a second attempt beside it (it could still capture).
+    "requires_action_challenge": {
+        "succeed": S.succeeded, "decline_hard": S.requires_payment_method,
+        "decline_soft": S.retry_scheduled, "error": EXISTS, "unknown": EXISTS,
+        "start_retry": NO, "replace_method": Rejection.attempt_outcome_must_be_known,
+        "cancel": Rejection.attempt_outcome_must_be_known,
+        "refund_part": NO, "refund_rest": NO, "dispute": NO,
+        "requires_action": EXISTS, "decline_auth": S.requires_action,
+        "confirm": Rejection.attempt_outcome_must_be_known,
+    },
+    # Declined for authentication without the payer: the attempt is over; the payer
+    # confirms on session, chooses another method, or the payment is canceled.
+    "requires_action_declined": {
+        "succeed": OTHER_OUTCOME, "decline_hard": OTHER_OUTCOME,
+        "decline_soft": OTHER_OUTCOME, "error": EXISTS, "unknown": EXISTS,
+        "start_retry": NO, "replace_method": S.processing, "cancel": S.canceled,
+        "refund_part": NO, "refund_rest": NO, "dispute": NO,
+        "requires_action": EXISTS, "decline_auth": EXISTS, "confirm": S.processing,
     },
     "succeeded": {
         "succeed": EXISTS, "decline_hard": OTHER_OUTCOME,
         "decline_soft": OTHER_OUTCOME, "error": EXISTS, "unknown": EXISTS,
         "start_retry": NO, "replace_method": NO, "cancel": NO,
         "refund_part": S.partially_refunded, "refund_rest": S.refunded, "dispute": S.disputed,
+        "requires_action": EXISTS, "decline_auth": OTHER_OUTCOME, "confirm": NO,
     },
     "failed_declined": {
         "succeed": OTHER_OUTCOME, "decline_hard": OTHER_OUTCOME,
         "decline_soft": EXISTS, "error": EXISTS, "unknown": EXISTS,
         "start_retry": NO, "replace_method": NO, "cancel": NO,
         "refund_part": NO, "refund_rest": NO, "dispute": NO,
+        "requires_action": EXISTS, "decline_auth": OTHER_OUTCOME, "confirm": NO,
     },
     "failed_errored": {
         # The errored attempt was sent under its key and may have captured: a reported
@@ -405,30 +474,35 @@ ANSWERS: dict[str, dict[str, Expected]] = {
         "decline_soft": NO, "error": EXISTS, "unknown": EXISTS,
         "start_retry": NO, "replace_method": NO, "cancel": NO,
         "refund_part": NO, "refund_rest": NO, "dispute": NO,
+        "requires_action": NO, "decline_auth": NO, "confirm": NO,
     },
     "canceled": {
         "succeed": OTHER_OUTCOME, "decline_hard": OTHER_OUTCOME,
         "decline_soft": EXISTS, "error": EXISTS, "unknown": EXISTS,
         "start_retry": NO, "replace_method": NO, "cancel": EXISTS,
         "refund_part": NO, "refund_rest": NO, "dispute": NO,
+        "requires_action": EXISTS, "decline_auth": OTHER_OUTCOME, "confirm": NO,
     },
     "partially_refunded": {
         "succeed": EXISTS, "decline_hard": OTHER_OUTCOME,
         "decline_soft": OTHER_OUTCOME, "error": EXISTS, "unknown": EXISTS,
         "start_retry": NO, "replace_method": NO, "cancel": NO,
         "refund_part": S.partially_refunded, "refund_rest": S.refunded, "dispute": S.disputed,
+        "requires_action": EXISTS, "decline_auth": OTHER_OUTCOME, "confirm": NO,
     },
     "refunded": {
         "succeed": EXISTS, "decline_hard": OTHER_OUTCOME,
         "decline_soft": OTHER_OUTCOME, "error": EXISTS, "unknown": EXISTS,
         "start_retry": NO, "replace_method": NO, "cancel": NO,
         "refund_part": NO, "refund_rest": NO, "dispute": NO,
+        "requires_action": EXISTS, "decline_auth": OTHER_OUTCOME, "confirm": NO,
     },
     "disputed": {
         "succeed": EXISTS, "decline_hard": OTHER_OUTCOME,
         "decline_soft": OTHER_OUTCOME, "error": EXISTS, "unknown": EXISTS,
         "start_retry": NO, "replace_method": NO, "cancel": NO,
         "refund_part": NO, "refund_rest": NO, "dispute": EXISTS,
+        "requires_action": EXISTS, "decline_auth": OTHER_OUTCOME, "confirm": NO,
     },
 }  # fmt: skip
 

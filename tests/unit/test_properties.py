@@ -34,6 +34,7 @@ from payportal.engine import (
     AllocationResult,
     AttemptStatus,
     CancelPayment,
+    ConfirmPayment,
     CreatePayment,
     DeclineClass,
     DisputePayment,
@@ -111,6 +112,11 @@ STATUS_CHANGES_ALLOWED: frozenset[tuple[PaymentStatus, PaymentStatus]] = frozens
     (S.partially_refunded, S.refunded), (S.partially_refunded, S.disputed),
     # Only when the attempt had errored (sent again under its key), never after a decline.
     (S.failed, S.succeeded),
+    # 3-D Secure: a challenge, or an authentication decline, waits for the payer.
+    (S.processing, S.requires_action), (S.retry_scheduled, S.requires_action),
+    (S.requires_action, S.succeeded), (S.requires_action, S.requires_payment_method),
+    (S.requires_action, S.retry_scheduled), (S.requires_action, S.failed),
+    (S.requires_action, S.processing), (S.requires_action, S.canceled),
 })  # fmt: skip
 STATUSES_FINAL = frozenset({S.canceled, S.refunded, S.disputed})
 
@@ -285,7 +291,7 @@ def _entry_balances(posted: Entry) -> bool:
 
 DECLINE_CODES = (
     "insufficient_funds", "try_again_later", "51", "do_not_honor", "expired_card",
-    "stolen_card", "processing_error", "something_new", None,
+    "stolen_card", "processing_error", "something_new", "authentication_required", None,
 )  # fmt: skip
 ADVICE_CODES = (None, "02", "03", "21", "24", "25", "26", "27", "28", "29", "30")
 JOURNAL_DECODER = msgspec.msgpack.Decoder(list[Event])
@@ -466,7 +472,9 @@ class AccountMachine(RuleBasedStateMachine):
         decline_code: str | None, visa_category: int | None, advice_code: str | None,
         amount_off: int | None,
     ) -> None:  # fmt: skip
-        payment_id = self._pick_payment(index, aimed, [S.processing, S.retry_scheduled])
+        payment_id = self._pick_payment(
+            index, aimed, [S.processing, S.retry_scheduled, S.requires_action]
+        )
         payment = self.account.payments.get(payment_id)
         attempt_id = "att_missing"
         amount_minor = None
@@ -495,7 +503,8 @@ class AccountMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.account.payments))
     @rule(index=st.integers(0, 50), aimed=AIMED, method=st.sampled_from(METHODS))
     def replace_payment_method(self, index: int, aimed: bool, method: PaymentMethodRef) -> None:
-        payment_id = self._pick_payment(index, aimed, [S.requires_payment_method])
+        payment_id = self._pick_payment(index, aimed, [S.requires_payment_method,
+                                                       S.requires_action])  # fmt: skip
         self._run(ReplacePaymentMethod(
             account_id="acct_prop", payment_id=payment_id, attempt_id=self._id("att"),
             payment_method=method,
@@ -503,8 +512,16 @@ class AccountMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: bool(self.account.payments))
     @rule(index=st.integers(0, 50), aimed=AIMED)
+    def confirm_payment(self, index: int, aimed: bool) -> None:
+        payment_id = self._pick_payment(index, aimed, [S.requires_action])
+        self._run(ConfirmPayment(
+            account_id="acct_prop", payment_id=payment_id, attempt_id=self._id("att"),
+        ))  # fmt: skip
+
+    @precondition(lambda self: bool(self.account.payments))
+    @rule(index=st.integers(0, 50), aimed=AIMED)
     def cancel_payment(self, index: int, aimed: bool) -> None:
-        wanted = [S.retry_scheduled, S.requires_payment_method]
+        wanted = [S.retry_scheduled, S.requires_payment_method, S.requires_action]
         payment_id = self._pick_payment(index, aimed, wanted)
         self._run(CancelPayment(account_id="acct_prop", payment_id=payment_id))
 
