@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import functools
 import hashlib
 import hmac
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -183,7 +187,12 @@ async def _serve(
     # Woken by the shards' balance feeds when they commit; a slow timer is the safety net.
     router.balances.on_news(publisher.wake)
     publisher_task = asyncio.create_task(publisher.run_forever())
-    runners.insert(0, await _front_door(settings, router, store, processor, streams, worker=0))
+    # A renewed certificate (SIGHUP) reaches the embedded sandbox too: it serves the pair.
+    tls_reloaded: list[Callable[[], None]] = [
+        functools.partial(os.kill, c.pid, signal.SIGHUP) for c in children if c.name == "sandbox"
+    ]
+    runners.insert(0, await _front_door(settings, router, store, processor, streams, worker=0,
+                                        tls_reloaded=tls_reloaded))  # fmt: skip
     if settings.http_redirect_port is not None:
         runners.append(await _redirect_to_https(settings))
     workers_started = await asyncio.to_thread(_start_workers, settings, workers, sandbox=charging)
@@ -280,7 +289,8 @@ async def _stop_front_door(shutdown: Shutdown, runners: list[web.AppRunner]) -> 
 
 
 async def _front_door(
-    settings: Settings, router: Any, store: Any, processor: Any, streams: Any, *, worker: int
+    settings: Settings, router: Any, store: Any, processor: Any, streams: Any, *, worker: int,
+    tls_reloaded: list[Callable[[], None]] | None = None,
 ) -> web.AppRunner:
     """The API and the processor callbacks on the shared port; several processes may each
     run one (SO_REUSEPORT), all sending to the same named shards."""
@@ -315,7 +325,7 @@ async def _front_door(
     app.on_response_prepare.append(tag_worker)
     context = None
     if settings.tls:
-        context = _tls_context(settings)
+        context = _tls_context(settings, tls_reloaded or [])
 
         async def strict_transport(_: web.Request, response: web.StreamResponse) -> None:
             response.headers["Strict-Transport-Security"] = HSTS
@@ -330,8 +340,9 @@ async def _front_door(
     return runner
 
 
-def _tls_context(settings: Settings) -> Any:
-    """The front door's TLS context, reloaded from its files on SIGHUP (renewals)."""
+def _tls_context(settings: Settings, reloaded: list[Callable[[], None]]) -> Any:
+    """The front door's TLS context, reloaded from its files on SIGHUP (renewals); then
+    each of ``reloaded`` is called (the sandbox child is told to reload its own)."""
     import signal
 
     from payportal import tls
@@ -348,6 +359,9 @@ def _tls_context(settings: Settings) -> Any:
             log.error("tls_reload_failed", error=type(error).__name__, kept="the old pair")
         else:
             log.info("tls_reloaded", cert_file=cert)
+        for hook in reloaded:
+            with contextlib.suppress(OSError):  # a child already gone
+                hook()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
     return context

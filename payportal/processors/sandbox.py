@@ -1134,6 +1134,26 @@ def run_sandbox(host: str, port: int, *, ssl_context: Any = None, **options: Any
 # -- command line ---------------------------------------------------------------------------
 
 
+def _reload_on_sighup(context: Any, cert_file: str, key_file: str) -> None:
+    """SIGHUP (serve forwards its own) loads the renewed pair for new connections; a broken
+    renewal is refused and the old pair kept, as at the front door."""
+    import signal
+
+    from payportal.tls import reload
+
+    def handler(_signum: int, _frame: Any) -> None:
+        try:
+            reload(context, cert_file, key_file)
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            print(f"sandbox: certificate not reloaded ({type(error).__name__}); the old one "
+                  "stays", file=sys.stderr, flush=True)  # fmt: skip
+        else:
+            print("sandbox: certificate reloaded", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGHUP, handler)
+
+
+
 def run_for_settings(
     settings: Any, *, host: str | None = None, port: int | None = None,
     callback_url: str | None = None, faults: str = "{}", seed: int = 0,
@@ -1162,6 +1182,7 @@ def run_for_settings(
         from payportal.tls import server_context
 
         ssl_context = server_context(settings.tls_cert_file, settings.tls_key_file)
+        _reload_on_sighup(ssl_context, settings.tls_cert_file, settings.tls_key_file)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     print(f"sandbox processor on {settings.scheme}://{host}:{port}; callbacks to {callback_url}",
           file=sys.stderr, flush=True)  # fmt: skip

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
+import signal
 import socket
 import sqlite3
 import ssl
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from payportal.tls import make_dev_cert
 from tests.serve_process import free_port, serving
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -122,6 +125,23 @@ def test_serve_over_https_with_a_development_certificate(tmp_path: Path) -> None
         while not _callbacks_received(database):
             assert time.monotonic() < deadline, "no processor callback arrived over HTTPS"
             time.sleep(0.2)
+
+        # A renewal: new files in place, then SIGHUP. The front door and the sandbox it
+        # started both present the new certificate to new connections.
+        renewed = make_dev_cert(tmp_path / "renewed")
+        cert.write_bytes(renewed.cert_file.read_bytes())
+        key.write_bytes(renewed.key_file.read_bytes())
+        os.kill(served.pid, signal.SIGHUP)
+        trusts_renewed = ssl.create_default_context(cafile=str(renewed.ca_file))
+        deadline = time.monotonic() + CALLBACK_WAIT_S
+        while True:
+            try:
+                assert _https(port, trusts_renewed, "GET", "/healthz")[0] == 200
+                assert "token" in json.loads(_sandbox_token(served.sandbox_port, trusts_renewed))
+                break
+            except ssl.SSLCertVerificationError:
+                assert time.monotonic() < deadline, "the renewed certificate was not served"
+                time.sleep(0.2)
     assert "not delivered" not in served.output()
 
 
