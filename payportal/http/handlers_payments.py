@@ -68,6 +68,7 @@ from .views import payment_row_view, payment_view
 
 __all__ = [
     "cancel_payment",
+    "confirm_and_charge",
     "confirm_payment",
     "create_and_charge",
     "create_payment",
@@ -255,6 +256,18 @@ async def confirm_payment(request: web.Request) -> web.Response:
     payment_id = request.match_info["id"]
     account_id = _payment_account(payment_id)
     await authorize_account(request, principal, account_id)
+    payment, action = await confirm_and_charge(request, account_id, payment_id)
+    status, body, headers = _answer(account_id, payment, action)
+    return web.Response(status=status, body=body, content_type="application/json",
+                        headers=headers)  # fmt: skip
+
+
+async def confirm_and_charge(
+    request: web.Request, account_id: str, payment_id: str
+) -> tuple[Payment, NextAction | None]:
+    """The use-case behind ``POST /v1/payments/{id}/confirm`` and the portal's Confirm:
+    the engine refuses a second attempt while one is open, so a double submit charges
+    once. Raises the contract's ``ApiError`` when the payment is not waiting for this."""
     reply = await request.app[ROUTER].submit(
         ConfirmPayment(account_id=account_id, payment_id=payment_id,
                        attempt_id=ids.child_id("att", account_id))
@@ -269,9 +282,7 @@ async def confirm_payment(request: web.Request) -> web.Response:
         reply = await gateway.charge_attempt(reply, account_id)
         payment = reply.payment
         assert payment is not None
-    status, body, headers = _answer(account_id, payment, await gateway.next_action(payment))
-    return web.Response(status=status, body=body, content_type="application/json",
-                        headers=headers)  # fmt: skip
+    return payment, await gateway.next_action(payment)
 
 
 async def list_payments(request: web.Request) -> web.Response:

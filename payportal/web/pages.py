@@ -24,6 +24,7 @@ import datetime as dt
 import re
 import secrets
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import msgspec
 import sqlalchemy as sa
@@ -69,6 +70,7 @@ _DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 STATUS_WORDS: Final = {
     "processing": "Processing",
     "retry_scheduled": "Retry scheduled",
+    "requires_action": "Needs your confirmation",
     "requires_payment_method": "Declined",
     "succeeded": "Paid",
     "failed": "Failed",
@@ -92,6 +94,10 @@ DECLINE_REASONS: Final = {
     "processing_error": "The card network had a technical problem.",
     "processor_unavailable": "We could not reach the card processor.",
     "try_again_later": "Your bank asked us to try again later.",
+    "payment_intent_authentication_failure": (
+        "Your bank's confirmation step was not completed, so the bank declined the payment."
+    ),
+    "authentication_required": "Your bank asks you to confirm this payment yourself.",
 }
 WALLET_NAMES: Final = {"apple_pay": "Apple Pay", "google_pay": "Google Pay"}
 
@@ -280,9 +286,16 @@ async def dashboard(request: web.Request) -> web.Response:
     recent = await queries.list_payments(
         request.app[STORE].engine, account_ids=[account.account_id], limit=RECENT_PAYMENTS
     )
+    # Off-session attempts their bank declined until the payer confirms (the email links
+    # to the same pages), and challenges left open: both wait for the payer, not for us.
+    waiting = await queries.list_payments(
+        request.app[STORE].engine, account_ids=[account.account_id], status="requires_action",
+        limit=RECENT_PAYMENTS,
+    )  # fmt: skip
     return _render(request, "dashboard.html", {
         "account": account, "accounts": choices, "balance": balance, "invoices": invoices,
         "today": dt.date.today(), "payments": recent.data, "seen": seen,
+        "waiting": waiting.data,
     })  # fmt: skip
 
 
@@ -559,13 +572,43 @@ def payment_story(payment: Any) -> dict[str, Any]:
     attempt = payment.current_attempt if payment.attempts else None
     code = attempt.decline_code if attempt is not None else None
     reason = DECLINE_REASONS.get(code or "", "Your bank declined the payment.") if code else None
-    final = status not in ("processing", "retry_scheduled")
+    # ``requires_action`` is two waits (docs/api.md): a challenge the processor holds for
+    # the payer now, or an attempt made without them that their bank declined until they
+    # confirm. The first ends by itself (the challenge's callback), so the page listens.
+    waiting = None
+    if status == "requires_action" and attempt is not None:
+        waiting = "challenge" if attempt.status.value == "requires_action" else "confirm"
+    final = status not in ("processing", "retry_scheduled") and waiting != "challenge"
     story = {"status": status, "words": STATUS_WORDS.get(status, status), "reason": reason,
-             "final": final, "next_retry_at_ms": payment.next_retry_at_ms}  # fmt: skip
+             "final": final, "next_retry_at_ms": payment.next_retry_at_ms,
+             "waiting": waiting}  # fmt: skip
     return story
 
 
-async def payment_page(request: web.Request) -> web.Response:
+def _challenge_frame(request: web.Request, action: Any) -> tuple[str | None, str | None]:
+    """(URL to frame, URL to open instead) for the processor's challenge: framed only
+    from an origin the page's CSP lets it frame, else a plain link, never a dead frame."""
+    if action is None:
+        return None, None
+    from .security import WEB_CONFIG, frame_origins
+
+    url = action.redirect_to_url.url
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http"):
+        return None, None
+    origin = f"{parts.scheme}://{parts.netloc}"
+    config = request.config_dict[WEB_CONFIG]
+    allowed = frame_origins(config)
+    framable = origin in allowed or any(
+        a.startswith("https://*.") and parts.scheme == "https"
+        and parts.netloc.endswith(a[len("https://*"):]) for a in allowed
+    )  # fmt: skip
+    return (url, None) if framable else (None, url)
+
+
+async def payment_page(request: web.Request, *, error: str | None = None,
+                       status: int = 200) -> web.Response:  # fmt: skip
+    from payportal.http.typedefs import GATEWAY
     from payportal.live import journal_last_id
 
     session = await require_payer(request)
@@ -578,11 +621,46 @@ async def payment_page(request: web.Request) -> web.Response:
     balance = await _balance(request, account_id)
     numbers = await _invoice_numbers(request, account_id)
     method = await directory.payment_method(request.app[STORE].engine, payment.payment_method.id)
+    story = payment_story(payment)
+    frame_url = link_url = None
+    if story["waiting"] == "challenge":
+        # Asked of the processor each time, never stored: the URL is the challenge's secret.
+        action = await request.app[GATEWAY].next_action(payment)
+        frame_url, link_url = _challenge_frame(request, action)
     return _render(request, "payment.html", {
         "account": account, "accounts": choices, "payment": payment, "balance": balance,
-        "numbers": numbers, "method": method_label(method), "story": payment_story(payment),
-        "seen": seen,
-    })  # fmt: skip
+        "numbers": numbers, "method": method_label(method), "story": story,
+        "seen": seen, "challenge_url": frame_url, "challenge_link": link_url,
+        "confirm_error": error,
+    }, status=status)  # fmt: skip
+
+
+async def payment_get(request: web.Request) -> web.Response:
+    return await payment_page(request)
+
+
+async def payment_confirm(request: web.Request) -> web.Response:
+    """The payer's Confirm for a payment their bank wants them present for: the API's own
+    confirm, then back to the page, which frames the challenge the new attempt opened."""
+    from payportal.http.handlers_payments import confirm_and_charge
+
+    session = await require_payer(request)
+    account_id, payment = await own_payment(request, session)
+    try:
+        await _money_limits(request, session.payer_id, account_id)
+        await confirm_and_charge(request, account_id, payment.payment_id)
+    except ApiError as error:
+        if error.status == 429:
+            return await payment_page(request, status=429, error=(
+                "Too many payment attempts in a short time. For your security, please wait "
+                "a while before trying again."))  # fmt: skip
+        if error.status >= 500:
+            raise
+        # Not waiting for a confirmation any more (a second click, another tab): the
+        # page tells what the payment is doing now, and nothing was charged again.
+        log.info("portal_confirm_refused", payment_id=payment.payment_id,
+                 code=error.body.code)  # fmt: skip
+    return web.Response(status=303, headers={"Location": f"/payments/{payment.payment_id}"})
 
 
 # -- history ---------------------------------------------------------------------------------
@@ -820,7 +898,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/pay", pay_page)
     app.router.add_post("/pay", pay)
     app.router.add_get("/payments", history)
-    app.router.add_get(ids.routed("/payments/{id}"), payment_page)
+    app.router.add_get(ids.routed("/payments/{id}"), payment_get)
+    app.router.add_post(ids.routed("/payments/{id}/confirm"), payment_confirm)
     app.router.add_get("/methods", methods_get)
     app.router.add_post("/methods", method_add)
     app.router.add_post(ids.routed("/methods/{id}/remove"), method_remove)

@@ -5,10 +5,11 @@ request the middleware
 
 - draws a CSP nonce (``csp_nonce``) and answers with a Content-Security-Policy that
   allows scripts only with that nonce, frames only from the processor's hosted card
-  fields, connections only to us and the processor, forms only to us, and no framing
-  of our pages at all (``frame-ancestors 'none'``); plus ``nosniff``, a strict referrer
-  policy and ``Cache-Control: no-store`` (static files are cached instead: forever when
-  their URL carries the content hash);
+  fields and its 3-D Secure challenge (``frame_origins``), connections only to us and
+  the processor, forms only to us, and no framing of our pages at all
+  (``frame-ancestors 'none'``); plus ``nosniff``, a strict referrer policy and
+  ``Cache-Control: no-store`` (static files are cached instead: forever when their URL
+  carries the content hash);
 - refuses every state-changing request (anything but GET/HEAD/OPTIONS) that does not
   carry the CSRF token, in the form field ``csrf_token`` or the ``X-CSRF-Token`` header
   (fetch), and every one whose ``Origin`` or ``Sec-Fetch-Site`` says it came from
@@ -57,6 +58,7 @@ __all__ = [
     "csp_nonce",
     "csrf_token",
     "delete_cookie",
+    "frame_origins",
     "headers_on_prepare",
     "is_json_route",
     "is_page",
@@ -244,14 +246,27 @@ def clear_session_cookie(request: web.Request, response: web.StreamResponse) -> 
 STRIPE_SCRIPT_SRC: Final = "https://js.stripe.com https://*.js.stripe.com"
 STRIPE_FRAME_SRC: Final = "https://js.stripe.com https://*.js.stripe.com https://hooks.stripe.com"
 STRIPE_CONNECT_SRC: Final = "https://api.stripe.com"
+# Where Stripe serves the 3-D Secure page of a PaymentIntent's ``redirect_to_url``
+# (docs/processors.md, 3-D Secure), framed by the payment's page even without Stripe.js.
+STRIPE_CHALLENGE_SRC: Final = "https://hooks.stripe.com"
+
+
+def frame_origins(config: WebConfig) -> tuple[str, ...]:
+    """What the pages may frame: the processor's card fields and its 3-D Secure challenge
+    (the sandbox serves both from its own origin, docs/api.md)."""
+    if config.uses_stripe_js:
+        return tuple(STRIPE_FRAME_SRC.split())
+    if config.processor == "stripe":
+        return (config.processor_origin, STRIPE_CHALLENGE_SRC)
+    return (config.processor_origin,)
 
 
 def content_security_policy(request: web.Request) -> str:
     config = request.config_dict[WEB_CONFIG]
-    scripts, frames, connect = "", config.processor_origin, f"'self' {config.processor_origin}"
+    scripts, connect = "", f"'self' {config.processor_origin}"
+    frames = " ".join(frame_origins(config))
     if config.uses_stripe_js:
         scripts = f" {STRIPE_SCRIPT_SRC}"
-        frames = STRIPE_FRAME_SRC
         connect = f"'self' {STRIPE_CONNECT_SRC}"
     return (
         f"default-src 'self'; script-src 'nonce-{csp_nonce(request)}'{scripts}; "

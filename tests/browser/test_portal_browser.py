@@ -372,3 +372,38 @@ def test_enter_in_a_card_field_pays(page: Any, stack: Stack) -> None:
     fields.locator("#cc-csc").fill("123")
     fields.locator("#cc-csc").press("Enter")
     page.wait_for_url("**/payments/pay_**")
+
+
+def test_a_3ds_challenge_is_completed_by_keyboard_in_the_page_and_the_status_reads_paid(
+    page: Any, stack: Stack, shoot: Any
+) -> None:
+    page.set_viewport_size({"width": 375, "height": 740})
+    sign_in(page, stack)
+    pay_with_new_card(page, stack, "12.00", "4000 0027 6000 3184")
+    page.locator("[data-challenge-frame]").wait_for()
+    # Set on this document only: a reload would drop it.
+    page.evaluate("window.stillTheSamePage = true")
+    assert page.get_by_role("heading", name="Confirm this payment with your bank").is_visible()
+    _fits_the_screen(page)
+    shoot("challenge")
+    frame = page.frame_locator("iframe[data-challenge-frame]")
+    frame.get_by_role("button", name="Complete authentication").wait_for()
+    challenge = next(f for f in page.frames if "/v1/challenges/" in f.url)
+    assert challenge.url.startswith(stack.sandbox)  # the bank's page, not the portal's
+    tab_to(page, "iframe[data-challenge-frame]")
+    for _ in range(5):
+        if challenge.evaluate("document.activeElement.value") == "complete":
+            break
+        page.keyboard.press("Tab")
+    assert challenge.evaluate("document.activeElement.value") == "complete"
+    page.keyboard.press("Enter")
+    badge = page.locator("[data-status-badge]")
+    deadline = time.monotonic() + 30
+    while badge.inner_text() != "Paid" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert badge.inner_text() == "Paid"
+    assert page.evaluate("window.stillTheSamePage === true")
+    assert page.locator("[data-challenge-frame]").count() == 0
+    assert "Thank you: your payment is received" in page.locator("#live").inner_text()
+    assert page.locator("#receipt-heading").inner_text() == "Receipt"
+    shoot("challenge-paid")

@@ -38,6 +38,9 @@ CARDS = {
     "processing_error": "4000000000000119",
     "capture_timeout": "4000000000003063",
     "attach_then_decline": "4000000000000341",
+    "sca_always": "4000002760003184",
+    "sca_unless_set_up": "4000002500003155",
+    "sca_then_declined": "4000008260003178",
 }
 
 

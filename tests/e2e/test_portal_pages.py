@@ -405,3 +405,141 @@ async def test_a_refused_payment_form_stores_not_even_its_new_card(portal: Porta
     methods = await portal.api.ok("GET", f"/v1/accounts/{account_id}/payment_methods",
                                   params={"include_deleted": "true"})  # fmt: skip
     assert methods["data"] == []
+
+
+# -- 3-D Secure --------------------------------------------------------------------------------
+
+
+async def _forward_callbacks(portal: Portal) -> None:
+    """The sandbox here sends no callbacks: deliver the ones it recorded, signed, as its
+    sender would (the status page moves on the challenge's callback alone)."""
+    from standardwebhooks.webhooks import Webhook
+
+    from .api_harness import SECRET
+
+    for event in portal.api.sandbox.callbacks.events:
+        at = dt.datetime.now(dt.UTC)
+        headers = {"content-type": "application/json", "webhook-id": event.id,
+                   "webhook-timestamp": str(int(at.timestamp())),
+                   "webhook-signature": Webhook(SECRET).sign(event.id, at, event.body.decode())}
+        response = await portal.client.post("/v1/processors/sandbox/callbacks",
+                                            data=event.body, headers=headers)  # fmt: skip
+        assert response.status == 200, await response.text()
+
+
+def _challenge_url(html: str) -> str:
+    match = re.search(r'<iframe[^>]*data-challenge-frame src="([^"]+)"', html)
+    assert match is not None, _text(html)
+    return match.group(1)
+
+
+async def _answer(portal: Portal, url: str, result: str) -> None:
+    """The payer's press inside the bank's frame: a form post to the processor's origin."""
+    async with portal.client.session.post(url, data={"result": result}) as answer:
+        assert answer.status == 200
+        assert "Authentication" in await answer.text()
+
+
+async def test_a_payment_that_needs_3ds_frames_the_banks_challenge_then_reads_paid(
+    portal: Portal,
+) -> None:
+    account_id = await _signed_in(portal)
+    response = await _pay(portal, account_id, "25.00", card="sca_always")
+    assert response.status == 303
+    location = response.headers["Location"]
+    page = await portal.client.get(location)
+    html = await page.text()
+    text = _text(html)
+    assert "Confirm this payment with your bank" in text
+    assert "Needs your confirmation" in text
+    url = _challenge_url(html)
+    # The bank's page is the processor's, on its origin, and the CSP lets the page frame it.
+    assert url.startswith(f"{portal.sandbox_url}/v1/challenges/chl_")
+    assert f"frame-src {portal.sandbox_url}" in page.headers["Content-Security-Policy"]
+    assert 'title="Your bank\'s confirmation page"' in html
+    polled = await (await portal.client.get(location + "/status.json")).json()
+    assert polled["status"] == "requires_action"
+    assert polled["final"] is False
+
+    await _answer(portal, url, "complete")
+    await _forward_callbacks(portal)
+    text = _text(await (await portal.client.get(location)).text())
+    assert "Paid" in text
+    assert "Confirm this payment with your bank" not in text
+    assert [c.status for c in portal.api.charges()] == ["succeeded"]
+
+
+async def test_a_failed_challenge_reads_as_a_decline_in_plain_words(portal: Portal) -> None:
+    account_id = await _signed_in(portal)
+    response = await _pay(portal, account_id, "25.00", card="sca_unless_set_up")
+    location = response.headers["Location"]
+    await _answer(portal, _challenge_url(await (await portal.client.get(location)).text()),
+                  "fail")  # fmt: skip
+    await _forward_callbacks(portal)
+    text = _text(await (await portal.client.get(location)).text())
+    assert "Your card was declined" in text
+    assert "confirmation step was not completed" in text
+    assert "No money was taken" in text
+
+
+async def _autopay_waiting_for_the_payer(portal: Portal, account_id: str) -> str:
+    """A merchant-initiated payment (as autopay creates) whose off-session attempt the
+    issuer declines ``authentication_required``."""
+    from payportal.engine import Allocation, CreatePayment, Initiator, PaymentMethodRef
+    from payportal.http import ids
+    from payportal.http.typedefs import GATEWAY, ROUTER
+
+    method_id = await portal.api.payment_method(account_id, card="sca_unless_set_up")
+    app = portal.client.server.app
+    invoices = await portal.api.ok("GET", f"/v1/accounts/{account_id}/invoices")
+    first = next(i["id"] for i in invoices["data"] if i["number"] == "INV-1")
+    payment_id = ids.child_id("pay", account_id)
+    reply = await app[ROUTER].submit(CreatePayment(
+        account_id=account_id, payment_id=payment_id,
+        attempt_id=ids.child_id("att", account_id), idempotency_key=uuid.uuid4().hex,
+        amount_minor=125_000, currency="USD",
+        payment_method=PaymentMethodRef(id=method_id, brand="visa", kind="card"),
+        allocations=(Allocation(invoice_id=first, amount_minor=125_000),),
+        initiator=Initiator.merchant,
+    ))  # fmt: skip
+    reply = await app[GATEWAY].charge_attempt(reply, account_id)
+    assert reply.payment is not None
+    assert reply.payment.status.value == "requires_action"
+    return payment_id
+
+
+async def test_a_payment_waiting_for_the_payer_shows_a_banner_and_confirm_opens_the_challenge(
+    portal: Portal,
+) -> None:
+    account_id = await _signed_in(portal)
+    payment_id = await _autopay_waiting_for_the_payer(portal, account_id)
+    dashboard = await (await portal.client.get("/")).text()
+    assert "A payment needs you to confirm it" in _text(dashboard)
+    assert f'href="/payments/{payment_id}" data-confirm-link' in dashboard
+    page = await portal.client.get(f"/payments/{payment_id}")
+    html = await page.text()
+    assert "Your bank asks you to confirm this payment" in _text(html)
+    assert "data-challenge-frame" not in html
+    # Confirm is a state change: refused without this browser's CSRF token.
+    forged = await portal.client.post(f"/payments/{payment_id}/confirm",
+                                      data={"csrf_token": "x"}, allow_redirects=False)
+    assert forged.status == 403
+    assert len(portal.api.charges()) == 1
+    token = await portal.token(f"/payments/{payment_id}")
+    confirmed, twice = await asyncio.gather(
+        portal.post(f"/payments/{payment_id}/confirm", {}, token=token),
+        portal.post(f"/payments/{payment_id}/confirm", {}, token=token),
+    )
+    assert confirmed.status == twice.status == 303
+    assert confirmed.headers["Location"] == f"/payments/{payment_id}"
+    # One on-session attempt, however many presses: its challenge is on the page.
+    assert len(portal.api.charges()) == 2
+    html = await (await portal.client.get(f"/payments/{payment_id}")).text()
+    url = _challenge_url(html)
+    await _answer(portal, url, "complete")
+    await _forward_callbacks(portal)
+    text = _text(await (await portal.client.get(f"/payments/{payment_id}")).text())
+    assert "Paid" in text
+    dashboard = _text(await (await portal.client.get("/")).text())
+    assert "A payment needs you to confirm it" not in dashboard
+    assert "You owe 480.50 USD" in dashboard

@@ -179,3 +179,77 @@ async def test_confirm_is_refused_while_a_challenge_is_open(sca: Api) -> None:
     code, body, _ = await sca.call("POST", f"/v1/payments/{payment['id']}/confirm")
     assert code == 400, body
     assert body["error"]["type"] == "invalid_request_error"
+
+
+async def _waiting_notices(api: Api) -> list[Any]:
+    """The decline notices the journal left in the outbox that ask the payer to come back."""
+    import sqlalchemy as sa
+
+    from payportal.mail.payments import decode_notice
+    from payportal.persistence import tables
+
+    for shard_id in range(2):
+        await api.store.project_pending(shard_id)
+    async with api.store.engine.connect() as connection:
+        rows = (await connection.execute(sa.select(tables.outbox.c.payload).where(
+            tables.outbox.c.kind == "payment_declined"))).all()  # fmt: skip
+    notices = [decode_notice(r.payload) for r in rows]
+    return [n for n in notices if n.status == "requires_action"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_autopay_that_needs_authentication_asks_the_payer_and_is_not_retried_blindly(
+    sca: Api,
+) -> None:
+    from payportal.actors.janitor import RetryJanitor
+    from payportal.billing import BillingRunner
+    from payportal.http.typedefs import GATEWAY, ROUTER
+
+    account = await sca.account()
+    method = await sca.payment_method(account, card="sca_unless_set_up")
+    plan = await sca.ok("POST", "/v1/plans", json={
+        "name": "Pro", "amount": 3_000, "currency": "USD", "interval": "month"})  # fmt: skip
+    # Autopay charges without the payer: the billing run creates a merchant-initiated
+    # payment, so its attempt goes off session and the card's issuer declines it.
+    await sca.ok("POST", f"/v1/accounts/{account}/subscriptions",
+                 json={"plan": plan["id"], "payment_method": method, "autopay": True})
+    invoices = await sca.ok("GET", f"/v1/accounts/{account}/billing_invoices")
+    [invoice] = invoices["data"]
+    payment = await sca.ok("GET", f"/v1/payments/{invoice['payment']}")
+    assert payment["status"] == "requires_action"
+    assert payment["next_action"] is None
+    [attempt] = payment["attempts"]
+    assert attempt["decline_code"] == "authentication_required"
+    assert payment["next_retry_at"] is None
+    [charge] = [c for c in sca.sandbox.charges.values() if c.idempotency_key == attempt["id"]]
+    assert charge.status == "failed"
+    # The payer is asked, once, by email.
+    [notice] = await _waiting_notices(sca)
+    assert notice.payment_id == payment["id"]
+
+    # Nothing charges it again without them: not the billing run, not the retry janitor,
+    # however long it waits.
+    app = sca.client.server.app
+    report = await BillingRunner(app[ROUTER], sca.store.engine, app[GATEWAY]).run_once()
+    assert report.charges_started == 0
+    janitor = RetryJanitor(app[ROUTER], sca.store, sca.processor,
+                           clock_ms=lambda: 10**15)  # fmt: skip
+    await janitor.run_once()
+    assert len(sca.sandbox.charges) == 1
+    assert (await sca.ok("GET", f"/v1/payments/{payment['id']}"))["status"] == "requires_action"
+
+    # The payer confirms: one on-session attempt with its challenge, completed once.
+    code, confirmed, _ = await sca.call("POST", f"/v1/payments/{payment['id']}/confirm",
+                                        headers=sca.merchant)  # fmt: skip
+    assert code == 200, confirmed
+    assert confirmed["status"] == "requires_action"
+    url = confirmed["next_action"]["redirect_to_url"]["url"]
+    again, refused, _ = await sca.call("POST", f"/v1/payments/{payment['id']}/confirm",
+                                       headers=sca.merchant)  # fmt: skip
+    assert again == 400, refused
+    assert refused["error"]["type"] == "invalid_request_error"
+    await _answer_challenge(url, "complete")
+    done = await _status_becomes(sca, payment["id"], "succeeded")
+    assert len(done["attempts"]) == 2
+    assert sum(c.status == "succeeded" for c in sca.sandbox.charges.values()) == 1
+    assert len(sca.sandbox.charges) == 2

@@ -238,11 +238,68 @@
   }
 
   // -- payment status ------------------------------------------------------------------------
+  // A change of status swaps in the server's own rendering of the status and receipt, in
+  // place: the wording stays the server's, and a payer who just answered their bank inside
+  // the challenge frame is not sent back to the top of a reloaded page.
   function liveStatus(section) {
+    var heading = $("#challenge-heading", section);
+    // Straight after Pay the bank's step is what the payer must do next: the next Tab
+    // from the heading goes into the bank's frame.
+    if (heading) { heading.focus(); }
     if (section.getAttribute("data-final") === "true") { return; }
     var current = section.getAttribute("data-status");
     var polling = null;
-    function changed(status) { if (status && status !== current) { window.location.reload(); } }
+    var source = null;
+    var refreshing = false;
+    var again = false;
+    function stop() {
+      if (source) { source.close(); source = null; }
+      if (polling) { clearInterval(polling); polling = null; }
+    }
+    function swap(html) {
+      var doc = new DOMParser().parseFromString(html, "text/html");
+      var fresh = doc.getElementById("live");
+      if (!fresh) { throw new Error("no status in the page"); }
+      var active = document.activeElement;
+      var hadFocus = !!active && active !== section && section.contains(active);
+      var line = $(".status-line", section);
+      var freshLine = $(".status-line", fresh);
+      // The status line is the live region: it stays, its words change, and a screen
+      // reader announces them.
+      if (line && freshLine) { line.innerHTML = freshLine.innerHTML; }
+      Array.prototype.slice.call(section.children).forEach(function (child) {
+        if (child !== line) { section.removeChild(child); }
+      });
+      Array.prototype.slice.call(fresh.children).forEach(function (child) {
+        if (!child.classList.contains("status-line")) { section.appendChild(document.importNode(child, true)); }
+      });
+      section.setAttribute("data-status", fresh.getAttribute("data-status"));
+      section.setAttribute("data-final", fresh.getAttribute("data-final"));
+      var receipt = $("[data-receipt]");
+      var freshReceipt = doc.querySelector("[data-receipt]");
+      if (receipt && freshReceipt) { receipt.parentNode.replaceChild(document.importNode(freshReceipt, true), receipt); }
+      current = fresh.getAttribute("data-status");
+      var newHeading = $("#challenge-heading", section);
+      // Focus was in what was just replaced (the bank's frame): keep it on the news.
+      if (newHeading) { newHeading.focus(); } else if (hadFocus) { section.focus(); }
+      if (fresh.getAttribute("data-final") === "true") { stop(); }
+    }
+    function refresh() {
+      if (refreshing) { again = true; return; }
+      refreshing = true;
+      fetch(window.location.pathname, {credentials: "same-origin", headers: {"Accept": "text/html"}})
+        .then(function (response) {
+          if (!response.ok) { throw new Error("status " + response.status); }
+          return response.text();
+        })
+        .then(swap)
+        .catch(function () { window.location.reload(); })
+        .then(function () {
+          refreshing = false;
+          if (again) { again = false; refresh(); }
+        });
+    }
+    function changed(status) { if (status && status !== current) { refresh(); } }
     function poll() {
       if (polling) { return; }
       polling = setInterval(function () {
@@ -253,11 +310,23 @@
       }, 2000);
     }
     if (!window.EventSource) { poll(); return; }
-    var source = new EventSource(section.getAttribute("data-events"));
+    source = new EventSource(section.getAttribute("data-events"));
     source.onmessage = function (event) {
       try { changed(JSON.parse(event.data).status); } catch (e) { /* ignore a bad event */ }
     };
-    source.onerror = function () { source.close(); poll(); };
+    source.onerror = function () { if (source) { source.close(); source = null; } poll(); };
+  }
+
+  // Confirm starts a charge: one press is enough, a second waits for the first.
+  function confirmForms() {
+    document.addEventListener("submit", function (event) {
+      var form = event.target;
+      if (!form.matches || !form.matches("[data-confirm-form]")) { return; }
+      if (form.getAttribute("data-sending")) { event.preventDefault(); return; }
+      form.setAttribute("data-sending", "true");
+      var button = $("button", form);
+      setTimeout(function () { button.disabled = true; button.textContent = "Confirming…"; }, 0);
+    });
   }
 
   // Dashboard: any payment's status change reloads the page (balance and list change).
@@ -281,6 +350,7 @@
     if (add) { cardForm(add, function () { return true; }, function () { return 0; }); }
     var live = $("[data-live]");
     if (live) { liveStatus(live); }
+    confirmForms();
     window.payportalCsrf = csrf;
   });
 })();
