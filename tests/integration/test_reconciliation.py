@@ -216,7 +216,7 @@ async def test_the_settlement_reports_carry_amount_fee_net_and_payout_and_read_a
         response = await session.get(world.sandbox.make_url("/v1/settlements?format=csv"))
         text = await response.text()
         assert response.content_type == "text/csv"
-        assert text.splitlines()[0] == "charge,payout,amount,currency,fee,net,created"
+        assert text.splitlines()[0] == "charge,payout,amount,currency,fee,net,created,type,source"
         assert len(text.splitlines()) == PAYMENTS + 1
         response = await session.get(world.sandbox.make_url("/v1/payouts?format=xml"))
         assert response.status == 400
