@@ -20,6 +20,14 @@ of ``processor_clearing``), once per charge however often the job runs, and reco
 | ``allocation_mismatch`` | the payment's allocations and credit do not add up to its amount |
 | ``posting_rejected`` | the engine refused the settlement (e.g. settled before in another payout) |
 
+Refunds and disputes the processor withheld from a payout (lines of ``type`` ``refund``
+or ``dispute``, negative amounts) are matched by their charge with the payment and
+posted through the engine (``SettleReversal``: out of ``cash`` back into
+``processor_clearing``, and a dispute's fee to ``fees`` if the dispute came without it),
+once per refund or dispute id. One the engine refuses (more refunded than we refunded,
+another amount or fee than the dispute's) is a ``posting_rejected`` exception; one for a
+charge of no payment of ours an ``unknown_charge``.
+
 Re-running never duplicates a posting (the engine answers ``exists``) nor an exception
 (its ``dedupe_key`` is unique). A merchant resolves an exception with a resolution and a
 note (``resolve_exception``; ``POST /v1/reconciliation/exceptions/{id}/resolve``); a
@@ -46,7 +54,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from payportal.engine import Command, Result, SettleCharge
+from payportal.engine import Command, Result, ReversalKind, SettleCharge, SettleReversal
 from payportal.persistence import tables
 from payportal.persistence.tables_accounting import (
     reconciliation_exceptions,
@@ -223,6 +231,8 @@ def _check_lines(
     matched: list[tuple[SettlementLine, _Payment]] = []
     seen: Counter[str] = Counter()
     for line in lines:
+        if line.type != "charge":
+            continue  # refunds and disputes: ``_check_reversals``
         seen[line.charge] += 1
         where = f"{processor}:{line.payout}:{line.charge}"
         if seen[line.charge] > 1:
@@ -288,6 +298,34 @@ def _check_lines(
     return matched, found
 
 
+def _check_reversals(
+    lines: Sequence[SettlementLine], payments: dict[str, _Payment], *, processor: str,
+    young_after_s: int,
+) -> tuple[list[tuple[SettlementLine, _Payment]], list[_Found]]:
+    """The refund and dispute lines whose charge one of our payments captured, and the
+    ones no payment of ours did."""
+    found: list[_Found] = []
+    matched: list[tuple[SettlementLine, _Payment]] = []
+    for line in lines:
+        if line.type == "charge":
+            continue
+        payment = payments.get(line.charge)
+        if payment is None:
+            if line.created > young_after_s:
+                continue
+            found.append(_Found(
+                kind="unknown_charge",
+                dedupe=f"unknown_charge:{processor}:{line.payout}:{line.charge}:{line.source}",
+                detail=f"a {line.type} {line.source} of charge {line.charge} was withheld but "
+                       "no payment of ours captured the charge",
+                payout_id=line.payout, charge_id=line.charge, currency=line.currency,
+                reported_minor=line.amount,
+            ))  # fmt: skip
+            continue
+        matched.append((line, payment))
+    return matched, found
+
+
 async def _record(connection: AsyncConnection, processor: str, found: _Found) -> bool:
     values = msgspec.structs.asdict(found)
     dedupe = values.pop("dedupe")
@@ -314,7 +352,11 @@ async def reconcile(
     payments = await _payments_by_charge(engine, processor, [x.charge for x in lines])
     matched, found = _check_lines(lines, payouts, payments, processor=processor,
                                   young_after_s=(now_ms - grace_ms) // 1000)  # fmt: skip
-    reported = {line.charge for line in lines}
+    reversals, reversals_found = _check_reversals(
+        lines, payments, processor=processor, young_after_s=(now_ms - grace_ms) // 1000
+    )
+    found.extend(reversals_found)
+    reported = {line.charge for line in lines if line.type == "charge"}
     captured_before_ms = now_ms - grace_ms
     if report.covers_until is not None:
         captured_before_ms = min(captured_before_ms, report.covers_until * 1000)
@@ -355,6 +397,31 @@ async def reconcile(
                 continue
             posted += outcome.result is Result.ok
             settled.append((line, payment))
+    matched_reversals = 0
+    for chunk in _chunks(reversals, COMMANDS_PER_CALL):
+        replies = await router.submit_many([
+            SettleReversal(account_id=payment.account_id, payment_id=payment.payment_id,
+                           kind=ReversalKind(line.type), reversal_id=line.source or "",
+                           payout_id=line.payout, amount_minor=-line.amount,
+                           fee_minor=line.fee, currency=line.currency)
+            for line, payment in chunk
+        ])  # fmt: skip
+        for (line, payment), reply in zip(chunk, replies, strict=True):
+            outcome = reply.outcome
+            if outcome.result is Result.rejected:
+                found.append(_Found(
+                    kind="posting_rejected",
+                    dedupe=(f"posting_rejected:{processor}:{line.payout}:{line.charge}:"
+                            f"{line.type}:{line.source}"),
+                    detail=(f"the ledger refused the {line.type} {line.source} "
+                            f"(fee {line.fee}): {outcome.rejection}"),
+                    payout_id=line.payout, charge_id=line.charge,
+                    payment_id=payment.payment_id, account_id=payment.account_id,
+                    currency=line.currency, reported_minor=line.amount,
+                ))  # fmt: skip
+                continue
+            posted += outcome.result is Result.ok
+            matched_reversals += 1
     exceptions_new: Counter[str] = Counter()
     async with engine.begin() as connection:
         for line, payment in settled:
@@ -368,7 +435,8 @@ async def reconcile(
             if await _record(connection, processor, each):
                 exceptions_new[each.kind] += 1
         run = ReconciliationRun(
-            payouts=len(payouts), charges=len(lines), matched=len(settled), posted=posted,
+            payouts=len(payouts), charges=len(lines), matched=len(settled) + matched_reversals,
+            posted=posted,
             exceptions_new=sum(exceptions_new.values()),
             exceptions_by_kind=dict(sorted(exceptions_new.items())),
         )  # fmt: skip

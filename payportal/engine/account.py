@@ -25,6 +25,17 @@ invoice: it posts to ``refunds``, the contra-revenue account, on the day it happ
 ``SettleCharge`` posts the processor's payout of a captured charge: its fee to ``fees``
 and the rest to ``cash``, out of ``processor_clearing``.
 
+A dispute takes back what the payer still has charged (the payment less its refunds) and
+the processor's dispute fee, out of ``processor_clearing``. The payer owes it again where
+that can be said: first the credit this payment left, if the account still holds it, then
+the invoices it paid (newest allocation first; a void invoice stays void); what is left
+(credit already spent, a void invoice's part) is written off to ``disputes``. Credit the
+account holds from other payments then pays the reopened invoices, as it would any open
+invoice. ``SettleReversal`` posts a refund or dispute the processor withheld from a
+payout: out of ``cash`` and back into ``processor_clearing``, so clearing holds only what
+the processor has not paid out or taken back yet (docs/design.md "Disputes and refunds in
+the ledger"; the entries are tabled in ``ledger``).
+
 ``execute`` does both, which is what an account shard calls per command. Every change
 of a payment's status goes through the tables in ``payment_state``.
 """
@@ -85,8 +96,11 @@ from .messages import (
     RetryStarted,
     RevenuePart,
     RevenueRecognized,
+    ReversalKind,
+    ReversalSettled,
     ServicePeriod,
     SettleCharge,
+    SettleReversal,
     StartRetry,
     VoidInvoice,
 )
@@ -124,6 +138,7 @@ __all__ = [
     "Invoice",
     "InvoiceStatus",
     "Payment",
+    "SettledReversal",
     "check_invariants",
     "decide",
     "evolve",
@@ -205,6 +220,14 @@ class Attempt(msgspec.Struct, kw_only=True):
     off_session: bool = False
 
 
+class SettledReversal(msgspec.Struct, kw_only=True, array_like=True):
+    """A refund or dispute of a payment withheld from a payout (``SettleReversal``)."""
+
+    payout_id: str
+    amount_minor: int
+    fee_minor: int
+
+
 class Payment(msgspec.Struct, kw_only=True):
     payment_id: str
     idempotency_key: str
@@ -236,6 +259,26 @@ class Payment(msgspec.Struct, kw_only=True):
     request_hash: str = ""
     answer: Payment | None = None
     description: str | None = None
+    # The dispute (``PaymentDisputed``): what it took back, its fee, and how the payer owes
+    # it again (credit taken back, invoices reopened).
+    dispute_id: str | None = None
+    disputed_minor: int = 0
+    dispute_fee_minor: int = 0
+    disputed_from_credit_minor: int = 0
+    reopened: tuple[Allocation, ...] = ()
+    # Refunds and the dispute withheld from payouts, by "kind:processor's id".
+    reversals: dict[str, SettledReversal] = msgspec.field(default_factory=dict)
+
+    @property
+    def disputed_written_off_minor(self) -> int:
+        reopened_minor = sum(a.amount_minor for a in self.reopened)
+        return self.disputed_minor - self.disputed_from_credit_minor - reopened_minor
+
+    def reversals_minor(self, kind: ReversalKind) -> int:
+        """Amount and fee withheld from payouts for refunds or for the dispute."""
+        prefix = f"{kind.value}:"
+        return sum(r.amount_minor + r.fee_minor for k, r in self.reversals.items()
+                   if k.startswith(prefix))  # fmt: skip
 
     @property
     def captured_charge_id(self) -> str | None:
@@ -344,7 +387,7 @@ def decide(
                 return _rejected(rejection)
         if isinstance(command, RefundPayment) and command.amount_minor <= 0:
             return _rejected(Rejection.amount_must_be_positive)
-        if isinstance(command, SettleCharge):
+        if isinstance(command, SettleCharge | SettleReversal):
             rejection = _settlement_field_rejection(command)
             if rejection is not None:
                 return _rejected(rejection)
@@ -385,6 +428,8 @@ def decide(
         return _decide_recognize_revenue(state, command, now_ms)
     if isinstance(command, SettleCharge):
         return _decide_settle_charge(state, command, now_ms)
+    if isinstance(command, SettleReversal):
+        return _decide_settle_reversal(state, command, now_ms)
     if isinstance(command, ReadAccount):
         ids = {k: v for k, v in (("payment_id", command.payment_id),
                                   ("invoice_id", command.invoice_id)) if v is not None}  # fmt: skip
@@ -934,11 +979,16 @@ def _decide_recognize_revenue(
     return _ok((RevenueRecognized(at_ms=now_ms, through=through, parts=tuple(parts)),))
 
 
-def _settlement_field_rejection(command: SettleCharge) -> Rejection | None:
+def _settlement_field_rejection(command: SettleCharge | SettleReversal) -> Rejection | None:
     if command.amount_minor <= 0:
         return Rejection.amount_must_be_positive
     if not currency_is_valid(command.currency):
         return Rejection.currency_must_be_valid
+    if isinstance(command, SettleReversal):
+        # A dispute's fee is on top of the amount and may exceed it; a refund has none.
+        fee_ok = command.fee_minor == 0 if command.kind is ReversalKind.refund else (
+            command.fee_minor >= 0)  # fmt: skip
+        return None if fee_ok else Rejection.fee_must_be_within_amount
     if not 0 <= command.fee_minor <= command.amount_minor:
         return Rejection.fee_must_be_within_amount
     return None
@@ -975,15 +1025,112 @@ def _decide_settle_charge(state: AccountState, command: SettleCharge, now_ms: in
     return _ok((event,), **ids)
 
 
+def _decide_settle_reversal(state: AccountState, command: SettleReversal, now_ms: int) -> Decision:
+    ids = {"payment_id": command.payment_id}
+    rejection = _settlement_field_rejection(command)
+    if rejection is not None:
+        return _rejected(rejection, **ids)
+    payment = state.payments.get(command.payment_id)
+    if payment is None:
+        return _rejected(Rejection.payment_not_found, **ids)
+    seen = payment.reversals.get(f"{command.kind.value}:{command.reversal_id}")
+    if seen is not None:
+        if seen.payout_id != command.payout_id:
+            return _rejected(Rejection.exists_with_different_payout, **ids)
+        if seen.amount_minor != command.amount_minor:
+            return _rejected(Rejection.exists_with_different_amount, **ids)
+        if seen.fee_minor != command.fee_minor:
+            return _rejected(Rejection.exists_with_different_fee, **ids)
+        return _exists(**ids)
+    if command.currency != payment.currency:
+        return _rejected(Rejection.currency_must_match_account, **ids)
+    fee_posted_minor = 0
+    if command.kind is ReversalKind.refund:
+        unsettled_minor = payment.amount_refunded_minor - payment.reversals_minor(command.kind)
+        if command.amount_minor > unsettled_minor:
+            return _rejected(Rejection.refund_must_not_exceed_refundable, **ids)
+    else:
+        if payment.disputed_minor == 0:
+            return _rejected(Rejection.payment_status_must_allow_transition, **ids)
+        if payment.reversals_minor(command.kind):
+            return _rejected(Rejection.exists_with_different_payout, **ids)
+        if payment.dispute_id and payment.dispute_id != command.reversal_id:
+            return _rejected(Rejection.exists_with_different_payment, **ids)
+        if command.amount_minor != payment.disputed_minor:
+            return _rejected(Rejection.amount_must_match_payment, **ids)
+        if payment.dispute_fee_minor == 0:
+            fee_posted_minor = command.fee_minor  # the dispute came without its fee
+        elif command.fee_minor != payment.dispute_fee_minor:
+            return _rejected(Rejection.exists_with_different_fee, **ids)
+    event = ReversalSettled(
+        at_ms=now_ms, payment_id=payment.payment_id, kind=command.kind,
+        reversal_id=command.reversal_id, payout_id=command.payout_id,
+        amount_minor=command.amount_minor, fee_minor=command.fee_minor,
+        fee_posted_minor=fee_posted_minor,
+    )  # fmt: skip
+    return _ok((event,), **ids)
+
+
 def _decide_dispute_payment(state: AccountState, command: DisputePayment, now_ms: int) -> Decision:
     ids = {"payment_id": command.payment_id}
     payment = state.payments.get(command.payment_id)
     if payment is None:
         return _rejected(Rejection.payment_not_found, **ids)
     if payment.status is PaymentStatus.disputed:
-        return _exists(**ids)
-    event = PaymentDisputed(at_ms=now_ms, payment_id=payment.payment_id)
-    return _transition(payment, PaymentEvent.disputed, event, ids)
+        return _exists(**ids)  # the processor told us again
+    if command.fee_minor < 0:
+        return _rejected(Rejection.fee_must_be_within_amount, **ids)
+    if payment_next(payment.status, PaymentEvent.disputed) is None or not payment.captured:
+        return _rejected(Rejection.payment_status_must_allow_transition, **ids)
+    amount_minor = payment.amount_minor - payment.amount_refunded_minor
+    # As a refund does: first the credit this payment left, if the account still has it.
+    from_credit_minor = min(
+        amount_minor,
+        state.credit_minor,
+        payment.amount_unapplied_minor - payment.refunded_from_credit_minor,
+    )
+    rest_minor = amount_minor - from_credit_minor
+    paid_by_payment: dict[str, int] = {}
+    for allocation in payment.allocations:
+        paid_by_payment[allocation.invoice_id] = (
+            paid_by_payment.get(allocation.invoice_id, 0) + allocation.amount_minor
+        )
+    # The invoice due last is reopened first: what the payer owed longest stays settled.
+    paid = sorted((state.invoices[i] for i in paid_by_payment),
+                  key=lambda i: (i.due_date, i.number, i.invoice_id), reverse=True)  # fmt: skip
+    reopened: list[Allocation] = []
+    for invoice in paid:
+        if rest_minor == 0:
+            break
+        if invoice.status is InvoiceStatus.void:
+            continue
+        reopen_minor = min(paid_by_payment[invoice.invoice_id], rest_minor,
+                           invoice.amount_paid_minor)  # fmt: skip
+        if reopen_minor > 0:
+            reopened.append(Allocation(invoice_id=invoice.invoice_id, amount_minor=reopen_minor))
+            rest_minor -= reopen_minor
+    events: list[Event] = [PaymentDisputed(
+        at_ms=now_ms, payment_id=payment.payment_id, dispute_id=command.dispute_id,
+        amount_minor=amount_minor, fee_minor=command.fee_minor,
+        from_credit_minor=from_credit_minor, reopened=tuple(reopened),
+    )]  # fmt: skip
+    # Credit beside an open balance is never left standing (``check_invariants``): what the
+    # account holds from other payments pays the reopened invoices, oldest first.
+    credit_left_minor = state.credit_minor - from_credit_minor
+    if credit_left_minor > 0 and reopened:
+        owed = {i.invoice_id: i for i in state.open_invoices()}
+        for allocation in reopened:
+            invoice = state.invoices[allocation.invoice_id]
+            owed[invoice.invoice_id] = OpenInvoice(
+                invoice_id=invoice.invoice_id, number=invoice.number, due_date=invoice.due_date,
+                amount_remaining_minor=invoice.amount_remaining_minor + allocation.amount_minor,
+            )  # fmt: skip
+        split = allocate_oldest_first(owed.values(), credit_left_minor)
+        events.extend(
+            CreditApplied(at_ms=now_ms, invoice_id=a.invoice_id, amount_minor=a.amount_minor)
+            for a in split.allocations
+        )
+    return _ok(tuple(events), **ids)
 
 
 # -- evolve ---------------------------------------------------------------------------------
@@ -1246,9 +1393,55 @@ def _evolve(state: AccountState, event: Event) -> Entry | None:
                      {LedgerAccount.cash: event.amount_minor - event.fee_minor,
                       LedgerAccount.fees: event.fee_minor},
                      {LedgerAccount.processor_clearing: event.amount_minor})  # fmt: skip
+    if isinstance(event, ReversalSettled):
+        payment = state.payments[event.payment_id]
+        key = f"{event.kind.value}:{event.reversal_id}"
+        assert key not in payment.reversals, (payment.payment_id, key)
+        payment.reversals[key] = SettledReversal(
+            payout_id=event.payout_id, amount_minor=event.amount_minor, fee_minor=event.fee_minor
+        )
+        if event.kind is ReversalKind.refund:
+            assert payment.reversals_minor(event.kind) <= payment.amount_refunded_minor, payment
+        else:
+            assert event.amount_minor == payment.disputed_minor, (event, payment.disputed_minor)
+            payment.dispute_fee_minor += event.fee_posted_minor
+            assert event.fee_minor == payment.dispute_fee_minor, (event, payment.payment_id)
+        withheld_minor = event.amount_minor + event.fee_minor
+        return entry(f"withhold {event.kind.value} {event.reversal_id} in {event.payout_id}",
+                     {LedgerAccount.processor_clearing: withheld_minor - event.fee_posted_minor,
+                      LedgerAccount.fees: event.fee_posted_minor},
+                     {LedgerAccount.cash: withheld_minor})  # fmt: skip
     assert isinstance(event, PaymentDisputed), event
-    _set_payment_status(state.payments[event.payment_id], PaymentEvent.disputed, event.at_ms)
-    return None
+    payment = state.payments[event.payment_id]
+    _set_payment_status(payment, PaymentEvent.disputed, event.at_ms)
+    if event.amount_minor == 0:
+        return None  # journaled before disputes posted: it moved no money then either
+    assert event.amount_minor == payment.amount_minor - payment.amount_refunded_minor, event
+    assert 0 <= event.from_credit_minor <= state.credit_minor, event
+    assert event.fee_minor >= 0, event
+    payment.dispute_id = event.dispute_id or None
+    payment.disputed_minor = event.amount_minor
+    payment.dispute_fee_minor = event.fee_minor
+    payment.disputed_from_credit_minor = event.from_credit_minor
+    payment.reopened = event.reopened
+    state.credit_minor -= event.from_credit_minor
+    for allocation in event.reopened:
+        _reopen_invoice(state.invoices[allocation.invoice_id], allocation.amount_minor)
+    reopened_minor = sum(a.amount_minor for a in event.reopened)
+    assert payment.disputed_written_off_minor >= 0, event
+    return entry(f"dispute {event.dispute_id or payment.payment_id}",
+                 {ar: reopened_minor, credit: event.from_credit_minor,
+                  LedgerAccount.disputes: payment.disputed_written_off_minor,
+                  LedgerAccount.fees: event.fee_minor},
+                 {LedgerAccount.processor_clearing: event.amount_minor + event.fee_minor},
+                 )  # fmt: skip
+
+
+def _reopen_invoice(invoice: Invoice, amount_minor: int) -> None:
+    assert invoice.status is not InvoiceStatus.void, invoice
+    assert 0 < amount_minor <= invoice.amount_paid_minor, (invoice, amount_minor)
+    invoice.amount_paid_minor -= amount_minor
+    invoice.status = InvoiceStatus.open
 
 
 def _declined_payment_event(status: PaymentStatus) -> PaymentEvent:
@@ -1323,6 +1516,8 @@ def check_invariants(state: AccountState) -> None:
     assert -state.ledger.get(LedgerAccount.deferred_revenue, 0) == deferred_minor, state.ledger
     settled_minor = 0
     fees_minor = 0
+    withheld_minor = 0
+    written_off_minor = 0
     for payment in state.payments.values():
         captured = any(a.status is AttemptStatus.succeeded for a in payment.attempts)
         assert sum(a.status is AttemptStatus.succeeded for a in payment.attempts) <= 1
@@ -1330,7 +1525,8 @@ def check_invariants(state: AccountState) -> None:
             assert payment.amount_applied_minor + payment.amount_unapplied_minor == (
                 payment.amount_minor
             ), payment
-            captured_minor += payment.amount_minor - payment.amount_refunded_minor
+            captured_minor += (payment.amount_minor - payment.amount_refunded_minor
+                               - payment.disputed_minor - payment.dispute_fee_minor)  # fmt: skip
         else:
             assert not payment.allocations, payment
             assert payment.amount_refunded_minor == 0, payment
@@ -1338,6 +1534,14 @@ def check_invariants(state: AccountState) -> None:
         if payment.payout_id is not None:
             settled_minor += payment.amount_minor
             fees_minor += payment.fee_minor
+        if payment.disputed_minor:
+            assert payment.status is PaymentStatus.disputed, payment
+            assert payment.disputed_minor == payment.amount_minor - payment.amount_refunded_minor
+            assert payment.disputed_written_off_minor >= 0, payment
+        fees_minor += payment.dispute_fee_minor
+        written_off_minor += payment.disputed_written_off_minor
+        withheld_minor += sum(r.amount_minor + r.fee_minor for r in payment.reversals.values())
+        assert payment.reversals_minor(ReversalKind.refund) <= payment.amount_refunded_minor
         assert (payment.status is PaymentStatus.retry_scheduled) == (
             payment.next_retry_at_ms is not None
         ), payment
@@ -1353,7 +1557,11 @@ def check_invariants(state: AccountState) -> None:
                 current.status is AttemptStatus.declined
                 and current.decline_class is DeclineClass.authentication
             ), payment
-    clearing_minor = captured_minor - settled_minor
+    clearing_minor = captured_minor - settled_minor + withheld_minor
     assert state.ledger.get(LedgerAccount.processor_clearing, 0) == clearing_minor, state.ledger
     assert state.ledger.get(LedgerAccount.fees, 0) == fees_minor, state.ledger
-    assert state.ledger.get(LedgerAccount.cash, 0) == settled_minor - fees_minor, state.ledger
+    # Every fee is paid out of cash in the end: a charge's at once, a dispute's when withheld.
+    cash_minor = settled_minor - withheld_minor - sum(
+        p.fee_minor for p in state.payments.values())  # fmt: skip
+    assert state.ledger.get(LedgerAccount.cash, 0) == cash_minor, state.ledger
+    assert state.ledger.get(LedgerAccount.disputes, 0) == written_off_minor, state.ledger

@@ -5,6 +5,22 @@ amount to one ``LedgerAccount``. An entry whose debits and credits differ cannot
 constructed, so every posting balances by construction. Balances are kept signed,
 debit-positive: receivables and clearing are positive, customer credit and revenue
 negative. The sum of all balances is therefore always zero.
+
+What each event posts (debit → credit):
+
+- invoice issued: accounts_receivable → deferred_revenue
+- payment captured: processor_clearing → accounts_receivable, customer_credit
+- refund: customer_credit (the payment's own credit still held), refunds
+  → processor_clearing
+- charge paid out: cash (net), fees → processor_clearing
+- dispute: accounts_receivable (invoices reopened), customer_credit (the payment's own
+  credit still held), disputes (the rest), fees (the dispute fee) → processor_clearing
+- refund or dispute withheld from a payout: processor_clearing (and fees, for a dispute
+  fee first reported then) → cash
+
+A refund and a dispute leave through ``processor_clearing`` as a capture entered it, since
+the processor takes them out of our balance with it; the payout that withholds them
+brings clearing back to zero (docs/design.md "Disputes and refunds in the ledger").
 """
 
 from __future__ import annotations
@@ -25,6 +41,8 @@ class LedgerAccount(StrEnum):
     deferred_revenue = "deferred_revenue"
     fees = "fees"
     refunds = "refunds"
+    # Disputed amounts nobody owes again: the loss a lost chargeback leaves.
+    disputes = "disputes"
 
 
 class Side(StrEnum):

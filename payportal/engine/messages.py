@@ -64,8 +64,11 @@ __all__ = [
     "RetryStarted",
     "RevenuePart",
     "RevenueRecognized",
+    "ReversalKind",
+    "ReversalSettled",
     "ServicePeriod",
     "SettleCharge",
+    "SettleReversal",
     "StartRetry",
     "VoidInvoice",
 ]
@@ -74,6 +77,13 @@ __all__ = [
 # The longest free-text description an invoice or a payment may carry: a line a person
 # reads on a statement, a receipt and an email.
 DESCRIPTION_CHARS_MAX: Final = 500
+
+
+class ReversalKind(StrEnum):
+    """What a processor takes back out of a payout besides charges' fees."""
+
+    refund = "refund"
+    dispute = "dispute"
 
 
 class _Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -230,8 +240,15 @@ class RefundPayment(_Message, tag="refund_payment", frozen=True, kw_only=True):
 
 
 class DisputePayment(_Message, tag="dispute_payment", frozen=True, kw_only=True):
+    """The cardholder disputed the captured charge: the processor takes back what the payer
+    still has charged and its dispute fee (``fee_minor``; 0 when not known yet, then the
+    settlement report's fee is posted). Once per payment; a repeat answers ``exists``."""
+
     account_id: str
     payment_id: str
+    # The processor's id of the dispute; the settlement report names it.
+    dispute_id: str = ""
+    fee_minor: int = 0
 
 
 class ReadAccount(_Message, tag="read_account", frozen=True, kw_only=True):
@@ -253,6 +270,21 @@ class RecognizeRevenue(_Message, tag="recognize_revenue", frozen=True, kw_only=T
     through: dt.date
 
 
+class SettleReversal(_Message, tag="settle_reversal", frozen=True, kw_only=True):
+    """The processor withheld a refund or a dispute of a payment (``kind``) from payout
+    ``payout_id``: ``amount_minor`` and, for a dispute, its fee ``fee_minor``.
+    ``reversal_id`` is the processor's id of the refund or dispute; once per id."""
+
+    account_id: str
+    payment_id: str
+    kind: ReversalKind
+    reversal_id: str
+    payout_id: str
+    amount_minor: int
+    fee_minor: int
+    currency: str
+
+
 class SettleCharge(_Message, tag="settle_charge", frozen=True, kw_only=True):
     """The processor paid a captured charge out: ``amount_minor`` less its fee reached the
     bank in payout ``payout_id``. Once per payment; a replay answers ``exists``."""
@@ -270,6 +302,7 @@ Command = (
     OpenAccount | IssueInvoice | VoidInvoice | CreatePayment | RecordOutcome | StartRetry
     | ReplacePaymentMethod | CancelPayment | RefundPayment | DisputePayment | ReadAccount
     | RecognizeRevenue | SettleCharge | AnswerRequest | RemovePaymentMethod | ConfirmPayment
+    | SettleReversal
 )  # fmt: skip
 
 # -- events (journaled; replayed by ``evolve``) -------------------------------------------
@@ -426,7 +459,28 @@ class PaymentRefunded(_Event, tag="payment_refunded", frozen=True, kw_only=True)
 
 
 class PaymentDisputed(_Event, tag="payment_disputed", frozen=True, kw_only=True):
+    """The defaults are what disputes journaled before they posted anything decode as."""
+
     payment_id: str
+    dispute_id: str = ""
+    # What the payer still had charged (the payment less its refunds), taken back.
+    amount_minor: int = 0
+    fee_minor: int = 0
+    # Of ``amount_minor``: taken back out of the credit this payment left on the account,
+    # and owed again on the invoices it paid; the rest is written off to ``disputes``.
+    from_credit_minor: int = 0
+    reopened: tuple[Allocation, ...] = ()
+
+
+class ReversalSettled(_Event, tag="reversal_settled", frozen=True, kw_only=True):
+    payment_id: str
+    kind: ReversalKind
+    reversal_id: str
+    payout_id: str
+    amount_minor: int
+    fee_minor: int
+    # A dispute's fee first learnt from the report (the dispute came without one).
+    fee_posted_minor: int = 0
 
 
 class RevenueRecognized(_Event, tag="revenue_recognized", frozen=True, kw_only=True):
@@ -449,7 +503,7 @@ Event = (
     | AttemptSucceeded | AttemptDeclined | AttemptErrored | AttemptOutcomeUnknown
     | RetryStarted | RetryDeferred | RetriesExhausted | PaymentMethodReplaced | PaymentCanceled
     | PaymentRefunded | PaymentDisputed | RevenueRecognized | ChargeSettled | RequestAnswered
-    | PaymentMethodRemoved | AttemptRequiresAction | PaymentConfirmed
+    | PaymentMethodRemoved | AttemptRequiresAction | PaymentConfirmed | ReversalSettled
 )  # fmt: skip
 
 # -- outcomes -------------------------------------------------------------------------------

@@ -110,6 +110,9 @@ class CallbackData(msgspec.Struct, frozen=True, kw_only=True):
     advice_code: str | None = None
     # What we sent with the charge; names our payment (``METADATA_PAYMENT``).
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    # A dispute's id and fee (``charge.disputed``), posted with it.
+    dispute: str | None = None
+    fee: int | None = None
 
 
 class CallbackBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -283,7 +286,9 @@ class _Receiver:
         command: Command
         if body.type == "charge.disputed":
             account_id, payment_id = await self._owner(data)
-            command = DisputePayment(account_id=account_id, payment_id=payment_id)
+            command = DisputePayment(account_id=account_id, payment_id=payment_id,
+                                     dispute_id=data.dispute or "",
+                                     fee_minor=max(0, data.fee or 0))  # fmt: skip
         else:
             outcome_kind = _outcome_of(body.type, data.decline_code)
             if self._recent is not None:

@@ -200,7 +200,8 @@ class _StripeReceiver:
             attempt_id = await self._attempt_of_charge(charge_id)
             body = CallbackBody(type="charge.disputed", data=CallbackData(
                 charge=charge_id, attempt=attempt_id, amount=int(obj.get("amount") or 0),
-                currency=str(obj.get("currency", "")),
+                currency=str(obj.get("currency", "")), dispute=_str_or_none(obj.get("id")),
+                fee=_dispute_fee(obj),
             ))  # fmt: skip
             return await self._applier.apply(PROCESSOR, event_id, body)
         if type_.startswith("charge.dispute."):
@@ -224,6 +225,20 @@ class _StripeReceiver:
                 return str(row.attempt_id)
         log.warning("stripe_dispute_charge_unknown", charge_id=charge_id)
         raise _unavailable("The disputed charge is not known yet; send the event again.", 5)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _dispute_fee(dispute: Any) -> int | None:
+    """The fee Stripe withdrew for a dispute, from its balance transactions; None when it
+    lists none yet (the payout report's fee is then posted: docs/processors.md)."""
+    transactions = dispute.get("balance_transactions")
+    if not isinstance(transactions, list) or not transactions:
+        return None
+    fees = [t.get("fee") for t in transactions if isinstance(t, dict)]
+    return sum(f for f in fees if isinstance(f, int) and f > 0)
 
 
 def _strings(metadata: Any) -> dict[str, str]:

@@ -37,10 +37,12 @@ from payportal.engine import (
     InvoiceIssued,
     InvoiceVoided,
     PaymentCreated,
+    PaymentDisputed,
     PaymentRefunded,
     PaymentStatus,
     RetriesExhausted,
     RevenueRecognized,
+    ReversalSettled,
 )
 
 from .tables import PROCESSOR_DEFAULT
@@ -94,9 +96,16 @@ COLUMNS: Final[dict[str, tuple[str, ...]]] = {
 }  # fmt: skip
 
 # The events whose ``evolve`` posts a ledger entry — always, as each moves a positive
-# amount. Without exact versions from the caller, entries are matched to them in order.
+# amount, but a dispute journaled before disputes posted (amount 0). Without exact
+# versions from the caller, entries are matched to them in order.
 _POSTING: Final = (InvoiceIssued, CreditApplied, InvoiceVoided, AttemptSucceeded, PaymentRefunded,
-                   RevenueRecognized, ChargeSettled)  # fmt: skip
+                   RevenueRecognized, ChargeSettled, PaymentDisputed, ReversalSettled)  # fmt: skip
+
+
+def _posts(event: Event) -> bool:
+    if isinstance(event, PaymentDisputed):
+        return event.amount_minor > 0
+    return isinstance(event, _POSTING)
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _tags: dict[type, str] = {}
@@ -295,7 +304,7 @@ def _entry_versions(change: AccountChange) -> list[int]:
     posting = [
         change.version_before + index + 1
         for index, event in enumerate(change.events)
-        if isinstance(event, _POSTING)
+        if _posts(event)
     ]
     if len(posting) == len(change.entries):
         return posting

@@ -5,8 +5,14 @@ day it was created; the payout is paid ``payout_delay_days`` later (its ``date``
 settlement line gives the charge's amount, fee (2.9 % + 30 minor units, rounded half up:
 ``sandbox.fee_minor``), net (amount less fee) and payout id; a payout gives its date,
 currency, line count and total (the sum of its lines' nets). Payout ids are derived from
-currency and day (``po_20250114_usd``), so every report names the same payouts. Refunds
-and disputes are not settled here (a real processor nets them from later payouts).
+currency and day (``po_20250114_usd``), so every report names the same payouts.
+
+Refunds and disputes are withheld, as a real processor nets them: each is a line of its
+own (``type`` ``refund`` or ``dispute``, ``source`` the refund's or dispute's id, ``charge``
+the charge it takes back from) in the payout of the UTC day it happened, whether or not
+the charge itself was paid out yet. Its ``amount`` is negative (what is taken back), its
+``fee`` the dispute fee (``DISPUTE_FEE_MINOR`` in the sandbox; none for a refund) and its
+``net`` both taken together, so the payout's total nets them. A payout may be negative.
 
 Discrepancies, for tests of reconciliation (``POST /v1/_settlements/discrepancies``, each
 one changes the reports until ``DELETE`` clears them all):
@@ -40,6 +46,7 @@ __all__ = [
     "Discrepancy",
     "Payout",
     "SettledCharge",
+    "SettledReversal",
     "SettlementKnobs",
     "SettlementLine",
     "SettlementReport",
@@ -79,6 +86,18 @@ class SettledCharge(msgspec.Struct, frozen=True, kw_only=True):
     created: int  # unix seconds
 
 
+class SettledReversal(msgspec.Struct, frozen=True, kw_only=True):
+    """A refund or dispute the processor takes back out of a payout."""
+
+    type: Literal["refund", "dispute"]
+    id: str
+    charge: str
+    amount: int  # positive: what is taken back
+    fee: int
+    currency: str
+    created: int  # unix seconds
+
+
 class SettlementLine(msgspec.Struct, frozen=True, kw_only=True):
     object: str = "settlement_line"
     charge: str
@@ -88,6 +107,8 @@ class SettlementLine(msgspec.Struct, frozen=True, kw_only=True):
     fee: int
     net: int
     created: int
+    type: str = "charge"  # charge | refund | dispute
+    source: str | None = None  # the refund's or dispute's id
 
 
 class SettlementReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,8 +145,10 @@ def build_settlement(
     *,
     today: dt.date,
     fee_of: Callable[[int], int],
+    reversals: Iterable[SettledReversal] = (),
 ) -> tuple[list[SettlementLine], list[Payout]]:
-    """The settlement lines (in charge order) and payouts (by date, then currency)."""
+    """The settlement lines (charges in order, then refunds and disputes) and payouts (by
+    date, then currency)."""
     dropped = {d.charge for d in knobs.discrepancies if d.kind == "drop_charge"}
     duplicated = [d.charge for d in knobs.discrepancies if d.kind == "duplicate"]
     amount_delta: dict[str | None, int] = {}
@@ -150,13 +173,20 @@ def build_settlement(
         amount = charge.amount + amount_delta.get(charge.id, 0)
         add(charge.id, amount, currency_of.get(charge.id) or charge.currency, charge.created)
     for charge_id in duplicated:
-        original = next((line for line in lines if line.charge == charge_id), None)
+        original = next((x for x in lines if x.charge == charge_id and x.type == "charge"), None)
         if original is not None:
             lines.append(original)
     for n, d in enumerate(knobs.discrepancies):
         if d.kind == "unknown_charge":
             created = (today - dt.date(1970, 1, 1)).days * _DAY_S
             add(d.charge or f"ch_unknown_{n}", d.amount, d.currency or "USD", created)
+    for reversal in reversals:
+        taken_minor = reversal.amount + reversal.fee
+        lines.append(SettlementLine(
+            charge=reversal.charge, payout=_payout_id(_day(reversal.created), reversal.currency),
+            amount=-reversal.amount, currency=reversal.currency, fee=reversal.fee,
+            net=-taken_minor, created=reversal.created, type=reversal.type, source=reversal.id,
+        ))  # fmt: skip
     totals: dict[str, tuple[dt.date, str, int, int]] = {}
     for line in lines:
         day, currency, net, count = totals.get(line.payout, (_day(line.created), line.currency,
@@ -164,7 +194,7 @@ def build_settlement(
         totals[line.payout] = (day, currency, net + line.net, count + 1)
     for d in knobs.discrepancies:
         if d.kind == "payout_total":
-            line = next((x for x in lines if x.charge == d.charge), None)
+            line = next((x for x in lines if x.charge == d.charge and x.type == "charge"), None)
             if line is not None:
                 day, currency, net, count = totals[line.payout]
                 totals[line.payout] = (day, currency, net + d.amount, count)
@@ -181,9 +211,11 @@ def build_settlement(
 def settlements_csv(lines: Iterable[SettlementLine]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(("charge", "payout", "amount", "currency", "fee", "net", "created"))
+    writer.writerow(("charge", "payout", "amount", "currency", "fee", "net", "created", "type",
+                     "source"))  # fmt: skip
     for x in lines:
-        writer.writerow((x.charge, x.payout, x.amount, x.currency, x.fee, x.net, x.created))
+        writer.writerow((x.charge, x.payout, x.amount, x.currency, x.fee, x.net, x.created,
+                         x.type, x.source or ""))  # fmt: skip
     return buffer.getvalue()
 
 

@@ -22,8 +22,9 @@ Endpoints (JSON, integer minor units, Stripe's error shape
   ``GET /v1/charges`` lists every charge, for settlement reports.
 - ``POST /v1/refunds`` ``{charge, amount?, idempotency_key}`` → ``re_…``.
 - Settlement reports (``_settlement``): ``GET /v1/settlements[?payout=ID]`` (one line per
-  settled charge: amount, fee, net, payout) and ``GET /v1/payouts`` (per payout: date,
-  currency, total), ``{data, has_more}``, or CSV with ``?format=csv``.
+  settled charge, refund and dispute: type, amount, fee, net, payout) and ``GET
+  /v1/payouts`` (per payout: date, currency, total), ``{data, has_more}``, or CSV with
+  ``?format=csv``.
 - ``GET /v1/hosted/card-fields``: the card form the portal embeds in an iframe.
 - 3-D Secure (Stripe's test cards …3184, …3155, …3178; ``_cards``): a charge that needs
   the payer's authentication answers ``200`` with ``status: requires_action`` and
@@ -45,7 +46,9 @@ Charges keep amount, currency, status (``processing`` → ``succeeded`` | ``fail
 Callbacks: every decided charge, refund and dispute is sent to ``callback_url`` as
 ``{type: charge.succeeded|charge.failed|charge.requires_action|charge.refunded|
 charge.disputed, data: {charge,
-attempt, amount, currency, decline_code?, visa_category?, advice_code?}}`` (``attempt``
+attempt, amount, currency, decline_code?, visa_category?, advice_code?, dispute?, fee?}}``
+(a dispute's ``amount`` is what the payer still had charged; ``dispute`` its id, ``fee``
+the dispute fee) (``attempt``
 is the charge's idempotency key; a decline's network signals as its reply has them),
 signed per Standard Webhooks v1 and retried on non-2xx (``_callbacks.py``).
 
@@ -97,6 +100,7 @@ from ._hosted_fields import render_card_fields
 from ._settlement import (
     Discrepancy,
     SettledCharge,
+    SettledReversal,
     SettlementKnobs,
     build_settlement,
     payouts_csv,
@@ -124,6 +128,9 @@ _T = TypeVar("_T")
 # 2.9 % (29 per mille) plus 30 minor units.
 FEE_PERMILLE: Final = 29
 FEE_FIXED_MINOR: Final = 30
+# What the sandbox charges for a dispute, like Stripe's fixed fee (docs/api.md
+# "Disputes"); withheld with the disputed amount from the next payout.
+DISPUTE_FEE_MINOR: Final = 1500
 # Wallet tokens carry the device token's expiry, not the card's; the sandbox makes one
 # up this many years ahead.
 WALLET_EXPIRY_YEARS: Final = 3
@@ -223,6 +230,7 @@ class Charge(msgspec.Struct, kw_only=True):
     amount_refunded: int = 0
     refunded: bool = False
     disputed: bool = False
+    dispute: str | None = None  # the dispute's id
     failure_code: str | None = None
     decline_code: str | None = None
     visa_category: int | None = None
@@ -230,6 +238,16 @@ class Charge(msgspec.Struct, kw_only=True):
     created: int
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     next_action: NextAction | None = None
+
+
+class Dispute(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    object: str = "dispute"
+    charge: str
+    amount: int
+    fee: int
+    currency: str
+    created: int
 
 
 class Refund(msgspec.Struct, frozen=True, kw_only=True):
@@ -349,6 +367,7 @@ class SandboxState:
         self.charges: dict[str, Charge] = {}
         self.charge_keys: dict[str, _KeyEntry] = {}
         self.refunds: dict[str, Refund] = {}
+        self.disputes: dict[str, Dispute] = {}
         # Open 3-D Secure challenges: challenge id → charge id.
         self.challenges: dict[str, str] = {}
         self.refund_keys: dict[str, _KeyEntry] = {}
@@ -773,8 +792,19 @@ def _settlement(state: SandboxState) -> tuple[list[Any], list[Any]]:
         for c in state.charges.values()
         if c.status == "succeeded"
     ]
+    reversals = [
+        SettledReversal(type="refund", id=r.id, charge=r.charge, amount=r.amount, fee=0,
+                        currency=r.currency, created=r.created)
+        for r in state.refunds.values()
+    ] + [
+        SettledReversal(type="dispute", id=d.id, charge=d.charge, amount=d.amount, fee=d.fee,
+                        currency=d.currency, created=d.created)
+        for d in state.disputes.values()
+    ]  # fmt: skip
+    reversals.sort(key=lambda r: (r.created, r.id))
     today = dt.datetime.fromtimestamp(state.now_s(), dt.UTC).date()
-    return build_settlement(charges, state.settlement, today=today, fee_of=fee_minor)
+    return build_settlement(charges, state.settlement, today=today, fee_of=fee_minor,
+                            reversals=reversals)  # fmt: skip
 
 
 def _report(
@@ -900,8 +930,19 @@ async def _post_dispute(request: web.Request) -> web.Response:
             param="id",
         )
     if not charge.disputed:
+        # What the payer still has charged: a refund already made is not disputed again.
+        dispute = Dispute(
+            id=f"dp_{secrets.token_hex(12)}", charge=charge.id,
+            amount=charge.amount - charge.amount_refunded, fee=DISPUTE_FEE_MINOR,
+            currency=charge.currency, created=state.now_s(),
+        )  # fmt: skip
+        state.disputes[dispute.id] = dispute
         charge.disputed = True
-        state.callbacks.emit("charge.disputed", _event_data(charge, charge.amount))
+        charge.dispute = dispute.id
+        data = _event_data(charge, dispute.amount)
+        data["dispute"] = dispute.id
+        data["fee"] = dispute.fee
+        state.callbacks.emit("charge.disputed", data)
     return _json(200, charge)
 
 

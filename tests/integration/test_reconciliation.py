@@ -216,7 +216,79 @@ async def test_the_settlement_reports_carry_amount_fee_net_and_payout_and_read_a
         response = await session.get(world.sandbox.make_url("/v1/settlements?format=csv"))
         text = await response.text()
         assert response.content_type == "text/csv"
-        assert text.splitlines()[0] == "charge,payout,amount,currency,fee,net,created"
+        assert text.splitlines()[0] == "charge,payout,amount,currency,fee,net,created,type,source"
         assert len(text.splitlines()) == PAYMENTS + 1
         response = await session.get(world.sandbox.make_url("/v1/payouts?format=xml"))
         assert response.status == 400
+
+
+async def test_a_refund_and_a_dispute_after_the_payout_are_withheld_matched_and_clear_clearing(
+    world: World,
+) -> None:
+    from payportal.engine import DisputePayment, RefundPayment, check_invariants
+    from payportal.processors.sandbox import DISPUTE_FEE_MINOR
+
+    await world.reconcile()  # every charge paid out
+    refunded_charge, disputed_charge = world.charges[0], world.charges[2]
+    account_id, refunded_payment = world.payment_of[refunded_charge]
+    assert world.payment_of[disputed_charge][0] == account_id
+    disputed_payment = world.payment_of[disputed_charge][1]
+    refund = await world.processor.refund(refunded_charge, 400, idempotency_key="re_ours_1")
+    assert refund.outcome is OutcomeKind.succeeded
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            world.sandbox.make_url(f"/v1/_charges/{disputed_charge}/dispute"))
+        dispute_id = (await response.json())["dispute"]
+    dispute = DisputePayment(account_id=account_id, payment_id=disputed_payment,
+                             dispute_id=dispute_id, fee_minor=DISPUTE_FEE_MINOR)  # fmt: skip
+    replies = await world.router.submit_many([
+        RefundPayment(account_id=account_id, payment_id=refunded_payment, refund_id="re_ours_1",
+                      amount_minor=400),
+        dispute, dispute,
+    ])  # fmt: skip
+    assert [r.outcome.result for r in replies] == [Result.ok, Result.ok, Result.exists]
+    state = world.core.account(account_id)
+    assert state is not None
+    disputed_minor = state.payments[disputed_payment].amount_minor
+    # Before the next payout the processor holds the refund and the dispute against us.
+    assert state.ledger[LedgerAccount.processor_clearing] == -(
+        400 + disputed_minor + DISPUTE_FEE_MINOR)
+    assert state.ledger[LedgerAccount.accounts_receivable] == 50_000 - sum(
+        p.amount_minor for p in state.payments.values()) + disputed_minor  # reopened
+    lines, payouts = (await world.processor.settlement_report()).lines, None
+    withheld = sorted((x.type, x.amount, x.fee, x.net) for x in lines if x.type != "charge")
+    assert withheld == sorted([
+        ("refund", -400, 0, -400),
+        ("dispute", -disputed_minor, DISPUTE_FEE_MINOR, -disputed_minor - DISPUTE_FEE_MINOR),
+    ])
+    del payouts
+    run = await world.reconcile()
+    assert run.exceptions_new == 0, await open_exceptions(world.store.engine)
+    assert run.posted == 2
+    state = world.core.account(account_id)
+    assert state is not None
+    check_invariants(state)
+    assert state.ledger.get(LedgerAccount.processor_clearing, 0) == 0
+    assert state.ledger[LedgerAccount.refunds] == 400
+    assert state.ledger[LedgerAccount.fees] == DISPUTE_FEE_MINOR + sum(
+        fee_minor(p.amount_minor) for p in state.payments.values())
+    again = await world.reconcile()
+    assert (again.posted, again.exceptions_new) == (0, 0)
+
+
+async def test_a_dispute_fee_the_report_contradicts_is_queued_not_posted(world: World) -> None:
+    from payportal.engine import DisputePayment
+
+    charge = world.charges[1]
+    account_id, payment_id = world.payment_of[charge]
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(world.sandbox.make_url(f"/v1/_charges/{charge}/dispute"))
+        dispute_id = (await response.json())["dispute"]
+    reply = await world.router.submit(DisputePayment(
+        account_id=account_id, payment_id=payment_id, dispute_id=dispute_id, fee_minor=999))
+    assert reply.outcome.result is Result.ok
+    run = await world.reconcile()
+    assert run.exceptions_by_kind == {"posting_rejected": 1}
+    state = world.core.account(account_id)
+    assert state is not None
+    assert state.payments[payment_id].reversals == {}

@@ -14,6 +14,11 @@ ledger's balances. Its rules:
   on it to credit, and credit then goes oldest-first to the other open invoices.
 - A refund first takes back the payment's own unapplied credit, as far as the account
   still holds it; the rest is a refund expense.
+- A dispute takes back what the payer still has charged (the payment less its refunds):
+  first the payment's own unapplied credit, as far as the account still holds it, then
+  what it paid on its invoices, the one due last first (never a void one); the rest is
+  a dispute loss. The dispute fee is a fee. Credit then goes oldest-first to the
+  reopened invoices.
 - A payment is captured at most once, and a status moves only along ``ALLOWED_NEXT``.
 
 Where the contract leaves a choice to the engine (whether a soft decline is retried or
@@ -191,6 +196,8 @@ class AuditedPayment:
     refunds: dict[str, int] = field(default_factory=dict)
     refunded_minor: int = 0
     refunded_from_credit_minor: int = 0
+    disputed_minor: int = 0
+    dispute_fee_minor: int = 0
     next_retry_at_ms: int | None = None
     series_started_at_ms: int = 0
     series_attempts: int = 1
@@ -223,6 +230,9 @@ class AccountAuditor:
         self.credit_minor = 0
         # What refunds cost beyond the credit they took back (the ledger's refunds account).
         self.refund_expense_minor = 0
+        # What disputes took back that nobody owes again, and their fees.
+        self.dispute_loss_minor = 0
+        self.dispute_fees_minor = 0
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -483,7 +493,42 @@ class AccountAuditor:
             self._apply_refund(command)
         else:
             assert isinstance(command, DisputePayment), command
-            self.payments[command.payment_id].status = "disputed"
+            self._dispute(self.payments[command.payment_id], command.fee_minor)
+
+    def _dispute(
+        self, payment: AuditedPayment, fee_minor: int
+    ) -> tuple[int, int, list[tuple[str, int]], list[tuple[str, int]]]:
+        """Follow a dispute: (amount, part from credit, reopened, credit applied after)."""
+        amount_minor = payment.amount_minor - payment.refunded_minor
+        own_credit_left_minor = payment.unapplied_minor - payment.refunded_from_credit_minor
+        from_credit_minor = min(amount_minor, self.credit_minor, own_credit_left_minor)
+        self.credit_minor -= from_credit_minor
+        rest_minor = amount_minor - from_credit_minor
+        reopened: list[tuple[str, int]] = []
+        paid = sorted((self.invoices[i] for i in payment.allocations),
+                      key=lambda i: (i.due_date, i.number, i.invoice_id), reverse=True)  # fmt: skip
+        for invoice in paid:
+            if invoice.voided:
+                continue
+            take_minor = min(payment.allocations[invoice.invoice_id], rest_minor,
+                             invoice.paid_minor)  # fmt: skip
+            if take_minor > 0:
+                invoice.paid_minor -= take_minor
+                reopened.append((invoice.invoice_id, take_minor))
+                rest_minor -= take_minor
+        self.dispute_loss_minor += rest_minor
+        self.dispute_fees_minor += fee_minor
+        payment.disputed_minor = amount_minor
+        payment.dispute_fee_minor = fee_minor
+        payment.status = "disputed"
+        credits: list[tuple[str, int]] = []
+        for invoice in self._open_oldest_first():
+            take_minor = min(invoice.remaining_minor, self.credit_minor)
+            if take_minor > 0:
+                invoice.paid_minor += take_minor
+                self.credit_minor -= take_minor
+                credits.append((invoice.invoice_id, take_minor))
+        return amount_minor, from_credit_minor, reopened, credits
 
     def _engine_payment(self, state: Any, payment_id: str) -> Any:
         engine_payment = state.payments.get(payment_id)
@@ -636,7 +681,12 @@ class AccountAuditor:
         captured = [p for p in self.payments.values() if p.captures]
         balances = {
             "accounts_receivable": sum(i.remaining_minor for i in live),
-            "processor_clearing": sum(p.amount_minor - p.refunded_minor for p in captured),
+            "processor_clearing": sum(
+                p.amount_minor - p.refunded_minor - p.disputed_minor - p.dispute_fee_minor
+                for p in captured
+            ),
+            "disputes": self.dispute_loss_minor,
+            "fees": self.dispute_fees_minor,
             "customer_credit": -self.credit_minor,
             # Every invoice is deferred until recognition runs, which this workload never
             # asks for (recognition is audited by the revenue tests).
@@ -892,7 +942,18 @@ class JournalAuditor(AccountAuditor):
         elif isinstance(event, PaymentRefunded):
             self._follow_refunded(event)
         elif isinstance(event, PaymentDisputed):
-            self._payment(event.payment_id).status = "disputed"
+            payment = self._payment(event.payment_id)
+            _check(payment.status in ("succeeded", "partially_refunded"),
+                   f"disputed while {payment.status}")  # fmt: skip
+            amount_minor, from_credit_minor, reopened, credits = self._dispute(
+                payment, event.fee_minor
+            )
+            seen = (event.amount_minor, event.from_credit_minor,
+                    [(a.invoice_id, a.amount_minor) for a in event.reopened])  # fmt: skip
+            expected = (amount_minor, from_credit_minor, reopened)
+            _check(seen == expected, f"dispute (amount, from credit, reopened) {seen}, "
+                   f"rules {expected}")  # fmt: skip
+            self._credit_due.extend(credits)
         elif isinstance(event, PaymentMethodRemoved):
             pass
         else:

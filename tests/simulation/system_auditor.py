@@ -116,8 +116,12 @@ class SystemAuditor:
         if loaded is None:
             return
         check_invariants(loaded)
+        # A dispute takes back what it reopened and its own credit; the rest of it was
+        # spent on invoices that stay paid (written off to ``disputes``).
         captured_minor = sum(
-            p.amount_minor for p in loaded.payments.values()
+            p.amount_minor - p.disputed_from_credit_minor
+            - sum(r.amount_minor for r in p.reopened)
+            for p in loaded.payments.values()
             if any(a.status is AttemptStatus.succeeded for a in p.attempts)
         )  # fmt: skip
         paid_minor = sum(i.amount_paid_minor for i in loaded.invoices.values()

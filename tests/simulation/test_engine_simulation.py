@@ -551,7 +551,8 @@ class Simulation:
         candidates = captured if captured and self.rng.random() < 0.8 else list(state.payments)
         if not candidates:
             return None
-        return DisputePayment(account_id=state.account_id, payment_id=self.rng.choice(candidates))
+        return DisputePayment(account_id=state.account_id, payment_id=self.rng.choice(candidates),
+                              dispute_id=self.next_id("dp"), fee_minor=self.rng.choice((0, 1500)))
 
     def unknown_target(self, state: AccountState) -> Command:
         account_id = state.account_id
