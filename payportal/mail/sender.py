@@ -61,6 +61,7 @@ import ipaddress
 import logging
 import os
 import random
+import re
 import socket
 import time
 import uuid
@@ -96,6 +97,14 @@ log = logging.getLogger(__name__)
 MAIL_FROM_DEFAULT: Final = "Payportal <payments@payportal.localhost>"
 # ``outbox.last_error`` is VARCHAR(500).
 ERROR_CHARS_MAX: Final = 500
+# An SMTP server's refusal often repeats the recipient's address; the outbox keeps
+# addresses sealed (docs/operations.md "Data at rest"), so its notes keep none in clear.
+_ADDRESS: Final = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
+
+
+def _stored_error(text: str) -> str:
+    """``text`` as ``outbox.last_error`` keeps it: addresses replaced, length capped."""
+    return _ADDRESS.sub("<address>", text)[:ERROR_CHARS_MAX]
 # After a round that failed outright (the database is away), before the next one: the
 # error is logged once per pause, not in a tight loop.
 FAILED_ROUND_PAUSE_S: Final = 5.0
@@ -751,19 +760,19 @@ class OutboxSender:
             for row_id, note in results.sent_with_note:
                 await connection.execute(
                     pending.where(o.id == row_id)
-                    .values(sent_at=sa.func.now(), last_error=note[:ERROR_CHARS_MAX], **released)
+                    .values(sent_at=sa.func.now(), last_error=_stored_error(note), **released)
                 )  # fmt: skip
             # A retry or give-up only while this sender still holds the lease.
             held = pending.where(o.lease_owner == self.owner)
             for row, due_at_ms, error in retries:
                 await connection.execute(
                     held.where(o.id == row.id)
-                    .values(due_at_ms=due_at_ms, last_error=error[:ERROR_CHARS_MAX], **released)
+                    .values(due_at_ms=due_at_ms, last_error=_stored_error(error), **released)
                 )  # fmt: skip
             for row, error in results.give_up:
                 await connection.execute(
                     held.where(o.id == row.id)
-                    .values(failed_at=sa.func.now(), last_error=error[:ERROR_CHARS_MAX],
+                    .values(failed_at=sa.func.now(), last_error=_stored_error(error),
                             **released)
                 )  # fmt: skip
         if retries:

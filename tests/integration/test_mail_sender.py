@@ -734,9 +734,9 @@ async def test_messages_the_smtp_client_refuses_as_malformed_are_given_up_and_th
         assert rows[key].failed_at is not None, key
         assert rows[key].sent_at is None, key
         assert rows[key].attempts == 1, key
-    assert "'ada lovelace@example.com' cannot be put on an SMTP command line" in (
-        rows["bad:address"].last_error
-    )
+    # The reason is kept, the address is not: the outbox keeps addresses sealed only.
+    assert "cannot be put on an SMTP command line" in rows["bad:address"].last_error
+    assert not any("@" in (r.last_error or "") for r in rows.values())
     assert "line break" in rows["bad:header"].last_error
     assert "refused by the SMTP client" in rows["bad:command"].last_error
     assert "control character" in rows["bad:command"].last_error
