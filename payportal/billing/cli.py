@@ -96,7 +96,7 @@ def start_billing_scheduler(
     runner = BillingRunner(router, store.engine, Gateway(router, processor, token_for),
                            zone=ZoneInfo(settings.billing_timezone))  # fmt: skip
     task = asyncio.get_running_loop().create_task(
-        runner.run_forever(settings.billing_interval_s)
+        runner.run_forever(settings.billing_interval_s), name="billing"
     )
     return task, (
         f"billing      due subscription periods invoiced and charged every "
