@@ -50,6 +50,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ._engine import READ
 from .tables_keys import data_keys
 
 __all__ = [
@@ -247,7 +248,7 @@ class Keyring:
 
     async def load(self, engine: AsyncEngine) -> Keyring:
         """Read (creating on first use) the database's data keys; attach to ``engine``."""
-        async with engine.connect() as connection:
+        async with engine.execution_options(**READ).connect() as connection:
             rows = (await connection.execute(sa.select(data_keys))).all()
         self.absorb(rows)
         missing = self.missing_rows()
@@ -256,7 +257,7 @@ class Keyring:
                 # Several processes may start at once on a new database: the first wins.
                 for row in missing:
                     await connection.execute(_insert_ignoring(connection, row))
-            async with engine.connect() as connection:
+            async with engine.execution_options(**READ).connect() as connection:
                 self.absorb((await connection.execute(sa.select(data_keys))).all())
         attach(engine, self)
         return self
@@ -270,8 +271,9 @@ class Keyring:
         return self
 
     async def refresh(self, engine: AsyncEngine) -> None:
-        """Learn keys added or retired since: a rotation run by another process."""
-        async with engine.connect() as connection:
+        """Learn keys added or retired since: a rotation run by another process. A
+        deferred read on SQLite: a refresh must never take the shared write lock."""
+        async with engine.execution_options(**READ).connect() as connection:
             self.absorb((await connection.execute(sa.select(data_keys))).all())
 
     # Sealing ---------------------------------------------------------------------------
