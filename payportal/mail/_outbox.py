@@ -59,15 +59,14 @@ _decoder: Final = msgspec.msgpack.Decoder(OutboxEmail)
 
 def encode_email(bind: Any, email: OutboxEmail) -> bytes:
     """An ``email`` row's payload: ``email`` as msgpack, sealed with ``bind``'s key ring."""
-    return keyring_of(bind).seal("message", _COLUMN, _encoder.encode(email)).encode()
+    return keyring_of(bind).seal_bytes("message", _COLUMN, _encoder.encode(email))
 
 
 def decode_email(bind: Any, payload: bytes) -> OutboxEmail:
     """An ``email`` row's payload, opened with ``bind``'s key ring (an engine or a
     connection). Raises ``SealedFieldError`` if it was altered, ``msgspec.DecodeError``
     if it is not an email."""
-    sealed = bytes(payload).decode("ascii", "replace")
-    return _decoder.decode(keyring_of(bind).open(_COLUMN, sealed))
+    return _decoder.decode(keyring_of(bind).open_bytes(_COLUMN, payload))
 
 
 _public_url: str | None = None

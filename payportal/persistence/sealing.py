@@ -313,6 +313,13 @@ class Keyring:
     def open_text(self, column: str, sealed: str) -> str:
         return self.open(column, sealed).decode()
 
+    def seal_bytes(self, purpose: str, column: str, data: bytes) -> bytes:
+        """``seal`` for a binary column: the same ASCII text, as bytes."""
+        return self.seal(purpose, column, data).encode()
+
+    def open_bytes(self, column: str, stored: bytes) -> bytes:
+        return self.open(column, bytes(stored).decode("ascii", "replace"))
+
     def blind_index(self, field: str, value: str) -> str:
         """HMAC-SHA256 of ``value`` for equality lookups on ``field`` (64 hex digits)."""
         if not self._index:
@@ -415,17 +422,22 @@ def query_terms(query: str) -> set[str]:
     return terms
 
 
-class Sealed(sa.types.TypeDecorator[str]):
-    """A text column stored sealed: Python code reads and writes plain ``str``. Cannot be
-    compared in SQL (each sealing differs): look such columns up by a blind index."""
-
-    impl = sa.Text
-    cache_ok = True
+class _SealedType:
+    """What both sealed column types hold: the data key's purpose and the column's name
+    (bound into each ciphertext)."""
 
     def __init__(self, purpose: str, column: str) -> None:
         super().__init__()
         assert purpose in PURPOSES, purpose
         self.purpose, self.column = purpose, column
+
+
+class Sealed(_SealedType, sa.types.TypeDecorator[str]):
+    """A text column stored sealed: Python code reads and writes plain ``str``. Cannot be
+    compared in SQL (each sealing differs): look such columns up by a blind index."""
+
+    impl = sa.Text
+    cache_ok = True
 
     def process_bind_param(self, value: str | None, dialect: sa.engine.Dialect) -> str | None:
         if value is None:
@@ -439,25 +451,20 @@ class Sealed(sa.types.TypeDecorator[str]):
         return keyring_of(dialect).open_text(self.column, value)
 
 
-class SealedBytes(sa.types.TypeDecorator[bytes]):
+class SealedBytes(_SealedType, sa.types.TypeDecorator[bytes]):
     """``Sealed`` for a binary column: Python code reads and writes ``bytes``."""
 
     impl = sa.LargeBinary
     cache_ok = True
 
-    def __init__(self, purpose: str, column: str) -> None:
-        super().__init__()
-        assert purpose in PURPOSES, purpose
-        self.purpose, self.column = purpose, column
-
     def process_bind_param(self, value: bytes | None, dialect: sa.engine.Dialect
                            ) -> bytes | None:  # fmt: skip
         if value is None:
             return None
-        return keyring_of(dialect).seal(self.purpose, self.column, value).encode()
+        return keyring_of(dialect).seal_bytes(self.purpose, self.column, value)
 
     def process_result_value(self, value: bytes | None, dialect: sa.engine.Dialect
                              ) -> bytes | None:  # fmt: skip
         if value is None:
             return None
-        return keyring_of(dialect).open(self.column, bytes(value).decode("ascii", "replace"))
+        return keyring_of(dialect).open_bytes(self.column, value)
